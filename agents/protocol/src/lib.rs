@@ -1,0 +1,34 @@
+//! The contracts between minke's host and guest: every value that crosses a process or machine
+//! boundary is defined here and nowhere else.
+//!
+//! - [`wire`]: framing and the versioned handshake of the host↔guest protocol;
+//! - [`msg`]: the messages carried in those frames;
+//! - [`config`]: the image config the builder writes to `/etc/minke/image.json` for the init,
+//!   and the boot timeline the init writes to `/run/minke/boot.json`.
+//!
+//! **Invariant:** this crate does no I/O of its own. It encodes and decodes bytes, and its frame
+//! helpers are generic over `std::io::Read`/`Write` so callers choose the transport (vsock,
+//! vhost-user hybrid vsock, virtio-serial, or an in-memory pipe in tests).
+
+pub mod config;
+pub mod msg;
+pub mod wire;
+
+pub use config::ImageConfig;
+pub use msg::{GuestMsg, HostMsg};
+pub use wire::{read_frame, write_frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
+
+/// Default vsock port of the control agent (host connects to the guest).
+pub const CONTROL_PORT: u32 = 1024;
+/// Default vsock port of the time sync service (guest connects to the host).
+pub const TIMESYNC_PORT: u32 = 1025;
+/// vsock CID of the host, the only peer the control agent accepts.
+pub const HOST_CID: u32 = 2;
+/// Where the builder puts the image config inside the initramfs.
+pub const IMAGE_CONFIG_PATH: &str = "/etc/minke/image.json";
+/// Where the init records the boot timeline.
+pub const BOOT_TIMELINE_PATH: &str = "/run/minke/boot.json";
+/// Where runtime config sent by the host at boot lands.
+pub const RUNTIME_CONFIG_DIR: &str = "/run/config";
+/// Line the init prints on the console once every agent is ready.
+pub const READY_MARKER: &str = "minke: ready";

@@ -1,0 +1,1 @@
+//! minke's image library: turns a spec into a bit-reproducible kernel + initramfs + manifest.

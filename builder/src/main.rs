@@ -1,0 +1,2 @@
+//! The `minke` command line: parses arguments, calls the image library and the host shim, prints.
+fn main() {}

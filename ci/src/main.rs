@@ -1,0 +1,2 @@
+//! `cargo xtask`: the project's only script language (setup, test, demo, bench, fuzz).
+fn main() {}
