@@ -1,2 +1,44 @@
 //! `cargo xtask`: the project's only script language (setup, test, demo, bench, fuzz).
-fn main() {}
+//!
+//! Each task is a module; every task runs from the workspace root through one xshell `Shell`.
+//! `cargo xtask test` is exactly what CI runs.
+
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use xshell::Shell;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  setup              install what the project needs (apt packages, cargo tools, default kernel)
+  test               setup, then formatting, lints and the whole test suite (what CI runs)
+  demo               build the default image, boot it, run commands in it
+  bench <what>       benchmarks: build | boot | agents | reliability
+  fuzz [--time N]    run every fuzz target for N seconds (default 10)
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sh = Shell::new()?;
+    sh.change_dir(workspace_root());
+    let rest = args.get(1..).unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup::run(&sh),
+        Some("test") => test::run(&sh, rest),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task {other:?}\n{USAGE}"),
+    }
+}
+
+/// The workspace root (this crate lives in `ci/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}

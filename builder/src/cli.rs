@@ -1,0 +1,236 @@
+//! Argument definitions and the one `match` that shows the whole program.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use minke::compress::Compression;
+use minke::image::{self, BuildOptions, Image};
+
+/// Build immutable, stateless guest OS images and run them under QEMU.
+#[derive(Parser)]
+#[command(name = "minke", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image from a spec (default: the built-in examples/default.yml).
+    Build {
+        /// Spec file.
+        spec: Option<PathBuf>,
+        /// Output directory.
+        #[arg(short, long, default_value = "out")]
+        output: PathBuf,
+        /// Initramfs compression (overrides the spec).
+        #[arg(long, value_enum)]
+        compression: Option<CompressionArg>,
+    },
+    /// List an image's manifest: kernel, layers, modules and every file.
+    Inspect {
+        /// Image directory or manifest file.
+        image: PathBuf,
+    },
+    /// Say what differs between two images.
+    Diff {
+        /// First image (directory or manifest).
+        a: PathBuf,
+        /// Second image.
+        b: PathBuf,
+    },
+    /// ELF helpers.
+    Elf {
+        #[command(subcommand)]
+        command: ElfCmd,
+    },
+    /// Kernel helpers.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCmd,
+    },
+    /// Spec helpers.
+    Spec {
+        #[command(subcommand)]
+        command: SpecCmd,
+    },
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ElfCmd {
+    /// Print the shared libraries (and loader) the binaries need, one resolved path a line.
+    Deps {
+        /// Binaries.
+        #[arg(required = true)]
+        binaries: Vec<PathBuf>,
+        /// Resolve inside this root instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCmd {
+    /// Print the closure of kernel modules in load order, one name a line.
+    Modules {
+        /// Kernel: a `lib/modules/VERSION` directory, or a Debian kernel package name.
+        #[arg(long)]
+        kernel: String,
+        /// Modules whose closure to compute.
+        #[arg(long, num_args = 1.., required = true)]
+        closure: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpecCmd {
+    /// Print the JSON schema of the spec format.
+    Schema,
+    /// Validate a spec and print it with defaults applied.
+    Check {
+        /// Spec file (default: the built-in default spec).
+        spec: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
+/// Progress on a terminal; silence otherwise.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// A spinner when stderr is a terminal.
+    pub fn new() -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Progress { bar }
+    }
+
+    /// Shows a step.
+    pub fn step(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn run() -> Result<u8> {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Cmd::Build { spec, output, compression } => {
+            let mut opts = BuildOptions::new(spec, output);
+            opts.compression = compression.map(Into::into);
+            let progress = Progress::new();
+            let img = image::build(&opts, &|m| progress.step(m))?;
+            drop(progress);
+            writeln!(out, "{}", img.kernel.display())?;
+            writeln!(out, "{}", img.initrd.display())?;
+            writeln!(out, "{}", img.dir.join(format!("{}-cmdline", img.name)).display())?;
+            writeln!(out, "{}", img.dir.join(format!("{}.manifest.json", img.name)).display())?;
+            writeln!(out, "image {} sha256:{}", img.name, img.manifest.image_digest)?;
+        }
+        Cmd::Inspect { image } => {
+            let img = Image::open(&image)?;
+            let m = &img.manifest;
+            writeln!(out, "image   {} ({})", m.name, m.arch)?;
+            writeln!(out, "digest  sha256:{}", m.image_digest)?;
+            writeln!(out, "kernel  {} sha256:{} ({})", m.kernel.version, m.kernel.sha256, m.kernel.source)?;
+            writeln!(out, "cmdline {}", m.cmdline)?;
+            writeln!(out, "initrd  {} bytes {:?} sha256:{}", m.initrd.size, m.initrd.compression, m.initrd.sha256)?;
+            for l in &m.layers {
+                writeln!(out, "layer   {} sha256:{}", l.name, l.digest)?;
+            }
+            for (i, md) in m.modules.iter().enumerate() {
+                writeln!(out, "module  {:>2} {} {}", i + 1, md.name, md.path)?;
+            }
+            for f in &m.files {
+                let t = format!("{:?}", f.kind).to_lowercase();
+                let extra = match (&f.target, &f.sha256) {
+                    (Some(t), _) => format!("-> {t}"),
+                    (None, Some(s)) => format!("{} sha256:{}", f.size.unwrap_or(0), &s[..16.min(s.len())]),
+                    _ => String::new(),
+                };
+                writeln!(out, "{t:<8} {:04o} {}:{} {} {extra}", f.mode, f.uid, f.gid, f.path)?;
+            }
+        }
+        Cmd::Diff { a, b } => {
+            let (a, b) = (Image::open(&a)?, Image::open(&b)?);
+            let d = image::diff(&a.manifest, &b.manifest);
+            for l in &d {
+                writeln!(out, "{l}")?;
+            }
+            return Ok(if d.is_empty() { 0 } else { 1 });
+        }
+        Cmd::Elf { command: ElfCmd::Deps { binaries, root } } => {
+            let closure = minke::elf::closure(&root, &binaries)?;
+            for p in closure.files() {
+                writeln!(out, "{}", p.display())?;
+            }
+        }
+        Cmd::Kernel { command: KernelCmd::Modules { kernel, closure } } => {
+            let dir = if Path::new(&kernel).is_dir() {
+                PathBuf::from(&kernel)
+            } else if kernel.contains('/') {
+                bail!("{kernel} is not a directory: give a lib/modules/VERSION directory or a Debian kernel package name");
+            } else {
+                let cache = minke::layer::Cache::default_location();
+                let progress = Progress::new();
+                let k = image::kernel_from_package(&kernel, &cache, &|m| progress.step(m))?;
+                k.modules_dir.context("that kernel package has no modules")?
+            };
+            let names: Vec<&str> = closure.iter().map(String::as_str).collect();
+            for m in minke::kmod::closure(&dir, &names)? {
+                writeln!(out, "{}", m.name)?;
+            }
+        }
+        Cmd::Spec { command: SpecCmd::Schema } => {
+            writeln!(out, "{}", minke::spec::schema_json())?;
+        }
+        Cmd::Spec { command: SpecCmd::Check { spec } } => {
+            let s = minke::spec::load(spec.as_deref())?;
+            writeln!(out, "{}", serde_yaml_ng::to_string(&s.raw)?)?;
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "minke", &mut out);
+        }
+    }
+    Ok(0)
+}

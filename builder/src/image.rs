@@ -1,0 +1,682 @@
+//! The build pipeline: spec → layers → merged tree → initrd, kernel, cmdline and manifest.
+//!
+//! [`build`] is the library entry point the CLI, the tests and xtask call. Every output is
+//! computed in memory (or in the cache) first and written last, each atomically, so a failed
+//! build leaves no output behind and an interrupted one leaves the previous image intact.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use minke_protocol::config::{self as cfg, AgentKind, ImageConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::compress::{ArchiveOptions, Compression};
+use crate::layer::{records_digest, records_of, sha256_file, sha256_hex, write_atomic, Cache, Record};
+use crate::package::{self, PackageError};
+use crate::spec::{self, FileWhat, Spec, SpecError};
+use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
+
+/// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
+pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
+
+/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, virtio
+/// block devices, the virtio console (serial transport) and the ACPI power button with evdev
+/// (so PID1 sees QMP `system_powerdown`).
+pub const DEFAULT_MODULES: &[&str] =
+    &["virtio_pci", "vmw_vsock_virtio_transport", "virtio_blk", "virtio_console", "button", "evdev"];
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Spec file; `None` for the embedded default spec.
+    pub spec: Option<PathBuf>,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Cache.
+    pub cache: Cache,
+    /// The one timestamp of every output (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+    /// Override of the spec's compression.
+    pub compression: Option<Compression>,
+}
+
+impl BuildOptions {
+    /// Options from the environment: SOURCE_DATE_EPOCH, the default cache.
+    pub fn new(spec: Option<PathBuf>, out_dir: PathBuf) -> BuildOptions {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_EPOCH);
+        BuildOptions { spec, out_dir, cache: Cache::default_location(), epoch, compression: None }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Invalid spec.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A package failed.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The kernel could not be resolved.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// Module resolution failed.
+    #[error("kernel modules: {0}")]
+    Modules(String),
+    /// Two packages write the same path differently.
+    #[error("{path} is provided by both {first} and {second} with different contents: remove it from one, or mark {second} with `override: true` in the spec's packages list")]
+    Conflict {
+        /// The path.
+        path: String,
+        /// Earlier package.
+        first: String,
+        /// Later package.
+        second: String,
+    },
+    /// A path problem.
+    #[error("{0}")]
+    Tree(#[from] TreeError),
+    /// Archiving failed.
+    #[error("initramfs: {0}")]
+    Archive(String),
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything else, with a message for the user.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.to_path_buf(), source }
+}
+
+/// The image manifest (`NAME.manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Image name.
+    pub name: String,
+    /// Guest architecture.
+    pub arch: String,
+    /// sha256 over kernel, initrd and cmdline.
+    pub image_digest: String,
+    /// The kernel.
+    pub kernel: KernelRecord,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The initrd.
+    pub initrd: InitrdRecord,
+    /// Layers in merge order.
+    pub layers: Vec<LayerRef>,
+    /// Kernel modules in load order.
+    pub modules: Vec<cfg::Module>,
+    /// Every entry of the initramfs.
+    pub files: Vec<Record>,
+}
+
+/// Kernel part of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelRecord {
+    /// sha256 of the kernel image.
+    pub sha256: String,
+    /// Kernel release (`6.1.0-56-cloud-amd64`), when known.
+    pub version: String,
+    /// Where it came from (Debian package with its sha256, or a path).
+    pub source: String,
+}
+
+/// Initrd part of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitrdRecord {
+    /// sha256 of the compressed file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Compression.
+    pub compression: Compression,
+    /// SOURCE_DATE_EPOCH used for every mtime.
+    pub mtime: u64,
+}
+
+/// A layer in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// Package name (or `spec` for the spec's own files, `kernel-modules`, `config`).
+    pub name: String,
+    /// Digest of its records.
+    pub digest: String,
+}
+
+/// A built image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Image name.
+    pub name: String,
+    /// Output directory.
+    pub dir: PathBuf,
+    /// `NAME-kernel`.
+    pub kernel: PathBuf,
+    /// `NAME-initrd.img`.
+    pub initrd: PathBuf,
+    /// `NAME-cmdline` contents.
+    pub cmdline: String,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The data disks the spec declares (label, size in bytes).
+    pub disks: Vec<(String, Option<u64>)>,
+}
+
+impl Image {
+    /// Paths of the four outputs of image `name` in `dir`.
+    pub fn paths(dir: &Path, name: &str) -> [PathBuf; 4] {
+        [
+            dir.join(format!("{name}-kernel")),
+            dir.join(format!("{name}-initrd.img")),
+            dir.join(format!("{name}-cmdline")),
+            dir.join(format!("{name}.manifest.json")),
+        ]
+    }
+
+    /// Opens a built image: `dir` holds exactly one manifest (or `NAME.manifest.json` is given).
+    pub fn open(path: &Path) -> Result<Image, BuildError> {
+        let manifest_path = if path.is_dir() {
+            let mut found = Vec::new();
+            for e in std::fs::read_dir(path).map_err(io(path))? {
+                let e = e.map_err(io(path))?;
+                if e.file_name().to_string_lossy().ends_with(".manifest.json") {
+                    found.push(e.path());
+                }
+            }
+            found.sort();
+            match found.len() {
+                1 => found.remove(0),
+                0 => return Err(BuildError::Other(format!("{} holds no image: run `minke build -o {}` first", path.display(), path.display()))),
+                _ => return Err(BuildError::Other(format!("{} holds several images; name one manifest file", path.display()))),
+            }
+        } else {
+            path.to_path_buf()
+        };
+        let bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| BuildError::Other(format!("{}: not a minke manifest: {e}", manifest_path.display())))?;
+        let dir = manifest_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let [kernel, initrd, _, _] = Image::paths(&dir, &manifest.name);
+        let disks = Vec::new();
+        Ok(Image { name: manifest.name.clone(), kernel, initrd, cmdline: manifest.cmdline.clone(), dir, manifest, disks })
+    }
+}
+
+/// Kernel resolved into the cache.
+#[derive(Debug, Clone)]
+pub struct ResolvedKernel {
+    /// Kernel image.
+    pub image: PathBuf,
+    /// `lib/modules/VERSION`, if the kernel has modules.
+    pub modules_dir: Option<PathBuf>,
+    /// `config-VERSION`, when known.
+    pub config: Option<PathBuf>,
+    /// Release string.
+    pub version: String,
+    /// Provenance for the manifest.
+    pub source: String,
+}
+
+/// Resolves the spec's kernel (fetching and unpacking a Debian package into the cache).
+pub fn resolve_kernel(spec: &Spec, cache: &Cache, progress: &dyn Fn(&str)) -> Result<ResolvedKernel, BuildError> {
+    match &spec.raw.kernel {
+        spec::RawKernel::Package { package } => kernel_from_package(package, cache, progress),
+        spec::RawKernel::Path { path, modules } => {
+            let image = spec.base_dir.join(path);
+            if !image.is_file() {
+                return Err(BuildError::Kernel(format!("{} does not exist", image.display())));
+            }
+            let modules_dir = modules.as_ref().map(|m| spec.base_dir.join(m));
+            if let Some(m) = &modules_dir {
+                if !m.is_dir() {
+                    return Err(BuildError::Kernel(format!("modules directory {} does not exist", m.display())));
+                }
+            }
+            let version = modules_dir
+                .as_ref()
+                .and_then(|m| m.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(ResolvedKernel { image, modules_dir, config: None, version, source: format!("path {}", path.display()) })
+        }
+        spec::RawKernel::Build { .. } => Err(BuildError::Kernel(
+            "kernels built from kernel-config/ are not supported yet: use `kernel: {package: linux-image-cloud-amd64}`".into(),
+        )),
+    }
+}
+
+/// Fetches a Debian kernel package (meta packages resolved) and unpacks it into the cache.
+pub fn kernel_from_package(package: &str, cache: &Cache, progress: &dyn Fn(&str)) -> Result<ResolvedKernel, BuildError> {
+    let k = |e: String| BuildError::Kernel(e);
+    progress(&format!("resolving kernel package {package}"));
+    let real = crate::deb::resolve_kernel_package(package).map_err(|e| k(e.to_string()))?;
+    progress(&format!("fetching {real}"));
+    let deb = crate::deb::fetch(&real, "amd64", &cache.dir("debs")).map_err(|e| k(e.to_string()))?;
+    let sha = sha256_file(&deb).map_err(io(&deb))?;
+    let dest = cache.dir("kernels").join(&sha);
+    let marker = dest.join(".complete");
+    if !marker.exists() {
+        progress(&format!("unpacking {real}"));
+        let _ = std::fs::remove_dir_all(&dest);
+        crate::deb::kernel_from_deb(&deb, &dest).map_err(|e| k(e.to_string()))?;
+        write_atomic(&marker, b"").map_err(io(&marker))?;
+    }
+    let files = crate::deb::kernel_files(&dest).map_err(|e| k(e.to_string()))?;
+    Ok(ResolvedKernel {
+        image: files.vmlinuz,
+        modules_dir: Some(files.modules_dir),
+        config: Some(files.config),
+        version: files.version,
+        source: format!("debian {real} sha256:{sha}"),
+    })
+}
+
+/// Everything [`build`] computed before writing outputs (exposed for tests and `inspect`).
+pub struct Assembled {
+    /// The merged tree.
+    pub tree: Tree,
+    /// The init's config.
+    pub config: ImageConfig,
+    /// Layers in merge order.
+    pub layers: Vec<LayerRef>,
+    /// The kernel.
+    pub kernel: ResolvedKernel,
+    /// The validated spec.
+    pub spec: Spec,
+}
+
+/// Resolves a spec into the merged tree and config without archiving.
+pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assembled, BuildError> {
+    let spec = spec::load(opts.spec.as_deref())?;
+    let workspace = spec::workspace_dir();
+    let search = package::search_path(&spec.base_dir, &workspace);
+    let cx = package::Context { cache: &opts.cache, workspace: &workspace, epoch: opts.epoch, progress };
+
+    // Packages, init first; the merge order is the spec's.
+    let mut names: Vec<(String, bool)> = vec![(spec.raw.init.clone(), false)];
+    names.extend(spec.packages.iter().cloned());
+    for c in &spec.raw.containers {
+        if !names.iter().any(|(n, _)| n == &c.package) {
+            names.push((c.package.clone(), false));
+        }
+    }
+    let mut tree = Tree::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut layers = Vec::new();
+    let mut containers = Vec::new();
+    for (name, overrides) in &names {
+        let pkg = package::load(name, &search)?;
+        let layer = package::produce(&pkg, &cx)?;
+        merge(&mut tree, &mut owner, &layer.tree, name, *overrides)?;
+        layers.push(LayerRef { name: name.clone(), digest: layer.record.digest.clone() });
+        for c in spec.raw.containers.iter().filter(|c| &c.package == name) {
+            let rootfs = pkg
+                .raw
+                .oci
+                .as_ref()
+                .map(|o| o.dest.clone())
+                .or_else(|| pkg.raw.dir.as_ref().and_then(|d| d.dest.clone()))
+                .ok_or_else(|| BuildError::Other(format!("container {:?}: package {name} is not an oci or dir package with a dest", c.name)))?;
+            containers.push(cfg::Container { name: c.name.clone(), rootfs });
+        }
+    }
+
+    // Kernel and modules.
+    let kernel = resolve_kernel(&spec, &opts.cache, progress)?;
+    let mut module_list = Vec::new();
+    if let Some(mdir) = &kernel.modules_dir {
+        let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
+        if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
+            want.push("binfmt_misc".into());
+        }
+        want.extend(spec.raw.modules.iter().cloned());
+        let refs: Vec<&str> = want.iter().map(String::as_str).collect();
+        let closure = crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))?;
+        let mut mods = Tree::new();
+        for m in closure {
+            let rel = m.path.to_string_lossy().into_owned();
+            let image_path = format!("lib/modules/{}/{rel}", kernel.version);
+            let src = mdir.join(&m.path);
+            let size = std::fs::metadata(&src).map_err(io(&src))?.len();
+            mods.insert(&image_path, Node { mode: 0o644, uid: 0, gid: 0, kind: NodeKind::File(FileData::Path { path: src, size }) })?;
+            module_list.push(cfg::Module { name: m.name.clone(), path: format!("/{image_path}"), params: String::new() });
+        }
+        let recs = records_of(&mods).map_err(|e| BuildError::Other(format!("hashing modules: {e}")))?;
+        merge(&mut tree, &mut owner, &mods, "kernel-modules", false)?;
+        layers.push(LayerRef { name: "kernel-modules".into(), digest: records_digest(&recs) });
+    } else if !spec.raw.modules.is_empty() {
+        return Err(BuildError::Modules(format!(
+            "the spec asks for modules {:?} but the kernel has no modules directory",
+            spec.raw.modules
+        )));
+    }
+
+    // The spec's own files, then the config.
+    let mut own = Tree::new();
+    for f in &spec.files {
+        let kind = match &f.what {
+            FileWhat::Contents(c) => NodeKind::File(FileData::Inline(c.as_bytes().into())),
+            FileWhat::Source(p) => {
+                let size = std::fs::metadata(p).map_err(io(p))?.len();
+                NodeKind::File(FileData::Path { path: p.clone(), size })
+            }
+            FileWhat::Symlink(t) => NodeKind::Symlink(t.clone()),
+            FileWhat::Directory => NodeKind::Dir,
+        };
+        own.insert(&f.path, Node { mode: f.mode, uid: f.uid, gid: f.gid, kind })?;
+    }
+    for d in ["proc", "sys", "dev", "run", "tmp", "var", "root", "etc/minke"] {
+        if own.get(d).is_none() && tree.get(d).is_none() {
+            own.insert(d, Node::dir(if d == "tmp" { 0o1777 } else { 0o755 }))?;
+        }
+    }
+    for d in &spec.raw.disks {
+        if own.get(&d.mountpoint).is_none() && tree.get(&d.mountpoint).is_none() {
+            own.insert(&d.mountpoint, Node::dir(0o755))?;
+        }
+    }
+    let config = image_config(&spec, module_list, containers);
+    let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Other(e.to_string()))?;
+    own.insert(minke_protocol::IMAGE_CONFIG_PATH, Node::file(0o644, json))?;
+    let recs = records_of(&own).map_err(|e| BuildError::Other(format!("hashing spec files: {e}")))?;
+    // The spec's files may deliberately replace package files.
+    merge(&mut tree, &mut owner, &own, "spec", true)?;
+    layers.push(LayerRef { name: "spec".into(), digest: records_digest(&recs) });
+    Ok(Assembled { tree, config, layers, kernel, spec })
+}
+
+/// Merges `layer` into `tree`; a path written twice with different content is an error unless
+/// the later layer overrides. Directories merge (the later one's metadata wins).
+fn merge(tree: &mut Tree, owner: &mut BTreeMap<String, String>, layer: &Tree, name: &str, overrides: bool) -> Result<(), BuildError> {
+    for (path, node) in layer.iter() {
+        if let Some(old) = tree.get(path) {
+            let same = match (&old.kind, &node.kind) {
+                (NodeKind::Dir, NodeKind::Dir) => true,
+                (NodeKind::File(a), NodeKind::File(b)) => old.mode == node.mode && same_data(a, b),
+                (a, b) => a == b && old.mode == node.mode,
+            };
+            if !same && !overrides {
+                return Err(BuildError::Conflict {
+                    path: format!("/{path}"),
+                    first: owner.get(path).cloned().unwrap_or_else(|| "an earlier layer".into()),
+                    second: name.to_string(),
+                });
+            }
+            if matches!((&old.kind, &node.kind), (NodeKind::Dir, NodeKind::Dir)) && !overrides {
+                continue;
+            }
+        }
+        tree.insert(path, node.clone())?;
+        owner.insert(path.clone(), name.to_string());
+    }
+    Ok(())
+}
+
+fn same_data(a: &FileData, b: &FileData) -> bool {
+    if a == b {
+        return true;
+    }
+    if a.size() != b.size() {
+        return false;
+    }
+    matches!((a.read(), b.read()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Turns the validated spec into the init's config.
+pub fn image_config(spec: &Spec, modules: Vec<cfg::Module>, containers: Vec<cfg::Container>) -> ImageConfig {
+    let raw = &spec.raw;
+    let command = |argv: &[String], env: &BTreeMap<String, String>, cwd: &Option<String>, user: &Option<String>| {
+        let (uid, gid) = user.as_deref().and_then(spec::parse_user).unwrap_or((0, 0));
+        cfg::Command { argv: argv.to_vec(), env: env.clone(), cwd: cwd.clone(), uid, gid }
+    };
+    let task = |t: &spec::RawTask| cfg::Task {
+        name: t.name.clone(),
+        command: command(&t.command, &t.env, &t.cwd, &t.user),
+        on_failure: t.on_failure,
+        timeout_ms: t.timeout_ms,
+    };
+    let by_name: BTreeMap<&str, &spec::RawService> = raw.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let services = spec
+        .service_order
+        .iter()
+        .filter_map(|n| by_name.get(n.as_str()))
+        .map(|s| cfg::Service {
+            name: s.name.clone(),
+            command: command(&s.command, &s.env, &s.cwd, &s.user),
+            restart: s.restart,
+            after: s.after.clone(),
+            readiness: s.readiness,
+            exit_on_stop: s.exit_on_stop,
+            oom_score_adj: s.oom_score_adj,
+        })
+        .collect();
+    let agents = spec
+        .agents
+        .iter()
+        .map(|(kind, port)| cfg::Agent {
+            kind: *kind,
+            port: port.or(match kind {
+                AgentKind::Control => Some(minke_protocol::CONTROL_PORT),
+                AgentKind::Timesync => Some(minke_protocol::TIMESYNC_PORT),
+                AgentKind::Binfmt => None,
+            }),
+        })
+        .collect();
+    let binfmt = raw
+        .binfmt
+        .iter()
+        .filter_map(|arch| crate::binfmt::entry(arch))
+        .collect();
+    ImageConfig {
+        name: raw.name.clone(),
+        hostname: raw.hostname.clone().unwrap_or_else(|| raw.name.clone()),
+        modules,
+        sysctls: raw.sysctls.clone(),
+        rlimits: vec![cfg::Rlimit { resource: "nofile".into(), soft: Some(65536), hard: Some(65536) }],
+        disks: raw
+            .disks
+            .iter()
+            .map(|d| cfg::DiskMount {
+                label: d.label.clone(),
+                mountpoint: d.mountpoint.clone(),
+                fstype: d.fstype.clone(),
+                options: d.options.clone(),
+                tmpfs_fallback: true,
+            })
+            .collect(),
+        onboot: raw.onboot.iter().map(task).collect(),
+        agents,
+        services,
+        onshutdown: raw.onshutdown.iter().map(task).collect(),
+        binfmt,
+        containers,
+        shutdown_grace_ms: raw.shutdown_grace_ms,
+    }
+}
+
+/// Builds the image and writes the four outputs.
+pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, BuildError> {
+    let a = assemble(opts, progress)?;
+    let name = a.spec.raw.name.clone();
+    let compression = opts.compression.unwrap_or(a.spec.raw.compression);
+    // Validate binfmt names now that the spec is known to be otherwise sound.
+    for arch in &a.spec.raw.binfmt {
+        crate::binfmt::check(arch, &a.tree).map_err(BuildError::Other)?;
+    }
+
+    let files = records_of(&a.tree).map_err(|e| BuildError::Other(format!("hashing files: {e}")))?;
+    let tree_digest = records_digest(&files);
+    let key = sha256_hex(format!("initrd-v1 {tree_digest} {compression:?} {}", opts.epoch).as_bytes());
+    let cached = opts.cache.dir("initrd").join(format!("{key}.img"));
+    let initrd = match std::fs::read(&cached) {
+        Ok(b) => b,
+        Err(_) => {
+            progress("archiving initramfs");
+            let archive_opts = ArchiveOptions { mtime: opts.epoch as u32, compression, ..ArchiveOptions::default() };
+            let bytes = crate::compress::archive(&a.tree, &archive_opts).map_err(|e| BuildError::Archive(e.to_string()))?;
+            write_atomic(&cached, &bytes).map_err(io(&cached))?;
+            bytes
+        }
+    };
+    let kernel_bytes = std::fs::read(&a.kernel.image).map_err(io(&a.kernel.image))?;
+    let kernel_sha = sha256_hex(&kernel_bytes);
+    let initrd_sha = sha256_hex(&initrd);
+    let cmdline = a.spec.raw.cmdline.trim().to_string();
+    let image_digest = sha256_hex(format!("{kernel_sha}\n{initrd_sha}\n{cmdline}\n").as_bytes());
+    let manifest = Manifest {
+        name: name.clone(),
+        arch: a.spec.raw.arch.clone(),
+        image_digest,
+        kernel: KernelRecord { sha256: kernel_sha.clone(), version: a.kernel.version.clone(), source: a.kernel.source.clone() },
+        cmdline: cmdline.clone(),
+        initrd: InitrdRecord { sha256: initrd_sha.clone(), size: initrd.len() as u64, compression, mtime: opts.epoch },
+        layers: a.layers.clone(),
+        modules: a.config.modules.clone(),
+        files,
+    };
+    let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
+    manifest_json.push(b'\n');
+
+    let [kp, ip, cp, mp] = Image::paths(&opts.out_dir, &name);
+    std::fs::create_dir_all(&opts.out_dir).map_err(io(&opts.out_dir))?;
+    // Write each output unless an identical one is already there; manifest last.
+    write_if_changed(&kp, &kernel_bytes, &kernel_sha)?;
+    write_if_changed(&ip, &initrd, &initrd_sha)?;
+    let cmdline_file = format!("{cmdline}\n");
+    write_if_changed(&cp, cmdline_file.as_bytes(), &sha256_hex(cmdline_file.as_bytes()))?;
+    write_if_changed(&mp, &manifest_json, &sha256_hex(&manifest_json))?;
+    let disks = a.spec.raw.disks.iter().map(|d| (d.label.clone(), d.size.as_deref().and_then(spec::parse_size))).collect();
+    Ok(Image { name, dir: opts.out_dir.clone(), kernel: kp, initrd: ip, cmdline, manifest, disks })
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildError> {
+    if let Ok(md) = std::fs::metadata(path) {
+        if md.len() == bytes.len() as u64 && sha256_file(path).ok().as_deref() == Some(sha) {
+            return Ok(());
+        }
+    }
+    write_atomic(path, bytes).map_err(io(path))
+}
+
+/// Describes the differences between two manifests, one line each; empty when equal.
+pub fn diff(a: &Manifest, b: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.kernel != b.kernel {
+        out.push(format!("kernel: {} ({}) -> {} ({})", a.kernel.version, &a.kernel.sha256[..12.min(a.kernel.sha256.len())], b.kernel.version, &b.kernel.sha256[..12.min(b.kernel.sha256.len())]));
+    }
+    if a.cmdline != b.cmdline {
+        out.push(format!("cmdline: {:?} -> {:?}", a.cmdline, b.cmdline));
+    }
+    if a.initrd.compression != b.initrd.compression {
+        out.push(format!("compression: {:?} -> {:?}", a.initrd.compression, b.initrd.compression));
+    }
+    let am: Vec<&str> = a.modules.iter().map(|m| m.name.as_str()).collect();
+    let bm: Vec<&str> = b.modules.iter().map(|m| m.name.as_str()).collect();
+    if am != bm {
+        out.push(format!("modules: {} -> {}", am.join(","), bm.join(",")));
+    }
+    let la: BTreeMap<&str, &str> = a.layers.iter().map(|l| (l.name.as_str(), l.digest.as_str())).collect();
+    let lb: BTreeMap<&str, &str> = b.layers.iter().map(|l| (l.name.as_str(), l.digest.as_str())).collect();
+    for (n, d) in &la {
+        match lb.get(n) {
+            None => out.push(format!("- layer {n}")),
+            Some(e) if e != d => out.push(format!("~ layer {n}")),
+            _ => {}
+        }
+    }
+    for n in lb.keys().filter(|n| !la.contains_key(*n)) {
+        out.push(format!("+ layer {n}"));
+    }
+    let fa: BTreeMap<&str, &Record> = a.files.iter().map(|r| (r.path.as_str(), r)).collect();
+    let fb: BTreeMap<&str, &Record> = b.files.iter().map(|r| (r.path.as_str(), r)).collect();
+    for (p, r) in &fa {
+        match fb.get(p) {
+            None => out.push(format!("- {p}")),
+            Some(s) if s != r => {
+                let mut what = Vec::new();
+                if r.kind != s.kind {
+                    what.push(format!("type {:?} -> {:?}", r.kind, s.kind));
+                }
+                if r.mode != s.mode {
+                    what.push(format!("mode {:o} -> {:o}", r.mode, s.mode));
+                }
+                if (r.uid, r.gid) != (s.uid, s.gid) {
+                    what.push(format!("owner {}:{} -> {}:{}", r.uid, r.gid, s.uid, s.gid));
+                }
+                if r.sha256 != s.sha256 || r.size != s.size {
+                    what.push(format!("content ({} -> {} bytes)", r.size.unwrap_or(0), s.size.unwrap_or(0)));
+                }
+                if r.target != s.target {
+                    what.push(format!("target {:?} -> {:?}", r.target, s.target));
+                }
+                out.push(format!("~ {p}: {}", what.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    for p in fb.keys().filter(|p| !fa.contains_key(*p)) {
+        out.push(format!("+ {p}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicting_layers_are_an_error_unless_overridden() {
+        let mut tree = Tree::new();
+        let mut owner = BTreeMap::new();
+        let mut a = Tree::new();
+        a.insert("bin/sh", Node::file(0o755, &b"a"[..])).unwrap();
+        let mut b = Tree::new();
+        b.insert("bin/sh", Node::file(0o755, &b"b"[..])).unwrap();
+        merge(&mut tree, &mut owner, &a, "pa", false).unwrap();
+        merge(&mut tree, &mut owner, &a, "pa2", false).unwrap();
+        let err = merge(&mut tree, &mut owner, &b, "pb", false).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/bin/sh") && msg.contains("pa2") && msg.contains("pb"), "{msg}");
+        merge(&mut tree, &mut owner, &b, "pb", true).unwrap();
+        assert_eq!(tree.get("bin/sh").unwrap().kind, b.get("bin/sh").unwrap().kind);
+    }
+
+    #[test]
+    fn diff_names_changed_files() {
+        let rec = |p: &str, sha: &str| Record {
+            path: p.into(),
+            kind: crate::tree::EntryType::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: Some(1),
+            sha256: Some(sha.into()),
+            target: None,
+        };
+        let m = Manifest {
+            name: "a".into(),
+            arch: "x86_64".into(),
+            image_digest: "d".into(),
+            kernel: KernelRecord { sha256: "k".repeat(64), version: "v".into(), source: "s".into() },
+            cmdline: "c".into(),
+            initrd: InitrdRecord { sha256: "i".into(), size: 1, compression: Compression::Gzip, mtime: 0 },
+            layers: vec![],
+            modules: vec![],
+            files: vec![rec("/a", "1"), rec("/b", "1")],
+        };
+        let mut n = m.clone();
+        n.files = vec![rec("/a", "2"), rec("/c", "1")];
+        let d = diff(&m, &n);
+        assert_eq!(d, ["~ /a: content (1 -> 1 bytes)", "- /b", "+ /c"]);
+        assert!(diff(&m, &m).is_empty());
+    }
+}
