@@ -1,3 +1,127 @@
 //! minke's in-guest agents: the control agent (exec, files, forward, info, power over vsock),
 //! the time sync agent and the binfmt_misc agent. They are linked into the one in-guest binary
 //! (`minke-init`) and run as processes supervised by PID1.
+//!
+//! Entry point: [`agent_main`], called by `minke-init agent KIND [--port N]`. Each agent reads
+//! the image config from [`minke_protocol::IMAGE_CONFIG_PATH`] itself and reports readiness
+//! by writing `READY\n` to the descriptor named in `MINKE_NOTIFY_FD`, then closing it.
+//!
+//! **Invariant:** all `unsafe` code of this crate (AF_VSOCK addresses, pre-exec hooks, the
+//! container namespace set-up, adjtimex) lives in `sys.rs`; elsewhere syscalls go through
+//! rustix's safe API. The conversation handlers are generic over [`conn::Conn`] and never
+//! touch vsock directly, so tests run them over Unix socket pairs.
+
+pub mod binfmt;
+pub mod conn;
+pub mod container;
+pub mod control;
+mod sys;
+pub mod timesync;
+
+use std::io::Write;
+
+use minke_protocol::ImageConfig;
+
+/// Environment variable naming the readiness descriptor PID1 passes to an agent.
+pub const NOTIFY_FD_ENV: &str = "MINKE_NOTIFY_FD";
+
+/// Runs the agent named by `args[0]` (`control`, `timesync`, `binfmt`) with its options
+/// (`--port N`); returns the process exit code.
+pub fn agent_main(args: &[String]) -> i32 {
+    let Some(kind) = args.first() else {
+        eprintln!("minke agent: missing agent name (control, timesync or binfmt)");
+        return 2;
+    };
+    let mut port = None;
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--port" => match rest.next().and_then(|p| p.parse::<u32>().ok()) {
+                Some(p) => port = Some(p),
+                None => {
+                    eprintln!("minke agent {kind}: --port needs a number");
+                    return 2;
+                }
+            },
+            other => {
+                eprintln!("minke agent {kind}: unknown argument `{other}`");
+                return 2;
+            }
+        }
+    }
+    match kind.as_str() {
+        "control" => control::run(port.unwrap_or(minke_protocol::CONTROL_PORT)),
+        "timesync" => timesync::run(port.unwrap_or(minke_protocol::TIMESYNC_PORT)),
+        "binfmt" => binfmt::run(),
+        other => {
+            eprintln!(
+                "minke agent: unknown agent `{other}` (expected control, timesync or binfmt)"
+            );
+            2
+        }
+    }
+}
+
+/// Reads the image config; an unreadable config is logged and replaced by an empty one so
+/// the agents still serve what does not depend on it.
+pub(crate) fn load_config(agent: &str) -> ImageConfig {
+    match std::fs::read_to_string(minke_protocol::IMAGE_CONFIG_PATH) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!(
+                    "minke agent {agent}: {} is not a valid image config: {e}",
+                    minke_protocol::IMAGE_CONFIG_PATH
+                );
+                ImageConfig::default()
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "minke agent {agent}: cannot read {}: {e}",
+                minke_protocol::IMAGE_CONFIG_PATH
+            );
+            ImageConfig::default()
+        }
+    }
+}
+
+/// Tells PID1 this agent is ready: writes `READY\n` to `$MINKE_NOTIFY_FD` and closes it.
+/// Does nothing when the variable is absent (agent started by hand) and only logs failures.
+/// Call at most once per process.
+pub(crate) fn notify_ready(agent: &str) {
+    let Ok(val) = std::env::var(NOTIFY_FD_ENV) else {
+        return;
+    };
+    let Ok(fd) = val.trim().parse::<i32>() else {
+        eprintln!("minke agent {agent}: {NOTIFY_FD_ENV}={val:?} is not a descriptor number");
+        return;
+    };
+    let Some(fd) = sys::take_notify_fd(fd) else {
+        eprintln!("minke agent {agent}: {NOTIFY_FD_ENV}={fd} is not an open descriptor");
+        return;
+    };
+    let mut file = std::fs::File::from(fd);
+    if let Err(e) = file.write_all(b"READY\n") {
+        eprintln!("minke agent {agent}: cannot write readiness to fd {val}: {e}");
+    }
+}
+
+/// An OS error as a short lowercase message (`no such file or directory`).
+pub(crate) fn os_msg(e: &std::io::Error) -> String {
+    let s = match e.raw_os_error() {
+        Some(code) => {
+            let full = std::io::Error::from_raw_os_error(code).to_string();
+            match full.find(" (os error") {
+                Some(i) => full[..i].to_string(),
+                None => full,
+            }
+        }
+        None => e.to_string(),
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => s,
+    }
+}

@@ -104,7 +104,7 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameErr
 
 /// Incremental decoder for callers that receive bytes in arbitrary pieces (fuzzing, non-blocking
 /// readers): feed bytes with [`FrameDecoder::push`], take whole messages with
-/// [`FrameDecoder::next`]. Buffers at most one frame plus its prefix.
+/// [`FrameDecoder::next_msg`]. Buffers at most one frame plus its prefix.
 #[derive(Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
@@ -118,7 +118,7 @@ impl FrameDecoder {
 
     /// Returns the next complete message, `Ok(None)` when more bytes are needed, or an error
     /// for an oversize or malformed frame (after which the stream is unusable).
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -191,7 +191,7 @@ mod tests {
             let _ = read_frame::<_, HostMsg>(&mut &bytes[..]);
             let mut d = FrameDecoder::default();
             d.push(&bytes);
-            let _ = d.next::<GuestMsg>();
+            let _ = d.next_msg::<GuestMsg>();
         }
     }
 
@@ -204,7 +204,7 @@ mod tests {
         let mut out = Vec::new();
         for b in bytes {
             d.push(&[b]);
-            while let Some(m) = d.next::<GuestMsg>().unwrap() {
+            while let Some(m) = d.next_msg::<GuestMsg>().unwrap() {
                 out.push(m);
             }
         }

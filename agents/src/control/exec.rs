@@ -1,0 +1,659 @@
+//! The exec conversation: spawn a process (optionally on a pty, optionally inside a
+//! container), stream stdin in and stdout/stderr out, forward signals and window sizes, and
+//! report the exit code after all output was sent.
+//!
+//! Threads per exec: the caller's thread waits for the process; one thread reads host frames;
+//! one writes stdin; one or two pump output into frames through a shared writer. Flow control
+//! is the transport's: output threads block on the stream when the host reads slowly, and the
+//! process then blocks on its pipe. The process is the leader of its own session, so signals
+//! go to its whole process group; if the host connection drops before the process ended, the
+//! group is killed with SIGKILL.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use minke_protocol::msg::{ExecRequest, WinSize};
+use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK};
+use minke_protocol::{GuestMsg, HostMsg};
+use rustix::process::{Pid, Signal};
+
+use super::{ControlError, Ctx};
+use crate::conn::Conn;
+use crate::container;
+use crate::sys::{self, ExecHooks};
+
+/// `PATH` of the minimal default environment.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How many stdin chunks may wait for a process that does not read its input.
+const STDIN_QUEUE: usize = 64;
+
+/// Runs one exec conversation on `conn` (after the handshake and the `Exec` request).
+pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), ControlError> {
+    let Some(argv0) = req.argv.first().cloned() else {
+        return Err(ControlError::Refused("exec: argv is empty".into()));
+    };
+    let env = build_env(&req);
+    let uid = req.uid.unwrap_or(0);
+
+    let (mut cmd, label, plan) = match &req.container {
+        None => {
+            let program =
+                resolve_program(&argv0, env.get("PATH").map(String::as_str)).ok_or_else(|| {
+                    ControlError::Refused(format!("{argv0}: no such file or directory"))
+                })?;
+            let mut cmd = Command::new(program);
+            let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+            cmd.current_dir(&cwd);
+            let gid = req
+                .gid
+                .unwrap_or_else(|| primary_gid(Path::new("/etc/passwd"), uid));
+            if req.uid.is_some() || req.gid.is_some() {
+                cmd.uid(uid).gid(gid);
+            }
+            (cmd, argv0.clone(), None)
+        }
+        Some(name) => {
+            let c = ctx
+                .containers
+                .iter()
+                .find(|c| &c.name == name)
+                .ok_or_else(|| {
+                    ControlError::Refused(format!(
+                        "exec: no container named `{name}` in this image"
+                    ))
+                })?;
+            let gid = req
+                .gid
+                .unwrap_or_else(|| primary_gid(&Path::new(&c.rootfs).join("etc/passwd"), uid));
+            let plan = container::plan(c, req.cwd.as_deref().unwrap_or("/"), uid, gid)
+                .map_err(|e| ControlError::Refused(format!("exec in container `{name}`: {e}")))?;
+            // The program is looked up by execvp inside the container, after pivot_root.
+            (
+                Command::new(&argv0),
+                format!("{argv0} (in container `{name}`)"),
+                Some(plan),
+            )
+        }
+    };
+    cmd.arg0(&argv0).args(&req.argv[1..]).env_clear().envs(&env);
+
+    // Pty or pipes.
+    let pty = match req.tty {
+        Some(ws) => Some(open_pty(ws).map_err(|e| {
+            ControlError::Refused(format!("exec: cannot open a pty: {}", crate::os_msg(&e)))
+        })?),
+        None => None,
+    };
+    match &pty {
+        Some((_, slave)) => {
+            let dup = |f: &OwnedFd| f.try_clone().map(Stdio::from);
+            cmd.stdin(dup(slave)?)
+                .stdout(dup(slave)?)
+                .stderr(dup(slave)?);
+        }
+        None => {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
+    sys::install_hooks(
+        &mut cmd,
+        ExecHooks {
+            setsid: true,
+            ctty: pty.is_some(),
+            container: plan,
+        },
+    );
+
+    let spawned = cmd.spawn();
+    drop(cmd);
+    let master = pty.map(|(m, slave)| {
+        drop(slave);
+        m
+    });
+    let mut child =
+        spawned.map_err(|e| ControlError::Refused(format!("{label}: {}", crate::os_msg(&e))))?;
+    let pid = child.id();
+    write_frame(conn, &GuestMsg::Started { pid })?;
+
+    let proc_state = Arc::new(ProcState {
+        pgid: Pid::from_child(&child),
+        reaped: Mutex::new(false),
+    });
+    let writer = Arc::new(Mutex::new(conn.try_clone()?));
+
+    // Output pumps.
+    let mut pumps = Vec::new();
+    let stdin_sink: Box<dyn Write + Send>;
+    let mut master_for_resize = None;
+    match master {
+        Some(m) => {
+            let out = File::from(m.try_clone()?);
+            pumps.push(spawn_pump(out, Arc::clone(&writer), GuestMsg::Stdout));
+            master_for_resize = Some(m.try_clone()?);
+            stdin_sink = Box::new(File::from(m));
+        }
+        None => {
+            if let Some(out) = child.stdout.take() {
+                pumps.push(spawn_pump(out, Arc::clone(&writer), GuestMsg::Stdout));
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.push(spawn_pump(err, Arc::clone(&writer), GuestMsg::Stderr));
+            }
+            stdin_sink = match child.stdin.take() {
+                Some(s) => Box::new(s),
+                None => Box::new(io::sink()),
+            };
+        }
+    }
+    let is_tty = master_for_resize.is_some();
+
+    // Stdin writer and host frame reader.
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(STDIN_QUEUE);
+    std::thread::spawn(move || stdin_writer(stdin_sink, rx));
+    let reader_conn = conn.try_clone()?;
+    let st = Arc::clone(&proc_state);
+    std::thread::spawn(move || host_reader(reader_conn, tx, st, master_for_resize, is_tty));
+
+    // Wait without reaping, so the reader never signals a recycled pid, then reap.
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::Pid(proc_state.pgid),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
+    );
+    let status = {
+        let mut reaped = proc_state.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        let status = child.wait();
+        *reaped = true;
+        status
+    };
+    let code = match status {
+        Ok(s) => exit_code(s),
+        Err(e) => {
+            eprintln!("minke agent control: wait for pid {pid} failed: {e}");
+            -1
+        }
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    {
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        write_frame(&mut *w, &GuestMsg::Exit { code })?;
+        let _ = w.shutdown(Shutdown::Both);
+    }
+    Ok(())
+}
+
+/// The process as seen by the thread that signals it.
+struct ProcState {
+    pgid: Pid,
+    /// Set once the leader was reaped; held while signalling.
+    reaped: Mutex<bool>,
+}
+
+impl ProcState {
+    fn signal_group(&self, sig: Signal) {
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if !*reaped {
+            let _ = rustix::process::kill_process_group(self.pgid, sig);
+        }
+    }
+}
+
+/// Exit code of a finished process: its status, or 128 + the signal that killed it.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => -1,
+    }
+}
+
+fn spawn_pump<R: Read + Send + 'static>(
+    mut r: R,
+    writer: Arc<Mutex<impl Write + Send + 'static>>,
+    wrap: fn(Vec<u8>) -> GuestMsg,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        let mut host_gone = false;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A pty master reads EIO once every slave side is closed.
+                Err(_) => return,
+            };
+            if host_gone {
+                continue; // keep draining so the process never blocks on a full pipe
+            }
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if write_frame(&mut *w, &wrap(buf[..n].to_vec())).is_err() {
+                host_gone = true;
+            }
+        }
+    })
+}
+
+fn stdin_writer(mut sink: Box<dyn Write + Send>, rx: mpsc::Receiver<Vec<u8>>) {
+    for chunk in rx {
+        if sink.write_all(&chunk).is_err() {
+            // The process closed its stdin; drop what else arrives.
+            break;
+        }
+    }
+    // Dropping the sink closes the pipe (or this pty master handle).
+}
+
+fn host_reader<C: Conn>(
+    mut conn: C,
+    tx: mpsc::SyncSender<Vec<u8>>,
+    st: Arc<ProcState>,
+    master: Option<OwnedFd>,
+    is_tty: bool,
+) {
+    let mut tx = Some(tx);
+    loop {
+        let msg = match read_frame::<_, HostMsg>(&mut conn) {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e, FrameError::Closed) {
+                    eprintln!("minke agent control: exec connection failed: {e}");
+                }
+                // Host gone (or speaking nonsense) before the process ended: kill the group.
+                let reaped = *st.reaped.lock().unwrap_or_else(|p| p.into_inner());
+                if !reaped {
+                    eprintln!(
+                        "minke agent control: host connection dropped, killing process group {}",
+                        st.pgid.as_raw_nonzero()
+                    );
+                    st.signal_group(Signal::KILL);
+                }
+                return;
+            }
+        };
+        match msg {
+            HostMsg::Stdin(data) => {
+                if let Some(t) = &tx {
+                    if t.send(data).is_err() {
+                        tx = None;
+                    }
+                }
+            }
+            HostMsg::StdinEof => {
+                if is_tty {
+                    // End of input on a terminal is the VEOF character at the start of a line.
+                    if let Some(t) = &tx {
+                        let _ = t.send(vec![0x04]);
+                    }
+                } else {
+                    tx = None;
+                }
+            }
+            HostMsg::Signal(n) => match Signal::from_named_raw(n) {
+                Some(sig) => st.signal_group(sig),
+                None => eprintln!("minke agent control: ignoring unknown signal number {n}"),
+            },
+            HostMsg::Resize(ws) => {
+                if let Some(m) = &master {
+                    let _ = rustix::termios::tcsetwinsize(m.as_fd(), winsize(ws));
+                }
+            }
+            other => eprintln!(
+                "minke agent control: ignoring {} during an exec",
+                super::msg_name(&other)
+            ),
+        }
+    }
+}
+
+fn winsize(ws: WinSize) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: ws.rows,
+        ws_col: ws.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Opens a pty pair with the given size: (master, slave).
+fn open_pty(ws: WinSize) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::termios::tcsetwinsize(&slave, winsize(ws))?;
+    Ok((master, slave))
+}
+
+/// The environment of an exec: a minimal default, then the request's variables.
+fn build_env(req: &ExecRequest) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+    let home = if req.uid.unwrap_or(0) == 0 {
+        "/root"
+    } else {
+        "/"
+    };
+    env.insert("HOME".to_string(), home.to_string());
+    if req.tty.is_some() {
+        env.insert("TERM".to_string(), "xterm-256color".to_string());
+    }
+    for (k, v) in &req.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env
+}
+
+/// Finds `name` like execvp: as is when it contains a `/`, else the first executable regular
+/// file in `path`.
+pub fn resolve_program(name: &str, path: Option<&str>) -> Option<PathBuf> {
+    if name.is_empty() {
+        return None;
+    }
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    for dir in path.unwrap_or(DEFAULT_PATH).split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(name);
+        if rustix::fs::access(&cand, rustix::fs::Access::EXEC_OK).is_ok()
+            && std::fs::metadata(&cand)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        {
+            return Some(cand);
+        }
+    }
+    None
+}
+
+/// The primary group of `uid` from a passwd file, or 0.
+pub fn primary_gid(passwd: &Path, uid: u32) -> u32 {
+    let Ok(text) = std::fs::read_to_string(passwd) else {
+        return 0;
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid) {
+            return f[3].parse().unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::tests::{connect, test_ctx, tmpdir};
+    use minke_protocol::wire::write_frame;
+    use std::os::unix::net::UnixStream;
+
+    struct Outcome {
+        started: bool,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        exit: Option<i32>,
+        error: Option<String>,
+    }
+
+    fn collect(host: &mut UnixStream) -> Outcome {
+        let mut o = Outcome {
+            started: false,
+            stdout: vec![],
+            stderr: vec![],
+            exit: None,
+            error: None,
+        };
+        loop {
+            match read_frame::<_, GuestMsg>(host) {
+                Ok(GuestMsg::Started { .. }) => o.started = true,
+                Ok(GuestMsg::Stdout(d)) => o.stdout.extend(d),
+                Ok(GuestMsg::Stderr(d)) => o.stderr.extend(d),
+                Ok(GuestMsg::Exit { code }) => o.exit = Some(code),
+                Ok(GuestMsg::Error(e)) => o.error = Some(e),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => return o,
+            }
+        }
+    }
+
+    fn run(argv: &[&str], stdin: Option<&[u8]>) -> Outcome {
+        run_req(
+            ExecRequest {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            stdin,
+        )
+    }
+
+    fn run_req(req: ExecRequest, stdin: Option<&[u8]>) -> Outcome {
+        let dir = tmpdir("exec");
+        let mut host = connect(Arc::new(test_ctx(&dir, Arc::default())));
+        write_frame(&mut host, &HostMsg::Exec(req)).unwrap();
+        if let Some(data) = stdin {
+            for chunk in data.chunks(MAX_CHUNK) {
+                write_frame(&mut host, &HostMsg::Stdin(chunk.to_vec())).unwrap();
+            }
+            write_frame(&mut host, &HostMsg::StdinEof).unwrap();
+        }
+        collect(&mut host)
+    }
+
+    #[test]
+    fn true_exits_zero() {
+        let o = run(&["true"], None);
+        assert!(o.started);
+        assert_eq!(o.exit, Some(0));
+    }
+
+    #[test]
+    fn exit_code_is_reported() {
+        assert_eq!(run(&["sh", "-c", "exit 42"], None).exit, Some(42));
+    }
+
+    #[test]
+    fn killed_by_signal_is_128_plus_signal() {
+        assert_eq!(run(&["sh", "-c", "kill -9 $$"], None).exit, Some(137));
+    }
+
+    #[test]
+    fn missing_program_is_an_error() {
+        let o = run(&["no-such-program-minke"], None);
+        assert!(!o.started);
+        assert_eq!(
+            o.error.as_deref(),
+            Some("no-such-program-minke: no such file or directory")
+        );
+        let o = run(&["/no/such/path"], None);
+        assert_eq!(
+            o.error.as_deref(),
+            Some("/no/such/path: no such file or directory")
+        );
+    }
+
+    #[test]
+    fn stdin_round_trips_through_cat() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let o = run(&["cat"], Some(&data));
+        assert_eq!(o.exit, Some(0));
+        assert_eq!(o.stdout.len(), data.len());
+        assert!(o.stdout == data);
+    }
+
+    #[test]
+    fn stdout_and_stderr_env_and_cwd() {
+        let o = run_req(
+            ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo $FOO; pwd; echo err >&2".into(),
+                ],
+                env: vec![("FOO".into(), "bar".into())],
+                cwd: Some("/tmp".into()),
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(o.exit, Some(0));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "bar\n/tmp\n");
+        assert_eq!(o.stderr, b"err\n");
+    }
+
+    #[test]
+    fn output_is_drained_before_exit() {
+        let o = run(&["sh", "-c", "head -c 1000000 /dev/zero"], None);
+        assert_eq!(o.exit, Some(0));
+        assert_eq!(o.stdout.len(), 1_000_000);
+    }
+
+    #[test]
+    fn signal_is_forwarded() {
+        let dir = tmpdir("sig");
+        let mut host = connect(Arc::new(test_ctx(&dir, Arc::default())));
+        write_frame(
+            &mut host,
+            &HostMsg::Exec(ExecRequest {
+                argv: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_frame::<_, GuestMsg>(&mut host).unwrap(),
+            GuestMsg::Started { .. }
+        ));
+        write_frame(&mut host, &HostMsg::Signal(15)).unwrap();
+        assert_eq!(collect(&mut host).exit, Some(143));
+    }
+
+    #[test]
+    fn host_drop_kills_the_process_group() {
+        let dir = tmpdir("drop");
+        let marker = dir.join("pid");
+        let mut host = connect(Arc::new(test_ctx(&dir, Arc::default())));
+        let script = format!("echo $$ > {}; sleep 30", marker.display());
+        write_frame(
+            &mut host,
+            &HostMsg::Exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script],
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_frame::<_, GuestMsg>(&mut host).unwrap(),
+            GuestMsg::Started { .. }
+        ));
+        let mut pid = String::new();
+        for _ in 0..100 {
+            pid = std::fs::read_to_string(&marker).unwrap_or_default();
+            if pid.ends_with('\n') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pid: i32 = pid.trim().parse().unwrap();
+        drop(host);
+        for _ in 0..200 {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+            if !alive {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("process {pid} survived the host connection");
+    }
+
+    #[test]
+    fn pty_exec_sees_a_terminal_and_resize() {
+        let dir = tmpdir("pty");
+        let mut host = connect(Arc::new(test_ctx(&dir, Arc::default())));
+        write_frame(
+            &mut host,
+            &HostMsg::Exec(ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "read x; stty size; test -t 0 && echo tty-$x".into(),
+                ],
+                tty: Some(WinSize { rows: 24, cols: 80 }),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_frame::<_, GuestMsg>(&mut host).unwrap(),
+            GuestMsg::Started { .. }
+        ));
+        write_frame(
+            &mut host,
+            &HostMsg::Resize(WinSize {
+                rows: 30,
+                cols: 100,
+            }),
+        )
+        .unwrap();
+        write_frame(&mut host, &HostMsg::Stdin(b"ok\n".to_vec())).unwrap();
+        let o = collect(&mut host);
+        assert_eq!(o.exit, Some(0));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("30 100"), "{out:?}");
+        assert!(out.contains("tty-ok"), "{out:?}");
+    }
+
+    #[test]
+    fn twenty_concurrent_execs() {
+        let dir = tmpdir("many");
+        let ctx = Arc::new(test_ctx(&dir, Arc::default()));
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let ctx = Arc::clone(&ctx);
+                std::thread::spawn(move || {
+                    let mut host = connect(ctx);
+                    let req = ExecRequest {
+                        argv: vec!["sh".into(), "-c".into(), format!("sleep 0.2; echo {i}")],
+                        ..Default::default()
+                    };
+                    write_frame(&mut host, &HostMsg::Exec(req)).unwrap();
+                    let o = collect(&mut host);
+                    assert_eq!(o.exit, Some(0));
+                    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{i}\n"));
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn primary_gid_from_passwd() {
+        let dir = tmpdir("passwd");
+        let p = dir.join("passwd");
+        std::fs::write(&p, "root:x:0:0::/root:/bin/sh\nwww:x:33:44::/:/bin/false\n").unwrap();
+        assert_eq!(primary_gid(&p, 33), 44);
+        assert_eq!(primary_gid(&p, 7), 0);
+    }
+}

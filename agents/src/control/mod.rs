@@ -1,0 +1,546 @@
+//! The control agent: listens on vsock, accepts connections from the host only (CID 2), runs
+//! the handshake and then exactly one request per connection (exec, files, forward, info,
+//! logs, power), each on its own thread.
+//!
+//! Host-side contract, per connection: send `Hello { version: PROTOCOL_VERSION, .. }`; read
+//! `Welcome` (or `Error`, then the agent closes); send one request and follow the conversation
+//! described in [`minke_protocol::msg`]. The agent never sends a frame before the host's
+//! `Hello`, and closes the connection when the conversation is over.
+
+pub mod exec;
+pub mod files;
+pub mod forward;
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use minke_protocol::config::Container;
+use minke_protocol::msg::{InfoReply, PowerAction};
+use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK, PROTOCOL_VERSION};
+use minke_protocol::{GuestMsg, HostMsg};
+
+use crate::conn::{Conn, VsockListener};
+
+/// Directory where PID1 keeps one log ring buffer file per service.
+pub const LOG_DIR: &str = "/run/minke/log";
+
+/// Why a conversation ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The transport failed or the host sent an undecodable frame; nothing more can be sent.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The request cannot be served; the message goes to the host as `GuestMsg::Error`.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<io::Error> for ControlError {
+    fn from(e: io::Error) -> Self {
+        ControlError::Frame(FrameError::Io(e))
+    }
+}
+
+/// What a conversation handler may need from the agent: the image config and where the
+/// guest-side files live. Tests point the paths at temporary files.
+pub struct Ctx {
+    /// Containers of the image.
+    pub containers: Vec<Container>,
+    /// The image config file (sent back verbatim by `Info`).
+    pub config_path: PathBuf,
+    /// The boot timeline file.
+    pub boot_json_path: PathBuf,
+    /// Directory of service log ring buffers.
+    pub log_dir: PathBuf,
+    /// Performs a power action (signals PID1 in the guest).
+    pub power: Box<dyn Fn(PowerAction) -> io::Result<()> + Send + Sync>,
+}
+
+impl Ctx {
+    /// The context of the real agent in a guest.
+    pub fn guest() -> Ctx {
+        let cfg = crate::load_config("control");
+        Ctx {
+            containers: cfg.containers,
+            config_path: minke_protocol::IMAGE_CONFIG_PATH.into(),
+            boot_json_path: minke_protocol::BOOT_TIMELINE_PATH.into(),
+            log_dir: LOG_DIR.into(),
+            power: Box::new(signal_pid1),
+        }
+    }
+}
+
+/// Asks PID1 to power off (SIGUSR2) or reboot (SIGUSR1).
+fn signal_pid1(action: PowerAction) -> io::Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let sig = match action {
+        PowerAction::Poweroff => Signal::USR2,
+        PowerAction::Reboot => Signal::USR1,
+    };
+    kill_process(Pid::INIT, sig)?;
+    Ok(())
+}
+
+/// Runs the control agent on vsock `port`; returns the process exit code (only on failure to
+/// listen: the accept loop runs for ever).
+pub fn run(port: u32) -> i32 {
+    let ctx = Arc::new(Ctx::guest());
+    let listener = match VsockListener::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("minke agent control: cannot listen on vsock port {port}: {e}");
+            return 1;
+        }
+    };
+    eprintln!("minke agent control: listening on vsock port {port}");
+    crate::notify_ready("control");
+    loop {
+        let (mut conn, cid) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("minke agent control: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        if cid != minke_protocol::HOST_CID {
+            eprintln!("minke agent control: refused a connection from cid {cid}: only the host may connect");
+            let msg = format!(
+                "connection refused: only the host (cid {}) may use the control agent",
+                minke_protocol::HOST_CID
+            );
+            let _ = write_frame(&mut conn, &GuestMsg::Error(msg));
+            let _ = conn.shutdown(Shutdown::Both);
+            continue;
+        }
+        let ctx = Arc::clone(&ctx);
+        let spawned = std::thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || serve(conn, &ctx));
+        if let Err(e) = spawned {
+            eprintln!("minke agent control: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Serves one connection: handshake, one request, its conversation. Errors are logged (and
+/// sent to the host when the connection still works).
+pub fn serve<C: Conn>(mut conn: C, ctx: &Ctx) {
+    let result = handshake(&mut conn).and_then(|()| {
+        let req: HostMsg = read_frame(&mut conn)?;
+        dispatch(&mut conn, req, ctx)
+    });
+    match result {
+        Ok(()) => {}
+        Err(ControlError::Refused(msg)) => {
+            let _ = write_frame(&mut conn, &GuestMsg::Error(msg));
+        }
+        Err(ControlError::Frame(FrameError::Closed)) => {}
+        Err(ControlError::Frame(e)) => {
+            eprintln!("minke agent control: connection ended: {e}");
+            if matches!(e, FrameError::Malformed(_) | FrameError::TooLarge { .. }) {
+                let _ = write_frame(&mut conn, &GuestMsg::Error(format!("protocol error: {e}")));
+            }
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+fn handshake<C: Conn>(conn: &mut C) -> Result<(), ControlError> {
+    match read_frame::<_, HostMsg>(conn)? {
+        HostMsg::Hello { version, .. } if version == PROTOCOL_VERSION => {
+            write_frame(
+                conn,
+                &GuestMsg::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            )?;
+            Ok(())
+        }
+        HostMsg::Hello { version, .. } => Err(ControlError::Refused(format!(
+            "protocol version mismatch: the guest agent speaks version {PROTOCOL_VERSION}, the host \
+             sent {version}: use a host and image built from the same minke release"
+        ))),
+        other => Err(ControlError::Refused(format!(
+            "expected Hello to open the connection, got {}",
+            msg_name(&other)
+        ))),
+    }
+}
+
+fn dispatch<C: Conn>(conn: &mut C, req: HostMsg, ctx: &Ctx) -> Result<(), ControlError> {
+    match req {
+        HostMsg::Exec(req) => exec::exec(conn, req, ctx),
+        HostMsg::PutFile { path, mode } => files::put_file(conn, &path, mode),
+        HostMsg::PutTree { dest } => files::put_tree(conn, &dest),
+        HostMsg::GetFile { path } => files::get_file(conn, &path),
+        HostMsg::GetTree { path } => files::get_tree(conn, &path),
+        HostMsg::Forward(target) => forward::forward(conn, &target),
+        HostMsg::Info => {
+            let reply = info(ctx);
+            write_frame(conn, &GuestMsg::Info(reply))?;
+            Ok(())
+        }
+        HostMsg::Logs { service } => logs(conn, service.as_deref(), ctx),
+        HostMsg::Power(action) => {
+            write_frame(conn, &GuestMsg::Ok)?;
+            eprintln!("minke agent control: host asked for {action:?}");
+            (ctx.power)(action).map_err(|e| {
+                eprintln!("minke agent control: cannot signal PID1: {e}");
+                ControlError::from(e)
+            })
+        }
+        other => Err(ControlError::Refused(format!(
+            "{} is not a request the control agent serves",
+            msg_name(&other)
+        ))),
+    }
+}
+
+/// Short name of a host message, for error messages.
+pub(crate) fn msg_name(m: &HostMsg) -> &'static str {
+    match m {
+        HostMsg::Hello { .. } => "Hello",
+        HostMsg::Welcome { .. } => "Welcome",
+        HostMsg::Error(_) => "Error",
+        HostMsg::Exec(_) => "Exec",
+        HostMsg::Stdin(_) => "Stdin",
+        HostMsg::StdinEof => "StdinEof",
+        HostMsg::Signal(_) => "Signal",
+        HostMsg::Resize(_) => "Resize",
+        HostMsg::PutFile { .. } => "PutFile",
+        HostMsg::PutTree { .. } => "PutTree",
+        HostMsg::GetFile { .. } => "GetFile",
+        HostMsg::GetTree { .. } => "GetTree",
+        HostMsg::Data(_) => "Data",
+        HostMsg::End => "End",
+        HostMsg::Forward(_) => "Forward",
+        HostMsg::Info => "Info",
+        HostMsg::Logs { .. } => "Logs",
+        HostMsg::Power(_) => "Power",
+        HostMsg::TimeReply { .. } => "TimeReply",
+        HostMsg::Resumed => "Resumed",
+    }
+}
+
+fn info(ctx: &Ctx) -> InfoReply {
+    let uname = rustix::system::uname();
+    let boottime = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    InfoReply {
+        agent: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: uname.release().to_string_lossy().into_owned(),
+        boot_json: std::fs::read_to_string(&ctx.boot_json_path).unwrap_or_default(),
+        config_json: std::fs::read_to_string(&ctx.config_path).unwrap_or_default(),
+        boottime_ns: (boottime.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(boottime.tv_nsec as u64),
+    }
+}
+
+fn logs<C: Conn>(conn: &mut C, service: Option<&str>, ctx: &Ctx) -> Result<(), ControlError> {
+    match service {
+        Some(name) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(ControlError::Refused(format!(
+                    "`{name}` is not a service name"
+                )));
+            }
+            let path = ctx.log_dir.join(name);
+            let file = std::fs::File::open(&path).map_err(|e| {
+                ControlError::Refused(format!(
+                    "no log for service `{name}` ({}: {})",
+                    path.display(),
+                    crate::os_msg(&e)
+                ))
+            })?;
+            send_reader(conn, file)?;
+        }
+        None => {
+            let mut names: Vec<String> = match std::fs::read_dir(&ctx.log_dir) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(ControlError::Refused(format!(
+                        "cannot list {}: {}",
+                        ctx.log_dir.display(),
+                        crate::os_msg(&e)
+                    )))
+                }
+            };
+            names.sort();
+            let mut out = DataOut::new(conn);
+            for name in names {
+                let Ok(mut file) = std::fs::File::open(ctx.log_dir.join(&name)) else {
+                    continue;
+                };
+                writeln!(out, "==> {name} <==")?;
+                io::copy(&mut file, &mut out)?;
+            }
+            out.finish()?;
+        }
+    }
+    write_frame(conn, &GuestMsg::End)?;
+    Ok(())
+}
+
+/// Sends everything `r` yields as `Data` frames (not followed by `End`).
+pub(crate) fn send_reader<C: Write, R: Read>(conn: &mut C, mut r: R) -> Result<(), ControlError> {
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(ControlError::Refused(format!(
+                    "read failed: {}",
+                    crate::os_msg(&e)
+                )))
+            }
+        };
+        write_frame(conn, &GuestMsg::Data(buf[..n].to_vec()))?;
+    }
+}
+
+/// A `Write` that cuts what it is given into `Data` frames of at most [`MAX_CHUNK`] bytes.
+pub(crate) struct DataOut<'a, W: Write> {
+    w: &'a mut W,
+    buf: Vec<u8>,
+}
+
+impl<'a, W: Write> DataOut<'a, W> {
+    pub(crate) fn new(w: &'a mut W) -> Self {
+        DataOut {
+            w,
+            buf: Vec::with_capacity(MAX_CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            write_frame(self.w, &GuestMsg::Data(chunk)).map_err(frame_to_io)?;
+            self.buf.reserve(MAX_CHUNK);
+        }
+        Ok(())
+    }
+
+    /// Sends what is buffered.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl<W: Write> Write for DataOut<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = MAX_CHUNK - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == MAX_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+pub(crate) fn frame_to_io(e: FrameError) -> io::Error {
+    match e {
+        FrameError::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+/// Checks a host-supplied guest path: absolute, without `..` components or NUL bytes.
+pub(crate) fn check_path(path: &str) -> Result<PathBuf, ControlError> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(ControlError::Refused(format!(
+            "path `{path}` must be absolute"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(ControlError::Refused(format!(
+            "path `{}` contains a NUL byte",
+            path.escape_debug()
+        )));
+    }
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ControlError::Refused(format!(
+            "path `{path}` must not contain `..`"
+        )));
+    }
+    Ok(p.to_path_buf())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    /// A context whose files live under `dir` and whose power actions are recorded.
+    pub(crate) fn test_ctx(dir: &Path, power_log: Arc<Mutex<Vec<PowerAction>>>) -> Ctx {
+        Ctx {
+            containers: Vec::new(),
+            config_path: dir.join("image.json"),
+            boot_json_path: dir.join("boot.json"),
+            log_dir: dir.join("log"),
+            power: Box::new(move |a| {
+                power_log.lock().unwrap().push(a);
+                Ok(())
+            }),
+        }
+    }
+
+    /// Starts `serve` on one end of a socket pair, returns the host end after the handshake.
+    pub(crate) fn connect(ctx: Arc<Ctx>) -> UnixStream {
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || serve(guest, &ctx));
+        write_frame(
+            &mut host,
+            &HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "test".into(),
+            },
+        )
+        .unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Welcome { version, .. } => assert_eq!(version, PROTOCOL_VERSION),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        host
+    }
+
+    pub(crate) fn tmpdir(tag: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("minke-agents-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Reads `Data`… `End` into one buffer.
+    pub(crate) fn read_data(host: &mut UnixStream) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        loop {
+            match read_frame::<_, GuestMsg>(host).unwrap() {
+                GuestMsg::Data(d) => out.extend_from_slice(&d),
+                GuestMsg::End => return Ok(out),
+                GuestMsg::Error(e) => return Err(e),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        let dir = tmpdir("ver");
+        let ctx = Arc::new(test_ctx(&dir, Arc::default()));
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || serve(guest, &ctx));
+        write_frame(
+            &mut host,
+            &HostMsg::Hello {
+                version: 999,
+                client: "x".into(),
+            },
+        )
+        .unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Error(e) => assert!(e.contains("version mismatch"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<_, GuestMsg>(&mut host),
+            Err(FrameError::Closed)
+        ));
+    }
+
+    #[test]
+    fn garbage_instead_of_hello_gets_an_error_not_a_panic() {
+        let dir = tmpdir("garbage");
+        let ctx = Arc::new(test_ctx(&dir, Arc::default()));
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve(guest, &ctx));
+        host.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Error(e) => assert!(e.contains("protocol error"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn info_logs_and_power() {
+        let dir = tmpdir("info");
+        std::fs::write(dir.join("boot.json"), "{\"events\":[]}").unwrap();
+        std::fs::write(dir.join("image.json"), "{}").unwrap();
+        std::fs::create_dir(dir.join("log")).unwrap();
+        std::fs::write(dir.join("log/web"), "hello\n").unwrap();
+        std::fs::write(dir.join("log/db"), "x\n").unwrap();
+        let power = Arc::new(Mutex::new(Vec::new()));
+        let ctx = Arc::new(test_ctx(&dir, Arc::clone(&power)));
+
+        let mut host = connect(Arc::clone(&ctx));
+        write_frame(&mut host, &HostMsg::Info).unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Info(i) => {
+                assert_eq!(i.boot_json, "{\"events\":[]}");
+                assert_eq!(i.config_json, "{}");
+                assert!(!i.kernel.is_empty());
+                assert!(i.boottime_ns > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut host = connect(Arc::clone(&ctx));
+        write_frame(
+            &mut host,
+            &HostMsg::Logs {
+                service: Some("web".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(read_data(&mut host).unwrap(), b"hello\n");
+
+        let mut host = connect(Arc::clone(&ctx));
+        write_frame(&mut host, &HostMsg::Logs { service: None }).unwrap();
+        assert_eq!(
+            read_data(&mut host).unwrap(),
+            b"==> db <==\nx\n==> web <==\nhello\n"
+        );
+
+        let mut host = connect(Arc::clone(&ctx));
+        write_frame(
+            &mut host,
+            &HostMsg::Logs {
+                service: Some("../etc".into()),
+            },
+        )
+        .unwrap();
+        assert!(read_data(&mut host).is_err());
+
+        let mut host = connect(Arc::clone(&ctx));
+        write_frame(&mut host, &HostMsg::Power(PowerAction::Reboot)).unwrap();
+        assert_eq!(read_frame::<_, GuestMsg>(&mut host).unwrap(), GuestMsg::Ok);
+        assert!(matches!(
+            read_frame::<_, GuestMsg>(&mut host),
+            Err(FrameError::Closed)
+        ));
+        assert_eq!(*power.lock().unwrap(), vec![PowerAction::Reboot]);
+    }
+}
