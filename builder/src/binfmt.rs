@@ -29,19 +29,97 @@ pub struct Arch {
 
 /// Foreign architectures an x86_64 guest can run through QEMU user emulation.
 pub const TABLE: &[Arch] = &[
-    Arch { name: "aarch64", class: 2, data: 1, machine: 183, osabi_mask: 0x00 },
-    Arch { name: "aarch64_be", class: 2, data: 2, machine: 183, osabi_mask: 0x00 },
-    Arch { name: "arm", class: 1, data: 1, machine: 40, osabi_mask: 0x00 },
-    Arch { name: "armeb", class: 1, data: 2, machine: 40, osabi_mask: 0x00 },
-    Arch { name: "ppc", class: 1, data: 2, machine: 20, osabi_mask: 0x00 },
-    Arch { name: "ppc64", class: 2, data: 2, machine: 21, osabi_mask: 0x00 },
-    Arch { name: "ppc64le", class: 2, data: 1, machine: 21, osabi_mask: 0x00 },
-    Arch { name: "riscv32", class: 1, data: 1, machine: 243, osabi_mask: 0x00 },
-    Arch { name: "riscv64", class: 2, data: 1, machine: 243, osabi_mask: 0x00 },
-    Arch { name: "s390x", class: 2, data: 2, machine: 22, osabi_mask: 0xfc },
-    Arch { name: "loongarch64", class: 2, data: 1, machine: 258, osabi_mask: 0x00 },
-    Arch { name: "m68k", class: 1, data: 2, machine: 4, osabi_mask: 0x00 },
-    Arch { name: "sparc64", class: 2, data: 2, machine: 43, osabi_mask: 0x00 },
+    Arch {
+        name: "aarch64",
+        class: 2,
+        data: 1,
+        machine: 183,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "aarch64_be",
+        class: 2,
+        data: 2,
+        machine: 183,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "arm",
+        class: 1,
+        data: 1,
+        machine: 40,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "armeb",
+        class: 1,
+        data: 2,
+        machine: 40,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "ppc",
+        class: 1,
+        data: 2,
+        machine: 20,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "ppc64",
+        class: 2,
+        data: 2,
+        machine: 21,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "ppc64le",
+        class: 2,
+        data: 1,
+        machine: 21,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "riscv32",
+        class: 1,
+        data: 1,
+        machine: 243,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "riscv64",
+        class: 2,
+        data: 1,
+        machine: 243,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "s390x",
+        class: 2,
+        data: 2,
+        machine: 22,
+        osabi_mask: 0xfc,
+    },
+    Arch {
+        name: "loongarch64",
+        class: 2,
+        data: 1,
+        machine: 258,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "m68k",
+        class: 1,
+        data: 2,
+        machine: 4,
+        osabi_mask: 0x00,
+    },
+    Arch {
+        name: "sparc64",
+        class: 2,
+        data: 2,
+        machine: 43,
+        osabi_mask: 0x00,
+    },
 ];
 
 /// Architectures the x86_64 guest runs natively: never registered.
@@ -83,7 +161,13 @@ pub fn entry(name: &str) -> Option<Binfmt> {
     }
     let a = arch(name)?;
     let (magic, mask) = magic_mask(a);
-    Some(Binfmt { name: format!("qemu-{name}"), interpreter: interpreter(name), magic, mask, flags: "F".into() })
+    Some(Binfmt {
+        name: format!("qemu-{name}"),
+        interpreter: interpreter(name),
+        magic,
+        mask,
+        flags: "F".into(),
+    })
 }
 
 /// Checks a spec's `binfmt:` name against the table and the image's files.
@@ -93,7 +177,10 @@ pub fn check(name: &str, tree: &Tree) -> Result<(), String> {
     }
     if arch(name).is_none() {
         let known: Vec<&str> = TABLE.iter().map(|a| a.name).collect();
-        return Err(format!("binfmt: unknown architecture {name:?}; known: {}", known.join(", ")));
+        return Err(format!(
+            "binfmt: unknown architecture {name:?}; known: {}",
+            known.join(", ")
+        ));
     }
     let interp = interpreter(name);
     let node = tree.get(&interp).ok_or_else(|| {
@@ -102,10 +189,16 @@ pub fn check(name: &str, tree: &Tree) -> Result<(), String> {
     let NodeKind::File(data) = &node.kind else {
         return Err(format!("binfmt: {interp} must be a regular file (binfmt_misc's F flag opens it at registration)"));
     };
-    let bytes = data.read().map_err(|e| format!("binfmt: reading {interp}: {e}"))?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| format!("binfmt: {interp} is not an ELF file: {e}"))?;
+    let bytes = data
+        .read()
+        .map_err(|e| format!("binfmt: reading {interp}: {e}"))?;
+    let elf = goblin::elf::Elf::parse(&bytes)
+        .map_err(|e| format!("binfmt: {interp} is not an ELF file: {e}"))?;
     if elf.header.e_machine != EM_X86_64 {
-        return Err(format!("binfmt: {interp} is built for e_machine {}, not the guest's x86_64", elf.header.e_machine));
+        return Err(format!(
+            "binfmt: {interp} is built for e_machine {}, not the guest's x86_64",
+            elf.header.e_machine
+        ));
     }
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
         return Err(format!("binfmt: {interp} is dynamically linked; use Debian's qemu-user-static (static) emulators"));
@@ -118,7 +211,10 @@ mod tests {
     use super::*;
 
     fn unescape(s: &str) -> Vec<u8> {
-        s.split("\\x").filter(|p| !p.is_empty()).map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
+        s.split("\\x")
+            .filter(|p| !p.is_empty())
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect()
     }
 
     /// Debian's qemu-user-static ships the reference strings in /usr/share/binfmts.
@@ -126,8 +222,15 @@ mod tests {
     fn table_agrees_with_debian_binfmts() {
         let mut checked = 0;
         for a in TABLE {
-            let Ok(text) = std::fs::read_to_string(format!("/usr/share/binfmts/qemu-{}", a.name)) else { continue };
-            let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(|v| unescape(v.trim()));
+            let Ok(text) = std::fs::read_to_string(format!("/usr/share/binfmts/qemu-{}", a.name))
+            else {
+                continue;
+            };
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| unescape(v.trim()))
+            };
             let (magic, mask) = magic_mask(a);
             assert_eq!(Some(magic), field("magic "), "magic of {}", a.name);
             assert_eq!(Some(mask), field("mask "), "mask of {}", a.name);
@@ -141,16 +244,23 @@ mod tests {
     #[test]
     fn native_and_unknown_are_refused() {
         assert!(entry("x86_64").is_none());
-        assert!(check("x86_64", &Tree::new()).unwrap_err().contains("natively"));
+        assert!(check("x86_64", &Tree::new())
+            .unwrap_err()
+            .contains("natively"));
         assert!(check("vax", &Tree::new()).unwrap_err().contains("unknown"));
-        assert!(check("aarch64", &Tree::new()).unwrap_err().contains("qemu-user-static"));
+        assert!(check("aarch64", &Tree::new())
+            .unwrap_err()
+            .contains("qemu-user-static"));
     }
 
     #[test]
     fn dynamic_interpreter_is_refused() {
         let mut t = Tree::new();
         let sh = std::fs::read("/bin/sh").unwrap();
-        t.insert(&interpreter("aarch64"), crate::tree::Node::file(0o755, sh)).unwrap();
-        assert!(check("aarch64", &t).unwrap_err().contains("dynamically linked"));
+        t.insert(&interpreter("aarch64"), crate::tree::Node::file(0o755, sh))
+            .unwrap();
+        assert!(check("aarch64", &t)
+            .unwrap_err()
+            .contains("dynamically linked"));
     }
 }

@@ -28,6 +28,9 @@ enum Cmd {
         /// Initramfs compression (overrides the spec).
         #[arg(long, value_enum)]
         compression: Option<CompressionArg>,
+        /// Ask apt again for Debian package versions instead of reusing the cached resolution.
+        #[arg(long)]
+        refresh: bool,
     },
     /// List an image's manifest: kernel, layers, modules and every file.
     Inspect {
@@ -155,7 +158,15 @@ pub fn run() -> Result<u8> {
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Cmd::Build { spec, output, compression } => {
+        Cmd::Build {
+            spec,
+            output,
+            compression,
+            refresh,
+        } => {
+            if refresh {
+                std::env::set_var("MINKE_REFRESH", "1");
+            }
             let mut opts = BuildOptions::new(spec, output);
             opts.compression = compression.map(Into::into);
             let progress = Progress::new();
@@ -163,18 +174,40 @@ pub fn run() -> Result<u8> {
             drop(progress);
             writeln!(out, "{}", img.kernel.display())?;
             writeln!(out, "{}", img.initrd.display())?;
-            writeln!(out, "{}", img.dir.join(format!("{}-cmdline", img.name)).display())?;
-            writeln!(out, "{}", img.dir.join(format!("{}.manifest.json", img.name)).display())?;
-            writeln!(out, "image {} sha256:{}", img.name, img.manifest.image_digest)?;
+            writeln!(
+                out,
+                "{}",
+                img.dir.join(format!("{}-cmdline", img.name)).display()
+            )?;
+            writeln!(
+                out,
+                "{}",
+                img.dir
+                    .join(format!("{}.manifest.json", img.name))
+                    .display()
+            )?;
+            writeln!(
+                out,
+                "image {} sha256:{}",
+                img.name, img.manifest.image_digest
+            )?;
         }
         Cmd::Inspect { image } => {
             let img = Image::open(&image)?;
             let m = &img.manifest;
             writeln!(out, "image   {} ({})", m.name, m.arch)?;
             writeln!(out, "digest  sha256:{}", m.image_digest)?;
-            writeln!(out, "kernel  {} sha256:{} ({})", m.kernel.version, m.kernel.sha256, m.kernel.source)?;
+            writeln!(
+                out,
+                "kernel  {} sha256:{} ({})",
+                m.kernel.version, m.kernel.sha256, m.kernel.source
+            )?;
             writeln!(out, "cmdline {}", m.cmdline)?;
-            writeln!(out, "initrd  {} bytes {:?} sha256:{}", m.initrd.size, m.initrd.compression, m.initrd.sha256)?;
+            writeln!(
+                out,
+                "initrd  {} bytes {:?} sha256:{}",
+                m.initrd.size, m.initrd.compression, m.initrd.sha256
+            )?;
             for l in &m.layers {
                 writeln!(out, "layer   {} sha256:{}", l.name, l.digest)?;
             }
@@ -185,10 +218,16 @@ pub fn run() -> Result<u8> {
                 let t = format!("{:?}", f.kind).to_lowercase();
                 let extra = match (&f.target, &f.sha256) {
                     (Some(t), _) => format!("-> {t}"),
-                    (None, Some(s)) => format!("{} sha256:{}", f.size.unwrap_or(0), &s[..16.min(s.len())]),
+                    (None, Some(s)) => {
+                        format!("{} sha256:{}", f.size.unwrap_or(0), &s[..16.min(s.len())])
+                    }
                     _ => String::new(),
                 };
-                writeln!(out, "{t:<8} {:04o} {}:{} {} {extra}", f.mode, f.uid, f.gid, f.path)?;
+                writeln!(
+                    out,
+                    "{t:<8} {:04o} {}:{} {} {extra}",
+                    f.mode, f.uid, f.gid, f.path
+                )?;
             }
         }
         Cmd::Diff { a, b } => {
@@ -199,13 +238,17 @@ pub fn run() -> Result<u8> {
             }
             return Ok(if d.is_empty() { 0 } else { 1 });
         }
-        Cmd::Elf { command: ElfCmd::Deps { binaries, root } } => {
-            let closure = minke::elf::closure(&root, &binaries)?;
-            for p in closure.files() {
+        Cmd::Elf {
+            command: ElfCmd::Deps { binaries, root },
+        } => {
+            let closure = minke::elf::closure(&root, &binaries, &minke::elf::Options::default())?;
+            for p in closure.paths() {
                 writeln!(out, "{}", p.display())?;
             }
         }
-        Cmd::Kernel { command: KernelCmd::Modules { kernel, closure } } => {
+        Cmd::Kernel {
+            command: KernelCmd::Modules { kernel, closure },
+        } => {
             let dir = if Path::new(&kernel).is_dir() {
                 PathBuf::from(&kernel)
             } else if kernel.contains('/') {
@@ -214,17 +257,22 @@ pub fn run() -> Result<u8> {
                 let cache = minke::layer::Cache::default_location();
                 let progress = Progress::new();
                 let k = image::kernel_from_package(&kernel, &cache, &|m| progress.step(m))?;
-                k.modules_dir.context("that kernel package has no modules")?
+                k.modules_dir
+                    .context("that kernel package has no modules")?
             };
             let names: Vec<&str> = closure.iter().map(String::as_str).collect();
             for m in minke::kmod::closure(&dir, &names)? {
                 writeln!(out, "{}", m.name)?;
             }
         }
-        Cmd::Spec { command: SpecCmd::Schema } => {
+        Cmd::Spec {
+            command: SpecCmd::Schema,
+        } => {
             writeln!(out, "{}", minke::spec::schema_json())?;
         }
-        Cmd::Spec { command: SpecCmd::Check { spec } } => {
+        Cmd::Spec {
+            command: SpecCmd::Check { spec },
+        } => {
             let s = minke::spec::load(spec.as_deref())?;
             writeln!(out, "{}", serde_yaml_ng::to_string(&s.raw)?)?;
         }

@@ -11,7 +11,9 @@ use minke_protocol::config::{self as cfg, AgentKind, ImageConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{ArchiveOptions, Compression};
-use crate::layer::{records_digest, records_of, sha256_file, sha256_hex, write_atomic, Cache, Record};
+use crate::layer::{
+    records_digest, records_of, sha256_file, sha256_hex, write_atomic, Cache, Record,
+};
 use crate::package::{self, PackageError};
 use crate::spec::{self, FileWhat, Spec, SpecError};
 use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
@@ -22,8 +24,14 @@ pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
 /// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, virtio
 /// block devices, the virtio console (serial transport) and the ACPI power button with evdev
 /// (so PID1 sees QMP `system_powerdown`).
-pub const DEFAULT_MODULES: &[&str] =
-    &["virtio_pci", "vmw_vsock_virtio_transport", "virtio_blk", "virtio_console", "button", "evdev"];
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "vmw_vsock_virtio_transport",
+    "virtio_blk",
+    "virtio_console",
+    "button",
+    "evdev",
+];
 
 /// What to build and where.
 #[derive(Debug, Clone)]
@@ -43,8 +51,17 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// Options from the environment: SOURCE_DATE_EPOCH, the default cache.
     pub fn new(spec: Option<PathBuf>, out_dir: PathBuf) -> BuildOptions {
-        let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_EPOCH);
-        BuildOptions { spec, out_dir, cache: Cache::default_location(), epoch, compression: None }
+        let epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_EPOCH);
+        BuildOptions {
+            spec,
+            out_dir,
+            cache: Cache::default_location(),
+            epoch,
+            compression: None,
+        }
     }
 }
 
@@ -93,7 +110,10 @@ pub enum BuildError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io { path: path.to_path_buf(), source }
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The image manifest (`NAME.manifest.json`).
@@ -195,19 +215,45 @@ impl Image {
             found.sort();
             match found.len() {
                 1 => found.remove(0),
-                0 => return Err(BuildError::Other(format!("{} holds no image: run `minke build -o {}` first", path.display(), path.display()))),
-                _ => return Err(BuildError::Other(format!("{} holds several images; name one manifest file", path.display()))),
+                0 => {
+                    return Err(BuildError::Other(format!(
+                        "{} holds no image: run `minke build -o {}` first",
+                        path.display(),
+                        path.display()
+                    )))
+                }
+                _ => {
+                    return Err(BuildError::Other(format!(
+                        "{} holds several images; name one manifest file",
+                        path.display()
+                    )))
+                }
             }
         } else {
             path.to_path_buf()
         };
         let bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| BuildError::Other(format!("{}: not a minke manifest: {e}", manifest_path.display())))?;
-        let dir = manifest_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            BuildError::Other(format!(
+                "{}: not a minke manifest: {e}",
+                manifest_path.display()
+            ))
+        })?;
+        let dir = manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let [kernel, initrd, _, _] = Image::paths(&dir, &manifest.name);
         let disks = Vec::new();
-        Ok(Image { name: manifest.name.clone(), kernel, initrd, cmdline: manifest.cmdline.clone(), dir, manifest, disks })
+        Ok(Image {
+            name: manifest.name.clone(),
+            kernel,
+            initrd,
+            cmdline: manifest.cmdline.clone(),
+            dir,
+            manifest,
+            disks,
+        })
     }
 }
 
@@ -227,7 +273,11 @@ pub struct ResolvedKernel {
 }
 
 /// Resolves the spec's kernel (fetching and unpacking a Debian package into the cache).
-pub fn resolve_kernel(spec: &Spec, cache: &Cache, progress: &dyn Fn(&str)) -> Result<ResolvedKernel, BuildError> {
+pub fn resolve_kernel(
+    spec: &Spec,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<ResolvedKernel, BuildError> {
     match &spec.raw.kernel {
         spec::RawKernel::Package { package } => kernel_from_package(package, cache, progress),
         spec::RawKernel::Path { path, modules } => {
@@ -255,29 +305,60 @@ pub fn resolve_kernel(spec: &Spec, cache: &Cache, progress: &dyn Fn(&str)) -> Re
 }
 
 /// Fetches a Debian kernel package (meta packages resolved) and unpacks it into the cache.
-pub fn kernel_from_package(package: &str, cache: &Cache, progress: &dyn Fn(&str)) -> Result<ResolvedKernel, BuildError> {
+pub fn kernel_from_package(
+    package: &str,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<ResolvedKernel, BuildError> {
     let k = |e: String| BuildError::Kernel(e);
     progress(&format!("resolving kernel package {package}"));
-    let real = crate::deb::resolve_kernel_package(package).map_err(|e| k(e.to_string()))?;
+    let real = crate::pins::resolve_kernel(cache, package).map_err(|e| k(e.to_string()))?;
     progress(&format!("fetching {real}"));
-    let deb = crate::deb::fetch(&real, "amd64", &cache.dir("debs")).map_err(|e| k(e.to_string()))?;
-    let sha = sha256_file(&deb).map_err(io(&deb))?;
+    let deb = crate::pins::fetch(cache, &real, "amd64").map_err(|e| k(e.to_string()))?;
+    let sha = deb.sha256.clone();
     let dest = cache.dir("kernels").join(&sha);
-    let marker = dest.join(".complete");
-    if !marker.exists() {
-        progress(&format!("unpacking {real}"));
-        let _ = std::fs::remove_dir_all(&dest);
-        crate::deb::kernel_from_deb(&deb, &dest).map_err(|e| k(e.to_string()))?;
-        write_atomic(&marker, b"").map_err(io(&marker))?;
-    }
-    let files = crate::deb::kernel_files(&dest).map_err(|e| k(e.to_string()))?;
+    let record_path = dest.join("kernel.json");
+    let record: KernelDirRecord = match std::fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(r) => r,
+        None => {
+            progress(&format!("unpacking {real}"));
+            let _ = std::fs::remove_dir_all(&dest);
+            let files =
+                crate::deb::kernel_from_deb(&deb.path, &dest).map_err(|e| k(e.to_string()))?;
+            let r = KernelDirRecord {
+                version: files.version,
+                vmlinuz: rel(&dest, &files.vmlinuz),
+                config: rel(&dest, &files.config),
+                modules_dir: rel(&dest, &files.modules_dir),
+            };
+            let json = serde_json::to_vec(&r).map_err(|e| BuildError::Other(e.to_string()))?;
+            write_atomic(&record_path, &json).map_err(io(&record_path))?;
+            r
+        }
+    };
     Ok(ResolvedKernel {
-        image: files.vmlinuz,
-        modules_dir: Some(files.modules_dir),
-        config: Some(files.config),
-        version: files.version,
+        image: dest.join(&record.vmlinuz),
+        modules_dir: Some(dest.join(&record.modules_dir)),
+        config: Some(dest.join(&record.config)),
+        version: record.version,
         source: format!("debian {real} sha256:{sha}"),
     })
+}
+
+/// What an unpacked kernel package in the cache holds (paths relative to its directory).
+#[derive(Debug, Serialize, Deserialize)]
+struct KernelDirRecord {
+    version: String,
+    vmlinuz: PathBuf,
+    config: PathBuf,
+    modules_dir: PathBuf,
+}
+
+fn rel(base: &Path, p: &Path) -> PathBuf {
+    p.strip_prefix(base).unwrap_or(p).to_path_buf()
 }
 
 /// Everything [`build`] computed before writing outputs (exposed for tests and `inspect`).
@@ -299,7 +380,12 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let spec = spec::load(opts.spec.as_deref())?;
     let workspace = spec::workspace_dir();
     let search = package::search_path(&spec.base_dir, &workspace);
-    let cx = package::Context { cache: &opts.cache, workspace: &workspace, epoch: opts.epoch, progress };
+    let cx = package::Context {
+        cache: &opts.cache,
+        workspace: &workspace,
+        epoch: opts.epoch,
+        progress,
+    };
 
     // Packages, init first; the merge order is the spec's.
     let mut names: Vec<(String, bool)> = vec![(spec.raw.init.clone(), false)];
@@ -317,7 +403,10 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         let pkg = package::load(name, &search)?;
         let layer = package::produce(&pkg, &cx)?;
         merge(&mut tree, &mut owner, &layer.tree, name, *overrides)?;
-        layers.push(LayerRef { name: name.clone(), digest: layer.record.digest.clone() });
+        layers.push(LayerRef {
+            name: name.clone(),
+            digest: layer.record.digest.clone(),
+        });
         for c in spec.raw.containers.iter().filter(|c| &c.package == name) {
             let rootfs = pkg
                 .raw
@@ -325,8 +414,16 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 .as_ref()
                 .map(|o| o.dest.clone())
                 .or_else(|| pkg.raw.dir.as_ref().and_then(|d| d.dest.clone()))
-                .ok_or_else(|| BuildError::Other(format!("container {:?}: package {name} is not an oci or dir package with a dest", c.name)))?;
-            containers.push(cfg::Container { name: c.name.clone(), rootfs });
+                .ok_or_else(|| {
+                    BuildError::Other(format!(
+                        "container {:?}: package {name} is not an oci or dir package with a dest",
+                        c.name
+                    ))
+                })?;
+            containers.push(cfg::Container {
+                name: c.name.clone(),
+                rootfs,
+            });
         }
     }
 
@@ -340,19 +437,36 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         }
         want.extend(spec.raw.modules.iter().cloned());
         let refs: Vec<&str> = want.iter().map(String::as_str).collect();
-        let closure = crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))?;
+        let closure =
+            crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))?;
         let mut mods = Tree::new();
         for m in closure {
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
             let size = std::fs::metadata(&src).map_err(io(&src))?.len();
-            mods.insert(&image_path, Node { mode: 0o644, uid: 0, gid: 0, kind: NodeKind::File(FileData::Path { path: src, size }) })?;
-            module_list.push(cfg::Module { name: m.name.clone(), path: format!("/{image_path}"), params: String::new() });
+            mods.insert(
+                &image_path,
+                Node {
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    kind: NodeKind::File(FileData::Path { path: src, size }),
+                },
+            )?;
+            module_list.push(cfg::Module {
+                name: m.name.clone(),
+                path: format!("/{image_path}"),
+                params: String::new(),
+            });
         }
-        let recs = records_of(&mods).map_err(|e| BuildError::Other(format!("hashing modules: {e}")))?;
+        let recs =
+            records_of(&mods).map_err(|e| BuildError::Other(format!("hashing modules: {e}")))?;
         merge(&mut tree, &mut owner, &mods, "kernel-modules", false)?;
-        layers.push(LayerRef { name: "kernel-modules".into(), digest: records_digest(&recs) });
+        layers.push(LayerRef {
+            name: "kernel-modules".into(),
+            digest: records_digest(&recs),
+        });
     } else if !spec.raw.modules.is_empty() {
         return Err(BuildError::Modules(format!(
             "the spec asks for modules {:?} but the kernel has no modules directory",
@@ -367,14 +481,34 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
             FileWhat::Contents(c) => NodeKind::File(FileData::Inline(c.as_bytes().into())),
             FileWhat::Source(p) => {
                 let size = std::fs::metadata(p).map_err(io(p))?.len();
-                NodeKind::File(FileData::Path { path: p.clone(), size })
+                NodeKind::File(FileData::Path {
+                    path: p.clone(),
+                    size,
+                })
             }
             FileWhat::Symlink(t) => NodeKind::Symlink(t.clone()),
             FileWhat::Directory => NodeKind::Dir,
         };
-        own.insert(&f.path, Node { mode: f.mode, uid: f.uid, gid: f.gid, kind })?;
+        own.insert(
+            &f.path,
+            Node {
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+                kind,
+            },
+        )?;
     }
-    for d in ["proc", "sys", "dev", "run", "tmp", "var", "root", "etc/minke"] {
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var",
+        "root",
+        "etc/minke",
+    ] {
         if own.get(d).is_none() && tree.get(d).is_none() {
             own.insert(d, Node::dir(if d == "tmp" { 0o1777 } else { 0o755 }))?;
         }
@@ -387,16 +521,32 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let config = image_config(&spec, module_list, containers);
     let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Other(e.to_string()))?;
     own.insert(minke_protocol::IMAGE_CONFIG_PATH, Node::file(0o644, json))?;
-    let recs = records_of(&own).map_err(|e| BuildError::Other(format!("hashing spec files: {e}")))?;
+    let recs =
+        records_of(&own).map_err(|e| BuildError::Other(format!("hashing spec files: {e}")))?;
     // The spec's files may deliberately replace package files.
     merge(&mut tree, &mut owner, &own, "spec", true)?;
-    layers.push(LayerRef { name: "spec".into(), digest: records_digest(&recs) });
-    Ok(Assembled { tree, config, layers, kernel, spec })
+    layers.push(LayerRef {
+        name: "spec".into(),
+        digest: records_digest(&recs),
+    });
+    Ok(Assembled {
+        tree,
+        config,
+        layers,
+        kernel,
+        spec,
+    })
 }
 
 /// Merges `layer` into `tree`; a path written twice with different content is an error unless
 /// the later layer overrides. Directories merge (the later one's metadata wins).
-fn merge(tree: &mut Tree, owner: &mut BTreeMap<String, String>, layer: &Tree, name: &str, overrides: bool) -> Result<(), BuildError> {
+fn merge(
+    tree: &mut Tree,
+    owner: &mut BTreeMap<String, String>,
+    layer: &Tree,
+    name: &str,
+    overrides: bool,
+) -> Result<(), BuildError> {
     for (path, node) in layer.iter() {
         if let Some(old) = tree.get(path) {
             let same = match (&old.kind, &node.kind) {
@@ -407,7 +557,10 @@ fn merge(tree: &mut Tree, owner: &mut BTreeMap<String, String>, layer: &Tree, na
             if !same && !overrides {
                 return Err(BuildError::Conflict {
                     path: format!("/{path}"),
-                    first: owner.get(path).cloned().unwrap_or_else(|| "an earlier layer".into()),
+                    first: owner
+                        .get(path)
+                        .cloned()
+                        .unwrap_or_else(|| "an earlier layer".into()),
                     second: name.to_string(),
                 });
             }
@@ -432,11 +585,24 @@ fn same_data(a: &FileData, b: &FileData) -> bool {
 }
 
 /// Turns the validated spec into the init's config.
-pub fn image_config(spec: &Spec, modules: Vec<cfg::Module>, containers: Vec<cfg::Container>) -> ImageConfig {
+pub fn image_config(
+    spec: &Spec,
+    modules: Vec<cfg::Module>,
+    containers: Vec<cfg::Container>,
+) -> ImageConfig {
     let raw = &spec.raw;
-    let command = |argv: &[String], env: &BTreeMap<String, String>, cwd: &Option<String>, user: &Option<String>| {
+    let command = |argv: &[String],
+                   env: &BTreeMap<String, String>,
+                   cwd: &Option<String>,
+                   user: &Option<String>| {
         let (uid, gid) = user.as_deref().and_then(spec::parse_user).unwrap_or((0, 0));
-        cfg::Command { argv: argv.to_vec(), env: env.clone(), cwd: cwd.clone(), uid, gid }
+        cfg::Command {
+            argv: argv.to_vec(),
+            env: env.clone(),
+            cwd: cwd.clone(),
+            uid,
+            gid,
+        }
     };
     let task = |t: &spec::RawTask| cfg::Task {
         name: t.name.clone(),
@@ -444,7 +610,8 @@ pub fn image_config(spec: &Spec, modules: Vec<cfg::Module>, containers: Vec<cfg:
         on_failure: t.on_failure,
         timeout_ms: t.timeout_ms,
     };
-    let by_name: BTreeMap<&str, &spec::RawService> = raw.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: BTreeMap<&str, &spec::RawService> =
+        raw.services.iter().map(|s| (s.name.as_str(), s)).collect();
     let services = spec
         .service_order
         .iter()
@@ -481,7 +648,11 @@ pub fn image_config(spec: &Spec, modules: Vec<cfg::Module>, containers: Vec<cfg:
         hostname: raw.hostname.clone().unwrap_or_else(|| raw.name.clone()),
         modules,
         sysctls: raw.sysctls.clone(),
-        rlimits: vec![cfg::Rlimit { resource: "nofile".into(), soft: Some(65536), hard: Some(65536) }],
+        rlimits: vec![cfg::Rlimit {
+            resource: "nofile".into(),
+            soft: Some(65536),
+            hard: Some(65536),
+        }],
         disks: raw
             .disks
             .iter()
@@ -513,16 +684,23 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         crate::binfmt::check(arch, &a.tree).map_err(BuildError::Other)?;
     }
 
-    let files = records_of(&a.tree).map_err(|e| BuildError::Other(format!("hashing files: {e}")))?;
+    let files =
+        records_of(&a.tree).map_err(|e| BuildError::Other(format!("hashing files: {e}")))?;
     let tree_digest = records_digest(&files);
-    let key = sha256_hex(format!("initrd-v1 {tree_digest} {compression:?} {}", opts.epoch).as_bytes());
+    let key =
+        sha256_hex(format!("initrd-v1 {tree_digest} {compression:?} {}", opts.epoch).as_bytes());
     let cached = opts.cache.dir("initrd").join(format!("{key}.img"));
     let initrd = match std::fs::read(&cached) {
         Ok(b) => b,
         Err(_) => {
             progress("archiving initramfs");
-            let archive_opts = ArchiveOptions { mtime: opts.epoch as u32, compression, ..ArchiveOptions::default() };
-            let bytes = crate::compress::archive(&a.tree, &archive_opts).map_err(|e| BuildError::Archive(e.to_string()))?;
+            let archive_opts = ArchiveOptions {
+                mtime: opts.epoch as u32,
+                compression,
+                ..ArchiveOptions::default()
+            };
+            let bytes = crate::compress::archive(&a.tree, &archive_opts)
+                .map_err(|e| BuildError::Archive(e.to_string()))?;
             write_atomic(&cached, &bytes).map_err(io(&cached))?;
             bytes
         }
@@ -536,14 +714,24 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         name: name.clone(),
         arch: a.spec.raw.arch.clone(),
         image_digest,
-        kernel: KernelRecord { sha256: kernel_sha.clone(), version: a.kernel.version.clone(), source: a.kernel.source.clone() },
+        kernel: KernelRecord {
+            sha256: kernel_sha.clone(),
+            version: a.kernel.version.clone(),
+            source: a.kernel.source.clone(),
+        },
         cmdline: cmdline.clone(),
-        initrd: InitrdRecord { sha256: initrd_sha.clone(), size: initrd.len() as u64, compression, mtime: opts.epoch },
+        initrd: InitrdRecord {
+            sha256: initrd_sha.clone(),
+            size: initrd.len() as u64,
+            compression,
+            mtime: opts.epoch,
+        },
         layers: a.layers.clone(),
         modules: a.config.modules.clone(),
         files,
     };
-    let mut manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
+    let mut manifest_json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
     manifest_json.push(b'\n');
 
     let [kp, ip, cp, mp] = Image::paths(&opts.out_dir, &name);
@@ -552,10 +740,33 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     write_if_changed(&kp, &kernel_bytes, &kernel_sha)?;
     write_if_changed(&ip, &initrd, &initrd_sha)?;
     let cmdline_file = format!("{cmdline}\n");
-    write_if_changed(&cp, cmdline_file.as_bytes(), &sha256_hex(cmdline_file.as_bytes()))?;
+    write_if_changed(
+        &cp,
+        cmdline_file.as_bytes(),
+        &sha256_hex(cmdline_file.as_bytes()),
+    )?;
     write_if_changed(&mp, &manifest_json, &sha256_hex(&manifest_json))?;
-    let disks = a.spec.raw.disks.iter().map(|d| (d.label.clone(), d.size.as_deref().and_then(spec::parse_size))).collect();
-    Ok(Image { name, dir: opts.out_dir.clone(), kernel: kp, initrd: ip, cmdline, manifest, disks })
+    let disks = a
+        .spec
+        .raw
+        .disks
+        .iter()
+        .map(|d| {
+            (
+                d.label.clone(),
+                d.size.as_deref().and_then(spec::parse_size),
+            )
+        })
+        .collect();
+    Ok(Image {
+        name,
+        dir: opts.out_dir.clone(),
+        kernel: kp,
+        initrd: ip,
+        cmdline,
+        manifest,
+        disks,
+    })
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildError> {
@@ -571,21 +782,38 @@ fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildErr
 pub fn diff(a: &Manifest, b: &Manifest) -> Vec<String> {
     let mut out = Vec::new();
     if a.kernel != b.kernel {
-        out.push(format!("kernel: {} ({}) -> {} ({})", a.kernel.version, &a.kernel.sha256[..12.min(a.kernel.sha256.len())], b.kernel.version, &b.kernel.sha256[..12.min(b.kernel.sha256.len())]));
+        out.push(format!(
+            "kernel: {} ({}) -> {} ({})",
+            a.kernel.version,
+            &a.kernel.sha256[..12.min(a.kernel.sha256.len())],
+            b.kernel.version,
+            &b.kernel.sha256[..12.min(b.kernel.sha256.len())]
+        ));
     }
     if a.cmdline != b.cmdline {
         out.push(format!("cmdline: {:?} -> {:?}", a.cmdline, b.cmdline));
     }
     if a.initrd.compression != b.initrd.compression {
-        out.push(format!("compression: {:?} -> {:?}", a.initrd.compression, b.initrd.compression));
+        out.push(format!(
+            "compression: {:?} -> {:?}",
+            a.initrd.compression, b.initrd.compression
+        ));
     }
     let am: Vec<&str> = a.modules.iter().map(|m| m.name.as_str()).collect();
     let bm: Vec<&str> = b.modules.iter().map(|m| m.name.as_str()).collect();
     if am != bm {
         out.push(format!("modules: {} -> {}", am.join(","), bm.join(",")));
     }
-    let la: BTreeMap<&str, &str> = a.layers.iter().map(|l| (l.name.as_str(), l.digest.as_str())).collect();
-    let lb: BTreeMap<&str, &str> = b.layers.iter().map(|l| (l.name.as_str(), l.digest.as_str())).collect();
+    let la: BTreeMap<&str, &str> = a
+        .layers
+        .iter()
+        .map(|l| (l.name.as_str(), l.digest.as_str()))
+        .collect();
+    let lb: BTreeMap<&str, &str> = b
+        .layers
+        .iter()
+        .map(|l| (l.name.as_str(), l.digest.as_str()))
+        .collect();
     for (n, d) in &la {
         match lb.get(n) {
             None => out.push(format!("- layer {n}")),
@@ -613,7 +841,11 @@ pub fn diff(a: &Manifest, b: &Manifest) -> Vec<String> {
                     what.push(format!("owner {}:{} -> {}:{}", r.uid, r.gid, s.uid, s.gid));
                 }
                 if r.sha256 != s.sha256 || r.size != s.size {
-                    what.push(format!("content ({} -> {} bytes)", r.size.unwrap_or(0), s.size.unwrap_or(0)));
+                    what.push(format!(
+                        "content ({} -> {} bytes)",
+                        r.size.unwrap_or(0),
+                        s.size.unwrap_or(0)
+                    ));
                 }
                 if r.target != s.target {
                     what.push(format!("target {:?} -> {:?}", r.target, s.target));
@@ -645,9 +877,15 @@ mod tests {
         merge(&mut tree, &mut owner, &a, "pa2", false).unwrap();
         let err = merge(&mut tree, &mut owner, &b, "pb", false).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/bin/sh") && msg.contains("pa2") && msg.contains("pb"), "{msg}");
+        assert!(
+            msg.contains("/bin/sh") && msg.contains("pa2") && msg.contains("pb"),
+            "{msg}"
+        );
         merge(&mut tree, &mut owner, &b, "pb", true).unwrap();
-        assert_eq!(tree.get("bin/sh").unwrap().kind, b.get("bin/sh").unwrap().kind);
+        assert_eq!(
+            tree.get("bin/sh").unwrap().kind,
+            b.get("bin/sh").unwrap().kind
+        );
     }
 
     #[test]
@@ -666,9 +904,18 @@ mod tests {
             name: "a".into(),
             arch: "x86_64".into(),
             image_digest: "d".into(),
-            kernel: KernelRecord { sha256: "k".repeat(64), version: "v".into(), source: "s".into() },
+            kernel: KernelRecord {
+                sha256: "k".repeat(64),
+                version: "v".into(),
+                source: "s".into(),
+            },
             cmdline: "c".into(),
-            initrd: InitrdRecord { sha256: "i".into(), size: 1, compression: Compression::Gzip, mtime: 0 },
+            initrd: InitrdRecord {
+                sha256: "i".into(),
+                size: 1,
+                compression: Compression::Gzip,
+                mtime: 0,
+            },
             layers: vec![],
             modules: vec![],
             files: vec![rec("/a", "1"), rec("/b", "1")],

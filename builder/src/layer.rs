@@ -92,7 +92,10 @@ pub enum CacheError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io { path: path.to_path_buf(), source }
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Hex sha256 of bytes.
@@ -114,9 +117,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
+    // Outputs are world-readable like any other build artifact (tempfile creates 0600).
+    let mode = 0o644 & !current_umask();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// The process umask, read from /proc (reading it with umask(2) would change it).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()))
+        })
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
 }
 
 /// The content-addressed cache.
@@ -170,7 +191,10 @@ impl Cache {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let record: LayerRecord =
-            serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt { path: path.clone(), message: e.to_string() })?;
+            serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let mut tree = Tree::new();
         for r in &record.records {
             let kind = match (r.kind, &r.sha256, &r.target, r.size) {
@@ -183,10 +207,25 @@ impl Cache {
                     NodeKind::File(FileData::Path { path: p, size })
                 }
                 (EntryType::Symlink, _, Some(t), _) => NodeKind::Symlink(t.clone()),
-                (EntryType::Hardlink, _, Some(t), _) => NodeKind::Hardlink(t.trim_start_matches('/').to_string()),
-                _ => return Err(CacheError::Corrupt { path, message: format!("bad record for {}", r.path) }),
+                (EntryType::Hardlink, _, Some(t), _) => {
+                    NodeKind::Hardlink(t.trim_start_matches('/').to_string())
+                }
+                _ => {
+                    return Err(CacheError::Corrupt {
+                        path,
+                        message: format!("bad record for {}", r.path),
+                    })
+                }
             };
-            tree.insert(&r.path, Node { mode: r.mode, uid: r.uid, gid: r.gid, kind })?;
+            tree.insert(
+                &r.path,
+                Node {
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    kind,
+                },
+            )?;
         }
         Ok(Some(Layer { record, tree }))
     }
@@ -212,7 +251,10 @@ impl Cache {
                     let (sha, size) = self.put_blob(data, path)?;
                     rec.size = Some(size);
                     rec.sha256 = Some(sha.clone());
-                    NodeKind::File(FileData::Path { path: self.blob_path(&sha), size })
+                    NodeKind::File(FileData::Path {
+                        path: self.blob_path(&sha),
+                        size,
+                    })
                 }
                 NodeKind::Symlink(t) => {
                     rec.target = Some(t.clone());
@@ -224,13 +266,27 @@ impl Cache {
                 }
                 NodeKind::Dir => NodeKind::Dir,
             };
-            out.insert(path, Node { kind, ..node.clone() })?;
+            out.insert(
+                path,
+                Node {
+                    kind,
+                    ..node.clone()
+                },
+            )?;
             records.push(rec);
         }
         let digest = records_digest(&records);
-        let record = LayerRecord { name: name.to_string(), key: key.to_string(), digest, records };
+        let record = LayerRecord {
+            name: name.to_string(),
+            key: key.to_string(),
+            digest,
+            records,
+        };
         let path = self.layer_path(key);
-        let json = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&path, &json).map_err(io_err(&path))?;
         Ok(Layer { record, tree: out })
     }
@@ -246,7 +302,10 @@ impl Cache {
                 Ok((sha, bytes.len() as u64))
             }
             FileData::Path { path, .. } => {
-                let bytes = std::fs::read(path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+                let bytes = std::fs::read(path).map_err(|source| CacheError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 let sha = sha256_hex(&bytes);
                 let p = self.blob_path(&sha);
                 if !p.exists() {
@@ -325,7 +384,16 @@ mod tests {
         let mut t = Tree::new();
         t.insert("bin/x", Node::file(0o755, &b"hello"[..])).unwrap();
         t.insert("bin/y", Node::symlink("x")).unwrap();
-        t.insert("bin/z", Node { mode: 0o755, uid: 0, gid: 0, kind: NodeKind::Hardlink("bin/x".into()) }).unwrap();
+        t.insert(
+            "bin/z",
+            Node {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                kind: NodeKind::Hardlink("bin/x".into()),
+            },
+        )
+        .unwrap();
         let stored = cache.store("p", "k1", &t).unwrap();
         let loaded = cache.load("k1").unwrap().unwrap();
         assert_eq!(stored.record.digest, loaded.record.digest);

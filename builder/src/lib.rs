@@ -1,1 +1,21 @@
 //! minke's image library: turns a spec into a bit-reproducible kernel + initramfs + manifest.
+//!
+//! The stages, in the order data flows through them: [`spec`] (parse and validate),
+//! packages resolved into [`tree`]s by [`deb`], [`elf`], [`oci`] and the cargo producer,
+//! cached as layers, kernel modules resolved by [`kmod`], and the merged tree archived by
+//! [`cpio`] and [`compress`] into the initrd.
+
+pub mod binfmt;
+pub mod compress;
+pub mod cpio;
+pub mod deb;
+pub mod elf;
+pub mod hostdir;
+pub mod image;
+pub mod kmod;
+pub mod layer;
+pub mod oci;
+pub mod package;
+pub mod pins;
+pub mod spec;
+pub mod tree;

@@ -1,2 +1,28 @@
 //! The `minke` command line: parses arguments, calls the image library and the host shim, prints.
-fn main() {}
+//!
+//! Exit codes: 0 success; 1 failure (the whole error chain is printed once on stderr);
+//! 2 bad usage; `minke run -- CMD` and `minke exec` exit with CMD's own code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // A closed pipe (`minke inspect | head`) ends quietly.
+            if err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("minke: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

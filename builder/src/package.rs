@@ -181,20 +181,39 @@ pub struct Package {
 
 /// Directories searched for packages: the spec's own `packages/`, then the workspace's.
 pub fn search_path(spec_dir: &Path, workspace: &Path) -> Vec<PathBuf> {
-    let mut v = vec![spec_dir.join("packages"), spec_dir.join("../packages"), workspace.join("packages")];
+    let mut v = vec![
+        spec_dir.join("packages"),
+        spec_dir.join("../packages"),
+        workspace.join("packages"),
+    ];
     v.dedup();
     v
 }
 
 /// Finds and parses `NAME/package.yml` in the search path.
 pub fn load(name: &str, search: &[PathBuf]) -> Result<Package, PackageError> {
-    let Some(dir) = search.iter().map(|d| d.join(name)).find(|d| d.join("package.yml").is_file()) else {
-        let path = search.last().cloned().unwrap_or_default().join(name).join("package.yml");
-        return Err(PackageError::NotFound { name: name.to_string(), path });
+    let Some(dir) = search
+        .iter()
+        .map(|d| d.join(name))
+        .find(|d| d.join("package.yml").is_file())
+    else {
+        let path = search
+            .last()
+            .cloned()
+            .unwrap_or_default()
+            .join(name)
+            .join("package.yml");
+        return Err(PackageError::NotFound {
+            name: name.to_string(),
+            path,
+        });
     };
     let path = dir.join("package.yml");
-    let yaml = std::fs::read_to_string(&path)
-        .map_err(|e| PackageError::Invalid { path: path.clone(), at: String::new(), message: e.to_string() })?;
+    let yaml = std::fs::read_to_string(&path).map_err(|e| PackageError::Invalid {
+        path: path.clone(),
+        at: String::new(),
+        message: e.to_string(),
+    })?;
     parse(name, &dir, &yaml)
 }
 
@@ -202,24 +221,47 @@ pub fn load(name: &str, search: &[PathBuf]) -> Result<Package, PackageError> {
 pub fn parse(name: &str, dir: &Path, yaml: &str) -> Result<Package, PackageError> {
     let path = dir.join("package.yml");
     let raw: RawPackage = serde_yaml_ng::from_str(yaml).map_err(|e| {
-        let at = e.location().map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
-        PackageError::Invalid { path: path.clone(), at, message: e.to_string() }
+        let at = e
+            .location()
+            .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
+        PackageError::Invalid {
+            path: path.clone(),
+            at,
+            message: e.to_string(),
+        }
     })?;
-    let kinds = [raw.cargo.is_some(), raw.deb.is_some(), raw.host.is_some(), raw.dir.is_some(), raw.oci.is_some()];
+    let kinds = [
+        raw.cargo.is_some(),
+        raw.deb.is_some(),
+        raw.host.is_some(),
+        raw.dir.is_some(),
+        raw.oci.is_some(),
+    ];
     let n = kinds.iter().filter(|k| **k).count();
     if n != 1 {
         return Err(PackageError::Invalid {
             path,
             at: String::new(),
-            message: format!("a package needs exactly one of cargo, deb, host, dir or oci (found {n})"),
+            message: format!(
+                "a package needs exactly one of cargo, deb, host, dir or oci (found {n})"
+            ),
         });
     }
     for (p, t) in &raw.symlinks {
         if !p.starts_with('/') || crate::tree::normalize(p).is_err() || t.is_empty() {
-            return Err(PackageError::Invalid { path, at: String::new(), message: format!("invalid symlink {p:?} -> {t:?}") });
+            return Err(PackageError::Invalid {
+                path,
+                at: String::new(),
+                message: format!("invalid symlink {p:?} -> {t:?}"),
+            });
         }
     }
-    Ok(Package { name: name.to_string(), dir: dir.to_path_buf(), yaml: yaml.to_string(), raw })
+    Ok(Package {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        yaml: yaml.to_string(),
+        raw,
+    })
 }
 
 /// What producers need from the outside.
@@ -236,8 +278,14 @@ pub struct Context<'a> {
 
 /// Produces (or loads from the cache) the layer of `pkg`.
 pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
-    let fail = |m: String| PackageError::Failed { name: pkg.name.clone(), message: m };
-    let tree_err = |e: TreeError| PackageError::Tree { name: pkg.name.clone(), source: e };
+    let fail = |m: String| PackageError::Failed {
+        name: pkg.name.clone(),
+        message: m,
+    };
+    let tree_err = |e: TreeError| PackageError::Tree {
+        name: pkg.name.clone(),
+        source: e,
+    };
     let mut h = Sha256::new();
     h.update(b"minke-layer-v1\n");
     h.update(pkg.name.as_bytes());
@@ -248,21 +296,33 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
     let mut tree = Tree::new();
     let key;
     if let Some(c) = &pkg.raw.cargo {
-        hash_cargo_inputs(&mut h, cx.workspace, &c.inputs).map_err(|e| fail(format!("hashing cargo inputs: {e}")))?;
+        hash_cargo_inputs(&mut h, cx.workspace, &c.inputs)
+            .map_err(|e| fail(format!("hashing cargo inputs: {e}")))?;
         key = hex::encode(h.finalize());
         if let Some(l) = cx.cache.load(&key)? {
             return Ok(l);
         }
         (cx.progress)(&format!("building {} (cargo, static)", c.binary));
         let bin = build_cargo(cx, c).map_err(fail)?;
-        let size = std::fs::metadata(&bin).map_err(|e| fail(format!("{}: {e}", bin.display())))?.len();
-        tree.insert(&c.dest, Node { mode: 0o755, uid: 0, gid: 0, kind: NodeKind::File(crate::tree::FileData::Path { path: bin, size }) })
-            .map_err(tree_err)?;
+        let size = std::fs::metadata(&bin)
+            .map_err(|e| fail(format!("{}: {e}", bin.display())))?
+            .len();
+        tree.insert(
+            &c.dest,
+            Node {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                kind: NodeKind::File(crate::tree::FileData::Path { path: bin, size }),
+            },
+        )
+        .map_err(tree_err)?;
     } else if let Some(d) = &pkg.raw.deb {
         let arch = d.arch.clone().unwrap_or_else(|| "amd64".into());
         (cx.progress)(&format!("fetching {}:{arch}", d.name));
-        let deb = crate::deb::fetch(&d.name, &arch, &cx.cache.dir("debs")).map_err(|e| fail(e.to_string()))?;
-        let sha = sha256_file(&deb).map_err(|e| fail(format!("{}: {e}", deb.display())))?;
+        let fetched =
+            crate::pins::fetch(cx.cache, &d.name, &arch).map_err(|e| fail(e.to_string()))?;
+        let (deb, sha) = (fetched.path, fetched.sha256);
         h.update(b"deb ");
         h.update(sha.as_bytes());
         key = hex::encode(h.finalize());
@@ -279,12 +339,17 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
                     path == i || path.starts_with(&format!("{i}/"))
                 });
             if keep && !(matches!(node.kind, NodeKind::Dir) && !d.include.is_empty()) {
-                tree.insert(&format!("{dest}/{path}"), node.clone()).map_err(tree_err)?;
+                tree.insert(&format!("{dest}/{path}"), node.clone())
+                    .map_err(tree_err)?;
             }
         }
         for i in &d.include {
             if full.get(i.trim_matches('/')).is_none() {
-                return Err(fail(format!("{i} is not in Debian package {}; check the include list in {}", d.name, pkg.dir.join("package.yml").display())));
+                return Err(fail(format!(
+                    "{i} is not in Debian package {}; check the include list in {}",
+                    d.name,
+                    pkg.dir.join("package.yml").display()
+                )));
             }
         }
     } else if let Some(hs) = &pkg.raw.host {
@@ -293,29 +358,40 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
             h.update(format!("{} {sha}\n", b.display()).as_bytes());
         }
         // The closure depends on the host's libraries too: resolve first (cheap), hash it.
-        let closure = crate::elf::closure(Path::new("/"), &hs.binaries).map_err(|e| fail(e.to_string()))?;
-        for p in closure.files() {
-            let sha = sha256_file(&p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+        let closure = crate::elf::closure(
+            Path::new("/"),
+            &hs.binaries,
+            &crate::elf::Options::default(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        for p in &closure.files {
+            let sha = sha256_file(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
             h.update(format!("{} {sha}\n", p.display()).as_bytes());
         }
         key = hex::encode(h.finalize());
         if let Some(l) = cx.cache.load(&key)? {
             return Ok(l);
         }
-        closure.add_to_tree(&mut tree).map_err(|e| fail(e.to_string()))?;
+        closure
+            .add_to_tree(Path::new("/"), &mut tree)
+            .map_err(|e| fail(e.to_string()))?;
         for f in &hs.files {
             let md = std::fs::metadata(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
             let node = Node {
                 mode: perm(&md),
                 uid: 0,
                 gid: 0,
-                kind: NodeKind::File(crate::tree::FileData::Path { path: f.clone(), size: md.len() }),
+                kind: NodeKind::File(crate::tree::FileData::Path {
+                    path: f.clone(),
+                    size: md.len(),
+                }),
             };
             tree.insert(&f.to_string_lossy(), node).map_err(tree_err)?;
         }
     } else if let Some(d) = &pkg.raw.dir {
         let src = pkg.dir.join(&d.path);
-        let sub = crate::hostdir::tree_from_dir(&src).map_err(|e| fail(format!("{}: {e}", src.display())))?;
+        let sub = crate::hostdir::tree_from_dir(&src)
+            .map_err(|e| fail(format!("{}: {e}", src.display())))?;
         for r in crate::layer::records_of(&sub).map_err(|e| fail(e.to_string()))? {
             h.update(serde_json::to_vec(&r).unwrap_or_default());
         }
@@ -327,7 +403,12 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
     } else if let Some(o) = &pkg.raw.oci {
         let p = expand(&o.path, cx.cache);
         let src = if p.is_absolute() { p } else { pkg.dir.join(p) };
-        let sha = hash_path(&src).map_err(|e| fail(format!("{}: {e}; build it first (cargo xtask setup makes the demo's)", src.display())))?;
+        let sha = hash_path(&src).map_err(|e| {
+            fail(format!(
+                "{}: {e}; build it first (cargo xtask setup makes the demo's)",
+                src.display()
+            ))
+        })?;
         h.update(format!("oci {sha}\n").as_bytes());
         key = hex::encode(h.finalize());
         if let Some(l) = cx.cache.load(&key)? {
@@ -355,9 +436,16 @@ fn expand(p: &str, cache: &Cache) -> PathBuf {
 pub fn graft(tree: &mut Tree, sub: &Tree, dest: &str) -> Result<(), TreeError> {
     let dest = dest.trim_matches('/');
     for (path, node) in sub.iter() {
-        let full = if dest.is_empty() { path.clone() } else { format!("{dest}/{path}") };
+        let full = if dest.is_empty() {
+            path.clone()
+        } else {
+            format!("{dest}/{path}")
+        };
         let node = match &node.kind {
-            NodeKind::Hardlink(t) if !dest.is_empty() => Node { kind: NodeKind::Hardlink(format!("{dest}/{t}")), ..node.clone() },
+            NodeKind::Hardlink(t) if !dest.is_empty() => Node {
+                kind: NodeKind::Hardlink(format!("{dest}/{t}")),
+                ..node.clone()
+            },
             _ => node.clone(),
         };
         tree.insert(&full, node)?;
@@ -390,7 +478,11 @@ fn hash_dir(h: &mut Sha256, root: &Path, dir: &Path) -> std::io::Result<()> {
         if name == "target" || name == ".git" || name == "fuzz" {
             continue;
         }
-        let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .into_owned();
         let ft = e.file_type()?;
         if ft.is_dir() {
             h.update(format!("d {rel}\n").as_bytes());
@@ -440,11 +532,24 @@ fn hash_cargo_inputs(h: &mut Sha256, ws: &Path, inputs: &[String]) -> std::io::R
 
 fn build_cargo(cx: &Context<'_>, c: &CargoSource) -> Result<PathBuf, String> {
     // Shared between caches when set (tests build from several cache roots).
-    let target_dir = std::env::var_os("MINKE_CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cx.cache.dir("cargo-target"));
+    let target_dir = std::env::var_os("MINKE_CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cx.cache.dir("cargo-target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(cx.workspace)
-        .args(["build", "--profile", "guest", "--locked", "--package", &c.package, "--bin", &c.binary, "--target", CARGO_TARGET])
+        .args([
+            "build",
+            "--profile",
+            "guest",
+            "--locked",
+            "--package",
+            &c.package,
+            "--bin",
+            &c.binary,
+            "--target",
+            CARGO_TARGET,
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", cargo_rustflags(cx.workspace))
         .env("SOURCE_DATE_EPOCH", cx.epoch.to_string())
@@ -470,10 +575,15 @@ fn build_cargo(cx: &Context<'_>, c: &CargoSource) -> Result<PathBuf, String> {
 pub fn check_static(bytes: &[u8]) -> Result<(), String> {
     let elf = goblin::elf::Elf::parse(bytes).map_err(|e| format!("not an ELF file: {e}"))?;
     if let Some(i) = elf.interpreter {
-        return Err(format!("dynamically linked (interpreter {i}); the in-guest binary must be static"));
+        return Err(format!(
+            "dynamically linked (interpreter {i}); the in-guest binary must be static"
+        ));
     }
     if !elf.libraries.is_empty() {
-        return Err(format!("needs shared libraries {:?}; the in-guest binary must be static", elf.libraries));
+        return Err(format!(
+            "needs shared libraries {:?}; the in-guest binary must be static",
+            elf.libraries
+        ));
     }
     Ok(())
 }
@@ -497,9 +607,15 @@ mod tests {
     #[test]
     fn bad_definitions_name_the_file() {
         check_err("description: x\n", "exactly one of");
-        check_err("deb: {name: a}\ncargo: {package: a, binary: a, dest: /a}\n", "exactly one of");
+        check_err(
+            "deb: {name: a}\ncargo: {package: a, binary: a, dest: /a}\n",
+            "exactly one of",
+        );
         check_err("deb: {name: a, colour: red}\n", "unknown field");
-        check_err("deb: {name: a}\nsymlinks: {bin/sh: busybox}\n", "invalid symlink");
+        check_err(
+            "deb: {name: a}\nsymlinks: {bin/sh: busybox}\n",
+            "invalid symlink",
+        );
         check_err("deb: [\n", ":");
     }
 
@@ -516,7 +632,10 @@ mod tests {
     #[test]
     fn missing_package_names_the_path() {
         let err = load("nope", &[PathBuf::from("/x/packages")]).unwrap_err();
-        assert!(err.to_string().contains("/x/packages/nope/package.yml"), "{err}");
+        assert!(
+            err.to_string().contains("/x/packages/nope/package.yml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -168,7 +168,9 @@ pub enum RawKernel {
 
 impl Default for RawKernel {
     fn default() -> Self {
-        RawKernel::Package { package: "linux-image-cloud-amd64".into() }
+        RawKernel::Package {
+            package: "linux-image-cloud-amd64".into(),
+        }
     }
 }
 
@@ -421,7 +423,10 @@ impl Source<'_> {
         let mut line = 0;
         for (i, l) in self.text.lines().enumerate() {
             let t = l.trim_start().trim_start_matches("- ");
-            if let Some(rest) = t.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix(':')) {
+            if let Some(rest) = t
+                .strip_prefix(key)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+            {
                 let rest = rest.trim().trim_matches(|c| c == '"' || c == '\'');
                 if value.is_empty() || rest == value || rest.contains(value) {
                     line = i + 1;
@@ -433,26 +438,47 @@ impl Source<'_> {
             }
         }
         let column = if line > 0 {
-            self.text.lines().nth(line - 1).map_or(0, |l| l.find(key).map_or(1, |c| c + 1))
+            self.text
+                .lines()
+                .nth(line - 1)
+                .map_or(0, |l| l.find(key).map_or(1, |c| c + 1))
         } else {
             0
         };
-        Location { file: self.file.to_string(), line, column }
+        Location {
+            file: self.file.to_string(),
+            line,
+            column,
+        }
     }
 
     fn err(&self, key: &str, value: &str, message: impl Into<String>) -> SpecError {
-        SpecError::Invalid { at: self.locate(key, value), message: message.into() }
+        SpecError::Invalid {
+            at: self.locate(key, value),
+            message: message.into(),
+        }
     }
 }
 
 /// Reads and validates a spec file; `None` means the embedded default spec.
 pub fn load(path: Option<&Path>) -> Result<Spec, SpecError> {
     match path {
-        None => parse(DEFAULT_SPEC, DEFAULT_SPEC_NAME, &workspace_dir().join("examples")),
+        None => parse(
+            DEFAULT_SPEC,
+            DEFAULT_SPEC_NAME,
+            &workspace_dir().join("examples"),
+        ),
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| SpecError::Read { path: p.to_path_buf(), source })?;
+            let text = std::fs::read_to_string(p).map_err(|source| SpecError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
             let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
-            let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+            let base = if base.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                base
+            };
             parse(&text, &p.display().to_string(), &base)
         }
     }
@@ -463,7 +489,10 @@ pub fn workspace_dir() -> PathBuf {
     if let Ok(d) = std::env::var("MINKE_WORKSPACE") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Parses and validates spec text.
@@ -471,24 +500,53 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Spec, SpecError>
     let src = Source { file, text };
     let raw: RawSpec = serde_yaml_ng::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        SpecError::Invalid { at: Location { file: file.to_string(), line, column }, message: e.to_string() }
+        SpecError::Invalid {
+            at: Location {
+                file: file.to_string(),
+                line,
+                column,
+            },
+            message: e.to_string(),
+        }
     })?;
     validate(raw, &src, base_dir)
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !s.starts_with('.')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !s.starts_with('.')
 }
 
 fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, SpecError> {
     if !valid_name(&raw.name) {
-        return Err(src.err("name", &raw.name, format!("invalid image name {:?}: use 1-64 letters, digits, '-', '_' or '.'", raw.name)));
+        return Err(src.err(
+            "name",
+            &raw.name,
+            format!(
+                "invalid image name {:?}: use 1-64 letters, digits, '-', '_' or '.'",
+                raw.name
+            ),
+        ));
     }
     if raw.arch != "x86_64" {
-        return Err(src.err("arch", &raw.arch, format!("unsupported arch {:?}: only x86_64 guests are supported", raw.arch)));
+        return Err(src.err(
+            "arch",
+            &raw.arch,
+            format!(
+                "unsupported arch {:?}: only x86_64 guests are supported",
+                raw.arch
+            ),
+        ));
     }
     if !valid_name(&raw.init) {
-        return Err(src.err("init", &raw.init, format!("invalid init package name {:?}", raw.init)));
+        return Err(src.err(
+            "init",
+            &raw.init,
+            format!("invalid init package name {:?}", raw.init),
+        ));
     }
     // Agents.
     let mut agents = BTreeMap::new();
@@ -498,7 +556,11 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
             RawAgent::Full { kind, port } => (*kind, *port),
         };
         if agents.insert(kind, port).is_some() {
-            return Err(src.err("agents", "", format!("agent {} is listed twice", kind.name())));
+            return Err(src.err(
+                "agents",
+                "",
+                format!("agent {} is listed twice", kind.name()),
+            ));
         }
         if let Some(p) = port {
             if p == 0 || p == u32::MAX {
@@ -518,21 +580,49 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
     // Tasks and services.
     let mut names = BTreeSet::new();
     for t in raw.onboot.iter().chain(&raw.onshutdown) {
-        check_command(src, &t.name, &t.command, t.user.as_deref(), t.cwd.as_deref())?;
+        check_command(
+            src,
+            &t.name,
+            &t.command,
+            t.user.as_deref(),
+            t.cwd.as_deref(),
+        )?;
     }
     for s in &raw.services {
         if !valid_name(&s.name) {
-            return Err(src.err("name", &s.name, format!("invalid service name {:?}", s.name)));
+            return Err(src.err(
+                "name",
+                &s.name,
+                format!("invalid service name {:?}", s.name),
+            ));
         }
         if agents.keys().any(|k| k.name() == s.name) {
-            return Err(src.err("name", &s.name, format!("service name {:?} is taken by an agent", s.name)));
+            return Err(src.err(
+                "name",
+                &s.name,
+                format!("service name {:?} is taken by an agent", s.name),
+            ));
         }
         if !names.insert(s.name.clone()) {
-            return Err(src.err("name", &s.name, format!("service {:?} is defined twice", s.name)));
+            return Err(src.err(
+                "name",
+                &s.name,
+                format!("service {:?} is defined twice", s.name),
+            ));
         }
-        check_command(src, &s.name, &s.command, s.user.as_deref(), s.cwd.as_deref())?;
+        check_command(
+            src,
+            &s.name,
+            &s.command,
+            s.user.as_deref(),
+            s.cwd.as_deref(),
+        )?;
         if !(-1000..=1000).contains(&s.oom_score_adj) {
-            return Err(src.err("oom_score_adj", &s.oom_score_adj.to_string(), "oom_score_adj must be within -1000..=1000"));
+            return Err(src.err(
+                "oom_score_adj",
+                &s.oom_score_adj.to_string(),
+                "oom_score_adj must be within -1000..=1000",
+            ));
         }
     }
     let service_order = order_services(&raw.services, &agents, src)?;
@@ -544,11 +634,30 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
             return Err(src.err("path", &f.path, format!("file path {:?} must be absolute, without `.` or `..`, and shorter than PATH_MAX", f.path)));
         }
         if !seen.insert(f.path.trim_end_matches('/').to_string()) {
-            return Err(src.err("path", &f.path, format!("file {:?} is listed twice", f.path)));
+            return Err(src.err(
+                "path",
+                &f.path,
+                format!("file {:?} is listed twice", f.path),
+            ));
         }
-        let n = [f.contents.is_some(), f.source.is_some(), f.symlink.is_some(), f.directory].iter().filter(|b| **b).count();
+        let n = [
+            f.contents.is_some(),
+            f.source.is_some(),
+            f.symlink.is_some(),
+            f.directory,
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if n != 1 {
-            return Err(src.err("path", &f.path, format!("file {:?} needs exactly one of contents, source, symlink or directory: true", f.path)));
+            return Err(src.err(
+                "path",
+                &f.path,
+                format!(
+                    "file {:?} needs exactly one of contents, source, symlink or directory: true",
+                    f.path
+                ),
+            ));
         }
         let mode = match &f.mode {
             None if f.directory => 0o755,
@@ -562,19 +671,41 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
             let p = base_dir.join(s);
             match std::fs::metadata(&p) {
                 Ok(md) if md.is_file() => {}
-                Ok(_) => return Err(src.err("source", &s.display().to_string(), format!("source {} is not a regular file", p.display()))),
-                Err(e) => return Err(src.err("source", &s.display().to_string(), format!("cannot read source {}: {e}", p.display()))),
+                Ok(_) => {
+                    return Err(src.err(
+                        "source",
+                        &s.display().to_string(),
+                        format!("source {} is not a regular file", p.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(src.err(
+                        "source",
+                        &s.display().to_string(),
+                        format!("cannot read source {}: {e}", p.display()),
+                    ))
+                }
             }
             FileWhat::Source(p)
         } else if let Some(t) = &f.symlink {
             if t.is_empty() {
-                return Err(src.err("symlink", "", format!("empty symlink target for {:?}", f.path)));
+                return Err(src.err(
+                    "symlink",
+                    "",
+                    format!("empty symlink target for {:?}", f.path),
+                ));
             }
             FileWhat::Symlink(t.clone())
         } else {
             FileWhat::Directory
         };
-        files.push(FileEntry { path: f.path.clone(), what, mode, uid: f.uid, gid: f.gid });
+        files.push(FileEntry {
+            path: f.path.clone(),
+            what,
+            mode,
+            uid: f.uid,
+            gid: f.gid,
+        });
     }
     // Packages.
     let mut packages = Vec::new();
@@ -588,7 +719,11 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
             return Err(src.err("packages", &name, format!("invalid package name {name:?}")));
         }
         if !pk.insert(name.clone()) {
-            return Err(src.err("packages", &name, format!("package {name:?} is listed twice")));
+            return Err(src.err(
+                "packages",
+                &name,
+                format!("package {name:?} is listed twice"),
+            ));
         }
         packages.push((name, ov));
     }
@@ -596,26 +731,59 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
     let mut labels = BTreeSet::new();
     for d in &raw.disks {
         if !valid_name(&d.label) || d.label.len() > 16 {
-            return Err(src.err("label", &d.label, format!("invalid disk label {:?}: 1-16 letters, digits, '-', '_'", d.label)));
+            return Err(src.err(
+                "label",
+                &d.label,
+                format!(
+                    "invalid disk label {:?}: 1-16 letters, digits, '-', '_'",
+                    d.label
+                ),
+            ));
         }
         if !labels.insert(d.label.clone()) {
-            return Err(src.err("label", &d.label, format!("disk {:?} is listed twice", d.label)));
+            return Err(src.err(
+                "label",
+                &d.label,
+                format!("disk {:?} is listed twice", d.label),
+            ));
         }
         if !d.mountpoint.starts_with('/') || d.mountpoint == "/" {
-            return Err(src.err("mountpoint", &d.mountpoint, format!("disk mountpoint {:?} must be an absolute path other than /", d.mountpoint)));
+            return Err(src.err(
+                "mountpoint",
+                &d.mountpoint,
+                format!(
+                    "disk mountpoint {:?} must be an absolute path other than /",
+                    d.mountpoint
+                ),
+            ));
         }
         if d.fstype != "ext4" {
-            return Err(src.err("fstype", &d.fstype, format!("unsupported filesystem {:?}: only ext4 data disks are supported", d.fstype)));
+            return Err(src.err(
+                "fstype",
+                &d.fstype,
+                format!(
+                    "unsupported filesystem {:?}: only ext4 data disks are supported",
+                    d.fstype
+                ),
+            ));
         }
         if let Some(s) = &d.size {
             if parse_size(s).is_none() {
-                return Err(src.err("size", s, format!("invalid disk size {s:?}: use a number with K, M or G")));
+                return Err(src.err(
+                    "size",
+                    s,
+                    format!("invalid disk size {s:?}: use a number with K, M or G"),
+                ));
             }
         }
     }
     for c in &raw.containers {
         if !valid_name(&c.name) {
-            return Err(src.err("name", &c.name, format!("invalid container name {:?}", c.name)));
+            return Err(src.err(
+                "name",
+                &c.name,
+                format!("invalid container name {:?}", c.name),
+            ));
         }
     }
     for (k, v) in &raw.sysctls {
@@ -647,7 +815,13 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mul).filter(|n| *n > 0)
 }
 
-fn check_command(src: &Source<'_>, name: &str, argv: &[String], user: Option<&str>, cwd: Option<&str>) -> Result<(), SpecError> {
+fn check_command(
+    src: &Source<'_>,
+    name: &str,
+    argv: &[String],
+    user: Option<&str>,
+    cwd: Option<&str>,
+) -> Result<(), SpecError> {
     if name.is_empty() {
         return Err(src.err("name", "", "a task or service has an empty name"));
     }
@@ -655,11 +829,19 @@ fn check_command(src: &Source<'_>, name: &str, argv: &[String], user: Option<&st
         return Err(src.err("name", name, format!("{name:?} has an empty command: give argv as a list, e.g. [\"/bin/sh\", \"-c\", \"...\"]")));
     }
     if argv.iter().any(|a| a.contains('\0')) {
-        return Err(src.err("name", name, format!("{name:?}: command arguments cannot contain NUL bytes")));
+        return Err(src.err(
+            "name",
+            name,
+            format!("{name:?}: command arguments cannot contain NUL bytes"),
+        ));
     }
     if let Some(u) = user {
         if parse_user(u).is_none() {
-            return Err(src.err("user", u, format!("invalid user {u:?} for {name:?}: use a numeric uid or uid:gid")));
+            return Err(src.err(
+                "user",
+                u,
+                format!("invalid user {u:?} for {name:?}: use a numeric uid or uid:gid"),
+            ));
         }
     }
     if let Some(c) = cwd {
@@ -672,8 +854,16 @@ fn check_command(src: &Source<'_>, name: &str, argv: &[String], user: Option<&st
 
 /// Orders services so every `after:` dependency comes first; unknown names and cycles are
 /// errors. Agents count as already-known names.
-fn order_services(services: &[RawService], agents: &BTreeMap<AgentKind, Option<u32>>, src: &Source<'_>) -> Result<Vec<String>, SpecError> {
-    let known: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).chain(agents.keys().map(|k| k.name())).collect();
+fn order_services(
+    services: &[RawService],
+    agents: &BTreeMap<AgentKind, Option<u32>>,
+    src: &Source<'_>,
+) -> Result<Vec<String>, SpecError> {
+    let known: BTreeSet<&str> = services
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(agents.keys().map(|k| k.name()))
+        .collect();
     for s in services {
         for a in &s.after {
             if !known.contains(a.as_str()) {
@@ -681,7 +871,8 @@ fn order_services(services: &[RawService], agents: &BTreeMap<AgentKind, Option<u
             }
         }
     }
-    let by_name: BTreeMap<&str, &RawService> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: BTreeMap<&str, &RawService> =
+        services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 visiting, 2 done
     let mut order = Vec::new();
     fn visit<'a>(
@@ -701,7 +892,9 @@ fn order_services(services: &[RawService], agents: &BTreeMap<AgentKind, Option<u
             }
             _ => {}
         }
-        let Some(s) = by_name.get(n) else { return Ok(()) }; // an agent
+        let Some(s) = by_name.get(n) else {
+            return Ok(());
+        }; // an agent
         state.insert(n, 1);
         path.push(n);
         for a in &s.after {
@@ -714,8 +907,16 @@ fn order_services(services: &[RawService], agents: &BTreeMap<AgentKind, Option<u
     }
     for s in services {
         let mut path = Vec::new();
-        visit(&s.name, &by_name, &mut state, &mut order, &mut path)
-            .map_err(|cycle| src.err("after", "", format!("services depend on each other in a cycle: {}", cycle.join(" -> "))))?;
+        visit(&s.name, &by_name, &mut state, &mut order, &mut path).map_err(|cycle| {
+            src.err(
+                "after",
+                "",
+                format!(
+                    "services depend on each other in a cycle: {}",
+                    cycle.join(" -> ")
+                ),
+            )
+        })?;
     }
     Ok(order)
 }
@@ -733,13 +934,21 @@ mod tests {
     fn check_err(yaml: &str, line: usize, needle: &str) {
         let err = parse(yaml, "t.yml", Path::new(".")).expect_err("spec should be rejected");
         let msg = err.to_string();
-        assert!(msg.starts_with(&format!("t.yml:{line}")), "wrong location in {msg:?} (want line {line})");
+        assert!(
+            msg.starts_with(&format!("t.yml:{line}")),
+            "wrong location in {msg:?} (want line {line})"
+        );
         assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
     }
 
     #[test]
     fn default_spec_is_valid() {
-        let s = parse(DEFAULT_SPEC, "default.yml", &workspace_dir().join("examples")).unwrap();
+        let s = parse(
+            DEFAULT_SPEC,
+            "default.yml",
+            &workspace_dir().join("examples"),
+        )
+        .unwrap();
         assert_eq!(s.raw.name, "default");
         assert!(s.agents.iter().any(|(k, _)| *k == AgentKind::Control));
     }
@@ -761,22 +970,38 @@ mod tests {
 
     #[test]
     fn bad_mode() {
-        check_err("name: x\nfiles:\n  - path: /a\n    contents: hi\n    mode: \"0999\"\n", 5, "invalid mode");
+        check_err(
+            "name: x\nfiles:\n  - path: /a\n    contents: hi\n    mode: \"0999\"\n",
+            5,
+            "invalid mode",
+        );
     }
 
     #[test]
     fn relative_file_path() {
-        check_err("name: x\nfiles:\n  - path: etc/a\n    contents: hi\n", 3, "must be absolute");
+        check_err(
+            "name: x\nfiles:\n  - path: etc/a\n    contents: hi\n",
+            3,
+            "must be absolute",
+        );
     }
 
     #[test]
     fn missing_source() {
-        check_err("name: x\nfiles:\n  - path: /a\n    source: nope.txt\n", 4, "cannot read source");
+        check_err(
+            "name: x\nfiles:\n  - path: /a\n    source: nope.txt\n",
+            4,
+            "cannot read source",
+        );
     }
 
     #[test]
     fn two_kinds_of_content() {
-        check_err("name: x\nfiles:\n  - path: /a\n    contents: hi\n    symlink: /b\n", 3, "exactly one of");
+        check_err(
+            "name: x\nfiles:\n  - path: /a\n    contents: hi\n    symlink: /b\n",
+            3,
+            "exactly one of",
+        );
     }
 
     #[test]
@@ -787,27 +1012,47 @@ mod tests {
 
     #[test]
     fn unknown_after() {
-        check_err("name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    after: [ghost]\n", 5, "ghost");
+        check_err(
+            "name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    after: [ghost]\n",
+            5,
+            "ghost",
+        );
     }
 
     #[test]
     fn empty_command() {
-        check_err("name: x\nservices:\n  - name: a\n    command: []\n", 3, "empty command");
+        check_err(
+            "name: x\nservices:\n  - name: a\n    command: []\n",
+            3,
+            "empty command",
+        );
     }
 
     #[test]
     fn bad_user() {
-        check_err("name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    user: root\n", 5, "numeric uid");
+        check_err(
+            "name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    user: root\n",
+            5,
+            "numeric uid",
+        );
     }
 
     #[test]
     fn bad_restart() {
-        check_err("name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    restart: sometimes\n", 5, "unknown variant");
+        check_err(
+            "name: x\nservices:\n  - name: a\n    command: [/bin/a]\n    restart: sometimes\n",
+            5,
+            "unknown variant",
+        );
     }
 
     #[test]
     fn duplicate_service() {
-        check_err("name: x\nservices:\n  - name: a\n    command: [/a]\n  - name: a\n    command: [/a]\n", 3, "defined twice");
+        check_err(
+            "name: x\nservices:\n  - name: a\n    command: [/a]\n  - name: a\n    command: [/a]\n",
+            3,
+            "defined twice",
+        );
     }
 
     #[test]
@@ -822,15 +1067,31 @@ mod tests {
 
     #[test]
     fn bad_disk() {
-        check_err("name: x\ndisks:\n  - label: var\n    mountpoint: /\n", 4, "mountpoint");
-        check_err("name: x\ndisks:\n  - label: var\n    mountpoint: /var\n    fstype: xfs\n", 5, "only ext4");
-        check_err("name: x\ndisks:\n  - label: var\n    mountpoint: /var\n    size: lots\n", 5, "invalid disk size");
+        check_err(
+            "name: x\ndisks:\n  - label: var\n    mountpoint: /\n",
+            4,
+            "mountpoint",
+        );
+        check_err(
+            "name: x\ndisks:\n  - label: var\n    mountpoint: /var\n    fstype: xfs\n",
+            5,
+            "only ext4",
+        );
+        check_err(
+            "name: x\ndisks:\n  - label: var\n    mountpoint: /var\n    size: lots\n",
+            5,
+            "invalid disk size",
+        );
     }
 
     #[test]
     fn path_too_long() {
         let p = format!("/{}", "a/".repeat(2100));
-        check_err(&format!("name: x\nfiles:\n  - path: {p}\n    contents: x\n"), 3, "PATH_MAX");
+        check_err(
+            &format!("name: x\nfiles:\n  - path: {p}\n    contents: x\n"),
+            3,
+            "PATH_MAX",
+        );
     }
 
     #[test]

@@ -77,15 +77,30 @@ pub struct Node {
 impl Node {
     /// A root-owned directory.
     pub fn dir(mode: u32) -> Node {
-        Node { mode, uid: 0, gid: 0, kind: NodeKind::Dir }
+        Node {
+            mode,
+            uid: 0,
+            gid: 0,
+            kind: NodeKind::Dir,
+        }
     }
     /// A root-owned file held in memory.
     pub fn file(mode: u32, data: impl Into<Arc<[u8]>>) -> Node {
-        Node { mode, uid: 0, gid: 0, kind: NodeKind::File(FileData::Inline(data.into())) }
+        Node {
+            mode,
+            uid: 0,
+            gid: 0,
+            kind: NodeKind::File(FileData::Inline(data.into())),
+        }
     }
     /// A root-owned symlink.
     pub fn symlink(target: impl Into<String>) -> Node {
-        Node { mode: 0o777, uid: 0, gid: 0, kind: NodeKind::Symlink(target.into()) }
+        Node {
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            kind: NodeKind::Symlink(target.into()),
+        }
     }
 }
 
@@ -162,7 +177,11 @@ pub fn normalize(path: &str) -> Result<String, TreeError> {
     }
     let p = parts.join("/");
     if p.len() + 1 > MAX_PATH_LEN {
-        return Err(TreeError::PathTooLong { len: p.len(), path: p, max: MAX_PATH_LEN });
+        return Err(TreeError::PathTooLong {
+            len: p.len(),
+            path: p,
+            max: MAX_PATH_LEN,
+        });
     }
     Ok(p)
 }
@@ -179,13 +198,18 @@ impl Tree {
         let path = normalize(path)?;
         if let NodeKind::File(d) = &node.kind {
             if d.size() > MAX_FILE_SIZE {
-                return Err(TreeError::FileTooLarge { path, size: d.size() });
+                return Err(TreeError::FileTooLarge {
+                    path,
+                    size: d.size(),
+                });
             }
         }
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             let parent = &path[..end + i];
-            self.entries.entry(parent.to_string()).or_insert_with(|| Node::dir(0o755));
+            self.entries
+                .entry(parent.to_string())
+                .or_insert_with(|| Node::dir(0o755));
             end += i + 1;
         }
         Ok(self.entries.insert(path, node))
@@ -201,8 +225,12 @@ impl Tree {
         let path = path.trim_matches('/').to_string();
         let prefix = format!("{path}/");
         self.entries.remove(&path);
-        let below: Vec<String> =
-            self.entries.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+        let below: Vec<String> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in below {
             self.entries.remove(&k);
         }
@@ -231,7 +259,8 @@ mod tests {
     #[test]
     fn parents_come_first_and_are_created() {
         let mut t = Tree::new();
-        t.insert("/usr/bin/x", Node::file(0o755, &b"x"[..])).unwrap();
+        t.insert("/usr/bin/x", Node::file(0o755, &b"x"[..]))
+            .unwrap();
         t.insert("usr-local", Node::dir(0o755)).unwrap();
         let paths: Vec<_> = t.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["usr", "usr-local", "usr/bin", "usr/bin/x"]);
@@ -242,7 +271,10 @@ mod tests {
         assert!(matches!(normalize("a/../b"), Err(TreeError::BadPath(_))));
         assert!(matches!(normalize("/"), Err(TreeError::BadPath(_))));
         let long = "a/".repeat(3000);
-        assert!(matches!(normalize(&long), Err(TreeError::PathTooLong { .. })));
+        assert!(matches!(
+            normalize(&long),
+            Err(TreeError::PathTooLong { .. })
+        ));
     }
 
     #[test]

@@ -28,13 +28,22 @@ fn check(case: &Path) -> Result<(), String> {
         .output()
         .map_err(|e| e.to_string())?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let name = case.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = case
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let stem = name.trim_end_matches(".yml");
     if out.status.code() != Some(1) {
-        return Err(format!("{name}: exit status {:?}, want 1; stderr:\n{stderr}", out.status.code()));
+        return Err(format!(
+            "{name}: exit status {:?}, want 1; stderr:\n{stderr}",
+            out.status.code()
+        ));
     }
     if !stderr.contains(expected) {
-        return Err(format!("{name}: error does not mention {expected:?}:\n{stderr}"));
+        return Err(format!(
+            "{name}: error does not mention {expected:?}:\n{stderr}"
+        ));
     }
     let spec_level = !(stem.starts_with("package-")
         || stem.starts_with("missing-")
@@ -43,16 +52,23 @@ fn check(case: &Path) -> Result<(), String> {
     if spec_level {
         let at = format!("{name}:");
         let located = stderr.match_indices(&at).any(|(i, _)| {
-            stderr[i + at.len()..].chars().next().is_some_and(|c| c.is_ascii_digit() && c != '0')
+            stderr[i + at.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() && c != '0')
         });
         if !located {
-            return Err(format!("{name}: error does not name {name}:LINE:\n{stderr}"));
+            return Err(format!(
+                "{name}: error does not name {name}:LINE:\n{stderr}"
+            ));
         }
     }
     if stderr.contains("panicked") {
         return Err(format!("{name}: panic:\n{stderr}"));
     }
-    let left: Vec<_> = std::fs::read_dir(out_dir.path()).map_err(|e| e.to_string())?.collect();
+    let left: Vec<_> = std::fs::read_dir(out_dir.path())
+        .map_err(|e| e.to_string())?
+        .collect();
     if !left.is_empty() {
         return Err(format!("{name}: output files left behind: {left:?}"));
     }
@@ -69,5 +85,11 @@ fn every_malformed_spec_fails_cleanly() {
     cases.sort();
     assert!(cases.len() >= 30, "the corpus shrank to {}", cases.len());
     let failures: Vec<String> = cases.iter().filter_map(|c| check(c).err()).collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }

@@ -5,10 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const COPIED: &[&str] = &["Cargo.toml", "Cargo.lock", "init", "agents", "packages", "examples"];
+const COPIED: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "init",
+    "agents",
+    "packages",
+    "examples",
+];
 
 fn copy_tree(src: &Path, dst: &Path, reverse: bool, mtime: &str) {
-    let mut entries: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     if reverse {
         entries.reverse();
@@ -28,16 +38,33 @@ fn copy_tree(src: &Path, dst: &Path, reverse: bool, mtime: &str) {
         } else {
             std::fs::copy(&s, &d).unwrap();
         }
-        let st = Command::new("touch").arg("-h").arg("-d").arg(mtime).arg(&d).status().unwrap();
+        let st = Command::new("touch")
+            .arg("-h")
+            .arg("-d")
+            .arg(mtime)
+            .arg(&d)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
-fn build(root: &Path, reverse: bool, mtime: &str, umask: &str, tz: &str, lc: &str, target: &Path) -> PathBuf {
+fn build(
+    root: &Path,
+    reverse: bool,
+    mtime: &str,
+    umask: &str,
+    tz: &str,
+    lc: &str,
+    target: &Path,
+) -> PathBuf {
     let ws = root.join("workspace");
     std::fs::create_dir_all(&ws).unwrap();
     for item in COPIED {
@@ -78,10 +105,28 @@ fn default_image_is_bit_reproducible() {
     let a = tmp.path().join("first/copy");
     let b = tmp.path().join("second-location/elsewhere/copy");
     let out_a = build(&a, false, "2001-02-03 04:05:06", "022", "UTC", "C", &target);
-    let out_b = build(&b, true, "2022-12-31 23:59:59", "077", "Asia/Kolkata", "en_US.UTF-8", &target);
-    for f in ["default-kernel", "default-initrd.img", "default-cmdline", "default.manifest.json"] {
+    let out_b = build(
+        &b,
+        true,
+        "2022-12-31 23:59:59",
+        "077",
+        "Asia/Kolkata",
+        "en_US.UTF-8",
+        &target,
+    );
+    for f in [
+        "default-kernel",
+        "default-initrd.img",
+        "default-cmdline",
+        "default.manifest.json",
+    ] {
         let x = std::fs::read(out_a.join(f)).unwrap();
         let y = std::fs::read(out_b.join(f)).unwrap();
-        assert!(x == y, "{f} differs between the two builds (try diffoscope {} {})", out_a.join(f).display(), out_b.join(f).display());
+        assert!(
+            x == y,
+            "{f} differs between the two builds (try diffoscope {} {})",
+            out_a.join(f).display(),
+            out_b.join(f).display()
+        );
     }
 }
