@@ -3,8 +3,9 @@
 //!
 //! # Entry point
 //! [`archive`]`(tree, &ArchiveOptions { mtime, compression, chunk_target, threads })` returns the
-//! finished initrd bytes. [`compress_plan`] does the same for an already planned
-//! [`cpio::Plan`].
+//! finished initrd bytes; [`archive_to_path`] writes the same bytes to a file (faster when
+//! uncompressed: file data is copied by the kernel); [`compress_plan`] does the work for an
+//! already planned [`cpio::Plan`].
 //!
 //! # Output
 //! The [`cpio::Plan`] cuts one newc archive (one `TRAILER!!!`, at the very end) into chunks at
@@ -20,7 +21,9 @@
 //!
 //! # Determinism
 //! Chunk boundaries depend only on the tree and `chunk_target`; each chunk is compressed alone
-//! by a pinned backend at a pinned level; so the bytes are the same for any thread count.
+//! by a pinned backend at a pinned level (flate2 on zlib-rs, zstd; versions pinned by
+//! Cargo.lock, and neither's output depends on the CPU's features), so the bytes are the same
+//! for any thread count.
 //! Threads (at most `available_parallelism`) take chunks largest first, each reading its
 //! chunk's files itself; the uncompressed case writes every chunk straight into its place in
 //! one output buffer.

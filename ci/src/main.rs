@@ -3,6 +3,8 @@
 //! Each task is a module; every task runs from the workspace root through one xshell `Shell`.
 //! `cargo xtask test` is exactly what CI runs.
 
+mod bench_build;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -30,6 +32,11 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup::run(&sh),
         Some("test") => test::run(&sh, rest),
+        Some("fuzz") => fuzz::run(&sh, rest),
+        Some("bench") => match rest.first().map(String::as_str) {
+            Some("build") => bench_build::run(&sh),
+            other => bail!("unknown benchmark {other:?}: build | boot | agents | reliability"),
+        },
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -40,5 +47,8 @@ fn main() -> Result<()> {
 
 /// The workspace root (this crate lives in `ci/`).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }

@@ -22,13 +22,21 @@ const APT: &[(&str, &str)] = &[
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).
-const CARGO: &[(&str, &str)] = &[("vhost-device-vsock", "vhost-device-vsock"), ("threecpio", "3cpio")];
+const CARGO: &[(&str, &str)] = &[
+    ("vhost-device-vsock", "vhost-device-vsock"),
+    ("threecpio", "3cpio"),
+];
 
 /// Foreign Debian architectures whose busybox-static the cross-arch tests fetch.
 pub const FOREIGN_ARCHES: &[&str] = &["arm64", "armhf", "s390x"];
 
 fn have(sh: &Shell, bin: &str) -> bool {
-    cmd!(sh, "sh -c 'command -v \"$0\"' {bin}").quiet().ignore_stdout().ignore_stderr().run().is_ok()
+    cmd!(sh, "sh -c 'command -v \"$0\"' {bin}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
         || cargo_bin(bin).exists()
 }
 
@@ -36,14 +44,20 @@ fn have(sh: &Shell, bin: &str) -> bool {
 pub fn cargo_bin(name: &str) -> std::path::PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin").join(name)
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -52,7 +66,9 @@ pub fn run(sh: &Shell) -> Result<()> {
     for (krate, bin) in CARGO {
         if !have(sh, bin) {
             eprintln!("xtask setup: cargo install --locked {krate}");
-            cmd!(sh, "cargo install --locked {krate}").run().with_context(|| format!("installing {krate}"))?;
+            cmd!(sh, "cargo install --locked {krate}")
+                .run()
+                .with_context(|| format!("installing {krate}"))?;
         }
     }
     // The default kernel, into the cache, through the builder itself.
@@ -67,9 +83,19 @@ pub fn run(sh: &Shell) -> Result<()> {
 }
 
 fn apt(sh: &Shell) -> Result<()> {
-    let missing: Vec<&str> = APT.iter().filter(|(_, bin)| !have(sh, bin)).map(|(p, _)| *p).collect();
-    let arches = cmd!(sh, "dpkg --print-foreign-architectures").read().unwrap_or_default();
-    let missing_arches: Vec<&str> = FOREIGN_ARCHES.iter().copied().filter(|a| !arches.lines().any(|l| l == *a)).collect();
+    let missing: Vec<&str> = APT
+        .iter()
+        .filter(|(_, bin)| !have(sh, bin))
+        .map(|(p, _)| *p)
+        .collect();
+    let arches = cmd!(sh, "dpkg --print-foreign-architectures")
+        .read()
+        .unwrap_or_default();
+    let missing_arches: Vec<&str> = FOREIGN_ARCHES
+        .iter()
+        .copied()
+        .filter(|a| !arches.lines().any(|l| l == *a))
+        .collect();
     if missing.is_empty() && missing_arches.is_empty() {
         return Ok(());
     }
@@ -84,9 +110,16 @@ fn apt(sh: &Shell) -> Result<()> {
     }
     eprintln!("xtask setup: apt-get install {}", missing.join(" "));
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
+    cmd!(sh, "apt-get update -qq")
+        .run()
+        .context("apt-get update")?;
     if !missing.is_empty() {
-        cmd!(sh, "apt-get install -y -qq --no-install-recommends {missing...}").run().context("apt-get install")?;
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends {missing...}"
+        )
+        .run()
+        .context("apt-get install")?;
     }
     Ok(())
 }

@@ -9,7 +9,11 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
         crate::setup::run(sh)?;
     }
     cmd!(sh, "cargo fmt --all -- --check").run()?;
-    cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings").run()?;
+    cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+    )
+    .run()?;
     // The boot tests use the default image, built here once through the CLI.
     let image_dir = crate::workspace_root().join("target/minke-test-image");
     cmd!(sh, "cargo run --quiet -p minke -- build -o {image_dir}").run()?;

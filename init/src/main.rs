@@ -1,3 +1,77 @@
 //! minke-init: PID1 of a minke guest and, under the `agent` subcommand, each in-guest agent.
+//!
+//! # One binary, several faces
+//! - As PID1 (`/init`): brings the guest up from `/etc/minke/image.json` and supervises it; it
+//!   never exits and never panics out (see [`init`]).
+//! - `minke-init agent KIND [--port N]`, or argv\[0\] basename `minke-agent-KIND`: runs that agent
+//!   (`minke_agents::agent_main`) as an ordinary process.
+//!
+//! # Contracts with the agents and the host
+//! - **Power**: PID1 powers the guest off on SIGUSR2, SIGTERM, SIGINT (also Ctrl-Alt-Del) or
+//!   SIGPWR, on a KEY_POWER press of an evdev device named "Power Button" (ACPI button, QMP
+//!   `system_powerdown`), and when a service marked `exit_on_stop` ends for good; it reboots on
+//!   SIGUSR1. A second request during shutdown skips ahead. The last console line before
+//!   reboot(2) is `minke: powering off` or `minke: rebooting`.
+//! - **Readiness**: an agent (and a service with `readiness: notify`) finds the number of an
+//!   inherited pipe descriptor in `MINKE_NOTIFY_FD`; it writes one line (`READY\n`) there once it
+//!   serves, then closes it. Any complete line counts. `minke: ready` is printed once every
+//!   agent has been ready.
+//! - **Children**: each unit runs in its own session and in cgroup `/sys/fs/cgroup/minke/NAME`,
+//!   stdin on /dev/null, stdout and stderr on a pipe that PID1 copies line by line to the
+//!   console (`NAME: line`) and to `/run/minke/log/NAME` (at most 64 KiB; the previous part is
+//!   `NAME.1`). Agents get oom_score_adj -1000, which their own children inherit unless reset.
+//! - **Timeline**: `/run/minke/boot.json` (`BootTimeline`), rewritten atomically per event.
 
-fn main() {}
+mod backoff;
+mod config;
+mod console;
+mod disks;
+mod init;
+mod logring;
+mod modules;
+mod order;
+mod power;
+mod setup;
+mod shutdown;
+mod supervise;
+mod sys;
+mod timeline;
+
+fn main() {
+    if rustix::process::getpid().is_init() {
+        init::pid1();
+    }
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    std::process::exit(run(&args));
+}
+
+/// Dispatches a non-PID1 invocation; returns the exit code.
+fn run(args: &[String]) -> i32 {
+    let argv0 = args.first().map(String::as_str).unwrap_or_default();
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    if let Some(kind) = base.strip_prefix("minke-agent-") {
+        let mut agent_args = vec![kind.to_owned()];
+        agent_args.extend(args.iter().skip(1).cloned());
+        return agent(&agent_args);
+    }
+    match args.get(1).map(String::as_str) {
+        Some("agent") => agent(args.get(2..).unwrap_or_default()),
+        Some("--version") => {
+            println!("minke-init {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        _ => {
+            eprintln!(
+                "minke-init: runs as PID1 of a minke guest; otherwise: minke-init agent KIND [--port N]"
+            );
+            2
+        }
+    }
+}
+
+/// The agents' entry point (argv after `agent`: `["control", "--port", "1024"]`).
+fn agent(args: &[String]) -> i32 {
+    minke_agents::agent_main(args)
+}

@@ -1,0 +1,401 @@
+//! `cargo xtask bench build`: times minke's archive stage (host directory → initrd bytes on
+//! disk) against GNU cpio piped into gzip or zstd, and against 3cpio, in one run.
+//!
+//! The input is a generated ~120 MB tree of ~1300 files (text-like and less compressible data,
+//! nested directories, symlinks, hard links), made once under `target/bench-build-tree` and
+//! reused, or the directory named by `MINKE_BENCH_TREE`. Every tool runs `MINKE_BENCH_RUNS`
+//! times (default 3) after one untimed pass that warms the page cache; the table shows the
+//! median. This is a benchmark, not a test: it never fails on a number.
+//!
+//! The dev profile `cargo xtask` uses is fine for this: the hot code (zlib-rs, zstd, the
+//! kernel's file copies) is in dependencies, built at opt-level 2 by the `"*"` override; a
+//! `--release` build (opt-level "s", LTO) measured no faster. Besides wall time the table shows
+//! CPU seconds, which stay meaningful when other work shares the cores.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use minke::compress::{self, ArchiveOptions, Compression};
+use xshell::{cmd, Shell};
+
+/// Target size of the generated tree.
+const TREE_BYTES: u64 = 120 << 20;
+/// Number of regular files in the generated tree.
+const TREE_FILES: usize = 1300;
+/// Bumped whenever the generator changes, so an old tree is regenerated.
+const TREE_VERSION: &str = "5";
+
+/// A tool to time: name, output file, index of the peer row, and the run itself.
+type Job = (String, PathBuf, Option<usize>, Box<dyn Fn() -> Result<()>>);
+
+/// One measured tool.
+struct Row {
+    tool: String,
+    secs: f64,
+    /// CPU seconds (user + system, this process and its children).
+    cpu: f64,
+    bytes: u64,
+    /// Index of the row this one is compared with.
+    peer: Option<usize>,
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(sh: &Shell) -> Result<()> {
+    let root = crate::workspace_root();
+    let tree = match std::env::var_os("MINKE_BENCH_TREE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = root.join("target/bench-build-tree");
+            ensure_tree(&dir)?;
+            dir
+        }
+    };
+    let runs: usize = std::env::var("MINKE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let out = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let o = out.path();
+    let have = |tool: &str| {
+        let script = format!("command -v {tool}");
+        cmd!(sh, "sh -c {script}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .is_ok()
+    };
+    for tool in ["cpio", "gzip", "zstd", "find", "sort"] {
+        if !have(tool) {
+            bail!("{tool} not found: run `cargo xtask setup` (or apt-get install cpio gzip zstd)");
+        }
+    }
+    let _cd = sh.push_dir(&tree);
+    let _c = sh.push_env("LC_ALL", "C");
+
+    // Warm the page cache (and check the tree reads).
+    let t = minke::hostdir::tree_from_dir(&tree)?;
+    let opts = |compression| ArchiveOptions {
+        mtime: 0,
+        compression,
+        ..ArchiveOptions::default()
+    };
+    compress::archive(&t, &opts(Compression::None))?;
+
+    let shell = |script: String| {
+        let sh = sh.clone();
+        move || -> Result<()> { Ok(cmd!(sh, "sh -c {script}").quiet().run()?) }
+    };
+    let minke = |compression: Compression, file: PathBuf| {
+        let tree = tree.clone();
+        move || -> Result<()> {
+            let t = minke::hostdir::tree_from_dir(&tree)?;
+            compress::archive_to_path(&t, &opts(compression), &file)?;
+            Ok(())
+        }
+    };
+    let gnu = "find . | sort | cpio -o -H newc --reproducible --quiet";
+    let mut jobs: Vec<Job> = vec![
+        (
+            "cpio | gzip -6 -n".into(),
+            o.join("gnu.cpio.gz"),
+            None,
+            Box::new(shell(format!(
+                "{gnu} | gzip -6 -n > {}",
+                o.join("gnu.cpio.gz").display()
+            ))),
+        ),
+        (
+            "minke gzip".into(),
+            o.join("minke.cpio.gz"),
+            Some(0),
+            Box::new(minke(Compression::Gzip, o.join("minke.cpio.gz"))),
+        ),
+        (
+            "cpio | zstd -3 -T2".into(),
+            o.join("gnu.cpio.zst"),
+            None,
+            Box::new(shell(format!(
+                "{gnu} | zstd -q -3 -T2 > {}",
+                o.join("gnu.cpio.zst").display()
+            ))),
+        ),
+        (
+            "minke zstd".into(),
+            o.join("minke.cpio.zst"),
+            Some(2),
+            Box::new(minke(Compression::Zstd, o.join("minke.cpio.zst"))),
+        ),
+    ];
+    if have("3cpio") {
+        let f = o.join("3cpio.cpio");
+        jobs.push((
+            "3cpio --create".into(),
+            f.clone(),
+            None,
+            Box::new(shell(format!(
+                "find . | sort | sed '1d; s|^\\./||' | 3cpio --create {}",
+                f.display()
+            ))),
+        ));
+        jobs.push((
+            "minke none".into(),
+            o.join("minke.cpio"),
+            Some(4),
+            Box::new(minke(Compression::None, o.join("minke.cpio"))),
+        ));
+    } else {
+        eprintln!("note: 3cpio not found (cargo install --locked threecpio); the uncompressed comparison is skipped");
+        jobs.push((
+            "minke none".into(),
+            o.join("minke.cpio"),
+            None,
+            Box::new(minke(Compression::None, o.join("minke.cpio"))),
+        ));
+    }
+
+    let mut rows = Vec::new();
+    for (tool, file, peer, job) in &jobs {
+        let mut times = Vec::with_capacity(runs);
+        let cpu_start = cpu_seconds();
+        for _ in 0..runs {
+            let start = Instant::now();
+            job().with_context(|| format!("{tool} failed"))?;
+            times.push(start.elapsed());
+        }
+        let cpu = (cpu_seconds() - cpu_start) / runs as f64;
+        times.sort();
+        let secs = times[times.len() / 2].as_secs_f64();
+        let bytes = std::fs::metadata(file)
+            .with_context(|| format!("{tool} wrote no {}", file.display()))?
+            .len();
+        rows.push(Row {
+            tool: tool.clone(),
+            secs,
+            cpu,
+            bytes,
+            peer: *peer,
+        });
+    }
+
+    check_outputs(sh, o)?;
+    print_table(&tree, &t, &rows, runs);
+    Ok(())
+}
+
+/// minke's compressed outputs must decompress to its uncompressed archive.
+fn check_outputs(sh: &Shell, o: &Path) -> Result<()> {
+    let plain = std::fs::read(o.join("minke.cpio"))?;
+    for (tool, file) in [("gzip", "minke.cpio.gz"), ("zstd", "minke.cpio.zst")] {
+        let f = o.join(file);
+        let out = cmd!(sh, "{tool} -dc {f}").quiet().output()?;
+        if out.stdout != plain {
+            bail!("{tool} -dc {file} differs from minke's uncompressed archive");
+        }
+    }
+    Ok(())
+}
+
+fn print_table(dir: &Path, t: &minke::tree::Tree, rows: &[Row], runs: usize) {
+    let files = t
+        .iter()
+        .filter(|(_, n)| matches!(n.kind, minke::tree::NodeKind::File(_)))
+        .count();
+    let bytes: u64 = t
+        .iter()
+        .map(|(_, n)| match &n.kind {
+            minke::tree::NodeKind::File(d) => d.size(),
+            _ => 0,
+        })
+        .sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench build: {} ({} entries, {files} files, {:.1} MB), {cores} cores, median of {runs}",
+        dir.display(),
+        t.len(),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>12} {:>14} {:>14}",
+        "tool", "seconds", "cpu s", "bytes", "time vs peer", "size vs peer"
+    );
+    for r in rows {
+        let (time, size) = match r.peer.and_then(|p| rows.get(p)) {
+            Some(p) => (
+                format!("{:.2}x faster", p.secs / r.secs),
+                format!("{:+.2} %", (r.bytes as f64 / p.bytes as f64 - 1.0) * 100.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<20} {:>8.3} {:>8.2} {:>12} {:>14} {:>14}",
+            r.tool, r.secs, r.cpu, r.bytes, time, size
+        );
+    }
+}
+
+/// CPU time used so far by this process and its waited-for children, from /proc/self/stat
+/// (utime, stime, cutime, cstime in clock ticks of 1/100 s); 0 where unavailable.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime is field 14 of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..15)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// Below `n`, small values more likely.
+    fn skewed(&mut self, n: u64) -> u64 {
+        let bound = 1 + self.below(n);
+        self.below(bound)
+    }
+}
+
+/// Makes the benchmark tree in `dir` unless a complete one of this version is there.
+fn ensure_tree(dir: &Path) -> Result<()> {
+    let stamp = dir.join(".minke-bench-tree");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == TREE_VERSION) {
+        return Ok(());
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let start = Instant::now();
+    generate_tree(dir)?;
+    std::fs::write(&stamp, TREE_VERSION)?;
+    eprintln!(
+        "generated {} in {:.1} s",
+        dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// ~120 MB in ~1300 files: most small, some large; 2/3 text-like, 1/3 binary-like.
+fn generate_tree(dir: &Path) -> Result<()> {
+    const SYLLABLES: &[&str] = &[
+        "ker", "nel", "mod", "ule", "in", "it", "sta", "tic", "con", "st", "re", "turn", "str",
+        "uct", "vo", "id", "er", "ror", "dev", "ice", "vir", "tio", "buf", "fer", "mem", "ory",
+        "pa", "ge", "lo", "ck", "que", "ue",
+    ];
+    let mut rng = Rng(0x6D69_6E6B_6521_0001);
+    // A 4096-word vocabulary, drawn with a skew towards the first words (like real text).
+    let words: Vec<String> = (0..4096)
+        .map(|_| {
+            (0..1 + rng.below(3))
+                .map(|_| SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize])
+                .collect()
+        })
+        .collect();
+    // Sizes: a long-tailed distribution scaled to the target total.
+    let raw: Vec<u64> = (0..TREE_FILES)
+        .map(|i| match i % 100 {
+            0 => 4_000_000 + rng.below(4_000_000),
+            1..=9 => 300_000 + rng.below(700_000),
+            _ => 1_000 + rng.below(60_000),
+        })
+        .collect();
+    let total: u64 = raw.iter().sum();
+    let dirs = [
+        "bin",
+        "etc",
+        "lib/modules/6.1/kernel/drivers",
+        "lib/modules/6.1/kernel/fs",
+        "usr/lib/x86_64",
+        "usr/share/doc",
+        "opt/app/data",
+    ];
+    let lines: Vec<String> = (0..600)
+        .map(|_| {
+            let n = 2 + rng.below(10);
+            let mut line: Vec<&str> = (0..n)
+                .map(|_| words[rng.skewed(words.len() as u64) as usize].as_str())
+                .collect();
+            line.push("\n");
+            line.join(" ")
+        })
+        .collect();
+    let funcs: Vec<Vec<u8>> = (0..300)
+        .map(|_| (0..16 + rng.below(80)).map(|_| rng.next() as u8).collect())
+        .collect();
+    let mut paths = Vec::new();
+    let mut buf = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let size = (*r as u128 * TREE_BYTES as u128 / total as u128) as usize;
+        let sub = dirs[i % dirs.len()];
+        let path = dir
+            .join(sub)
+            .join(format!("d{}", i % 13))
+            .join(format!("file{i:04}.dat"));
+        buf.clear();
+        if i % 3 == 2 {
+            // Binary-like: recurring "functions" with patched operands, and some random data.
+            while buf.len() < size {
+                let v = rng.next();
+                let kind = v % 4;
+                if kind == 0 {
+                    buf.extend((0..16).map(|_| rng.next() as u8));
+                } else {
+                    let start = buf.len();
+                    buf.extend_from_slice(&funcs[rng.skewed(funcs.len() as u64) as usize]);
+                    for _ in 0..2 {
+                        let at = start + rng.below((buf.len() - start) as u64) as usize;
+                        buf[at] = rng.next() as u8;
+                    }
+                }
+            }
+        } else {
+            // Text-like: recurring lines, and some fresh ones.
+            while buf.len() < size {
+                let v = rng.next();
+                let kind = v % 5;
+                if kind == 0 {
+                    for _ in 0..3 + v % 8 {
+                        let w = rng.skewed(words.len() as u64) as usize;
+                        buf.extend_from_slice(words[w].as_bytes());
+                        buf.push(b' ');
+                    }
+                    buf.push(b'\n');
+                } else {
+                    buf.extend_from_slice(
+                        lines[rng.skewed(lines.len() as u64) as usize].as_bytes(),
+                    );
+                }
+            }
+        }
+        buf.truncate(size);
+        let parent = path.parent().context("generated path has a parent")?;
+        std::fs::create_dir_all(parent)?;
+        std::fs::write(&path, &buf).with_context(|| format!("cannot write {}", path.display()))?;
+        paths.push(path);
+    }
+    // A few hard links and symlinks.
+    for k in 0..10 {
+        let target = &paths[k * 97 % paths.len()];
+        std::fs::hard_link(target, dir.join(format!("bin/hardlink{k}")))?;
+        std::os::unix::fs::symlink(
+            Path::new("..").join(target.strip_prefix(dir)?),
+            dir.join(format!("bin/symlink{k}")),
+        )?;
+    }
+    Ok(())
+}

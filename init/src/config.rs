@@ -1,0 +1,370 @@
+//! Reads `/etc/minke/image.json` and turns it into what the init acts on: unit specs for agents
+//! and services (argv, env, cgroup, readiness), sysctl paths and rlimit resources.
+
+use std::collections::BTreeMap;
+
+use minke_protocol::config::{Agent, Command, ImageConfig, Readiness, Restart, Service, Task};
+
+/// Default environment of every child; a unit's own `env` is applied on top.
+pub const DEFAULT_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("TERM", "linux"),
+];
+
+/// Environment variable naming the readiness descriptor of a `notify` unit.
+pub const NOTIFY_ENV: &str = "MINKE_NOTIFY_FD";
+
+/// oom_score_adj of agents: the OOM killer picks a guest memory hog, never an agent.
+pub const AGENT_OOM_SCORE_ADJ: i32 = -1000;
+
+/// Errors reading the image config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path read.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The JSON does not match the schema.
+    #[error("{path}:{line}:{column}: {source}")]
+    Parse {
+        /// Path read.
+        path: String,
+        /// Line of the error.
+        line: usize,
+        /// Column of the error.
+        column: usize,
+        /// Parser error.
+        source: serde_json::Error,
+    },
+}
+
+/// Loads and parses the image config at `path`.
+pub fn load(path: &str) -> Result<ImageConfig, ConfigError> {
+    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses image config JSON; `path` only names the file in errors.
+pub fn parse(path: &str, text: &[u8]) -> Result<ImageConfig, ConfigError> {
+    serde_json::from_slice(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        line: source.line(),
+        column: source.column(),
+        source,
+    })
+}
+
+/// Everything needed to start (and restart) one supervised process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    /// Name: the service name or the agent kind (`control`); also its cgroup and log name.
+    pub name: String,
+    /// Program to execute (argv\[0\] unless `argv0` differs).
+    pub program: String,
+    /// Full argv including argv\[0\].
+    pub argv: Vec<String>,
+    /// Complete environment (defaults + the unit's own).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Units that must be ready before this one starts.
+    pub after: Vec<String>,
+    /// Readiness protocol.
+    pub readiness: Readiness,
+    /// Power the guest off when this unit ends for good.
+    pub exit_on_stop: bool,
+    /// oom_score_adj (`None`: inherit PID1's, 0).
+    pub oom_score_adj: Option<i32>,
+    /// Agent (counts for the `ready` marker).
+    pub agent: bool,
+}
+
+/// Environment of a child: the defaults with `extra` on top.
+pub fn child_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = DEFAULT_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// The unit of an agent: this same binary with the `agent` subcommand, always restarted,
+/// ready when it says so, protected from the OOM killer.
+pub fn agent_unit(agent: &Agent, exe: &str) -> UnitSpec {
+    let name = agent.kind.name().to_owned();
+    let mut argv = vec!["/init".to_owned(), "agent".to_owned(), name.clone()];
+    if let Some(port) = agent.port {
+        argv.push("--port".to_owned());
+        argv.push(port.to_string());
+    }
+    UnitSpec {
+        name,
+        program: exe.to_owned(),
+        argv,
+        env: child_env(&BTreeMap::new()),
+        cwd: "/".to_owned(),
+        uid: 0,
+        gid: 0,
+        restart: Restart::Always,
+        after: Vec::new(),
+        readiness: Readiness::Notify,
+        exit_on_stop: false,
+        oom_score_adj: Some(AGENT_OOM_SCORE_ADJ),
+        agent: true,
+    }
+}
+
+/// The unit of a service.
+pub fn service_unit(svc: &Service) -> UnitSpec {
+    let cmd = &svc.command;
+    UnitSpec {
+        name: svc.name.clone(),
+        program: cmd.argv.first().cloned().unwrap_or_default(),
+        argv: cmd.argv.clone(),
+        env: child_env(&cmd.env),
+        cwd: cmd.cwd.clone().unwrap_or_else(|| "/".to_owned()),
+        uid: cmd.uid,
+        gid: cmd.gid,
+        restart: svc.restart,
+        after: svc.after.clone(),
+        readiness: svc.readiness,
+        exit_on_stop: svc.exit_on_stop,
+        oom_score_adj: (svc.oom_score_adj != 0).then_some(svc.oom_score_adj),
+        agent: false,
+    }
+}
+
+/// The unit of an onboot/onshutdown task (run once, never restarted).
+pub fn task_unit(task: &Task) -> UnitSpec {
+    let Command {
+        argv,
+        env,
+        cwd,
+        uid,
+        gid,
+    } = &task.command;
+    UnitSpec {
+        name: task.name.clone(),
+        program: argv.first().cloned().unwrap_or_default(),
+        argv: argv.clone(),
+        env: child_env(env),
+        cwd: cwd.clone().unwrap_or_else(|| "/".to_owned()),
+        uid: *uid,
+        gid: *gid,
+        restart: Restart::No,
+        after: Vec::new(),
+        readiness: Readiness::Started,
+        exit_on_stop: false,
+        oom_score_adj: None,
+        agent: false,
+    }
+}
+
+/// A unit name is usable as a cgroup and log file name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
+/// Agents then services as units, with the ones that can't run (bad or duplicate name, empty
+/// argv) left out and reported as `(name, reason)`.
+pub fn units(cfg: &ImageConfig, exe: &str) -> (Vec<UnitSpec>, Vec<(String, String)>) {
+    let mut out: Vec<UnitSpec> = Vec::new();
+    let mut rejected = Vec::new();
+    let all = cfg
+        .agents
+        .iter()
+        .map(|a| agent_unit(a, exe))
+        .chain(cfg.services.iter().map(service_unit));
+    for unit in all {
+        if !valid_name(&unit.name) {
+            rejected.push((unit.name, "invalid name".to_owned()));
+        } else if out.iter().any(|u| u.name == unit.name) {
+            rejected.push((unit.name, "duplicate name".to_owned()));
+        } else if unit.argv.is_empty() || unit.program.is_empty() {
+            rejected.push((unit.name, "empty argv".to_owned()));
+        } else {
+            out.push(unit);
+        }
+    }
+    (out, rejected)
+}
+
+/// `/proc/sys/…` path of a dotted sysctl key, or `None` if the key could escape /proc/sys.
+pub fn sysctl_path(key: &str) -> Option<String> {
+    let parts: Vec<&str> = key.split(['.', '/']).collect();
+    if parts.iter().any(|p| p.is_empty() || *p == "..") {
+        return None;
+    }
+    Some(format!("/proc/sys/{}", parts.join("/")))
+}
+
+/// The rlimit resource named `name` (`nofile`, `RLIMIT_NOFILE`, any case).
+pub fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    let lower = name.to_ascii_lowercase();
+    let short = lower.strip_prefix("rlimit_").unwrap_or(&lower);
+    Some(match short {
+        "cpu" => R::Cpu,
+        "fsize" => R::Fsize,
+        "data" => R::Data,
+        "stack" => R::Stack,
+        "core" => R::Core,
+        "rss" => R::Rss,
+        "nproc" => R::Nproc,
+        "nofile" => R::Nofile,
+        "memlock" => R::Memlock,
+        "as" => R::As,
+        "locks" => R::Locks,
+        "sigpending" => R::Sigpending,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minke_protocol::config::AgentKind;
+
+    const SAMPLE: &str = r#"{"name":"t","hostname":"h","modules":[],"sysctls":{"vm.swappiness":"0"},
+      "rlimits":[{"resource":"nofile","soft":1024,"hard":null}],"disks":[],"onboot":[],
+      "agents":[{"kind":"control","port":1024},{"kind":"timesync"}],
+      "services":[{"name":"web","argv":["/bin/web","-p","80"],"env":{"PATH":"/opt/bin","X":"1"},
+        "restart":"always","after":["control"],"readiness":"notify","oom_score_adj":500},
+        {"name":"web","argv":["/bin/other"]},
+        {"name":"../x","argv":["/bin/x"]},
+        {"name":"empty","argv":[]}],
+      "onshutdown":[],"binfmt":[],"containers":[],"shutdown_grace_ms":3000}"#;
+
+    #[test]
+    fn sample_config_becomes_units() {
+        let cfg = parse("image.json", SAMPLE.as_bytes()).expect("sample parses");
+        let (units, rejected) = units(&cfg, "/proc/self/exe");
+        let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["control", "timesync", "web"]);
+        assert_eq!(
+            rejected,
+            vec![
+                ("web".to_owned(), "duplicate name".to_owned()),
+                ("../x".to_owned(), "invalid name".to_owned()),
+                ("empty".to_owned(), "empty argv".to_owned()),
+            ]
+        );
+        let control = &units[0];
+        assert_eq!(control.program, "/proc/self/exe");
+        assert_eq!(
+            control.argv,
+            ["/init", "agent", "control", "--port", "1024"]
+        );
+        assert_eq!(control.readiness, Readiness::Notify);
+        assert_eq!(control.restart, Restart::Always);
+        assert_eq!(control.oom_score_adj, Some(AGENT_OOM_SCORE_ADJ));
+        assert!(control.agent);
+        assert_eq!(units[1].argv, ["/init", "agent", "timesync"]);
+        let web = &units[2];
+        assert_eq!(web.program, "/bin/web");
+        assert_eq!(web.env["PATH"], "/opt/bin");
+        assert_eq!(web.env["HOME"], "/root");
+        assert_eq!(web.env["TERM"], "linux");
+        assert_eq!(web.env["X"], "1");
+        assert_eq!(web.cwd, "/");
+        assert_eq!(web.oom_score_adj, Some(500));
+        assert!(!web.agent);
+    }
+
+    #[test]
+    fn parse_errors_carry_file_line_and_column() {
+        let err = parse("image.json", b"{\n \"name\": 3 }").expect_err("bad type");
+        let msg = err.to_string();
+        assert!(msg.starts_with("image.json:2:"), "{msg}");
+        let err = parse(
+            "image.json",
+            SAMPLE.replace("hostname", "hostnme").as_bytes(),
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = load("/nonexistent/image.json").expect_err("no file");
+        assert!(err
+            .to_string()
+            .starts_with("cannot read /nonexistent/image.json: "));
+    }
+
+    #[test]
+    fn agent_without_port_has_no_port_flag() {
+        let u = agent_unit(
+            &Agent {
+                kind: AgentKind::Binfmt,
+                port: None,
+            },
+            "/init",
+        );
+        assert_eq!(u.argv, ["/init", "agent", "binfmt"]);
+    }
+
+    #[test]
+    fn sysctl_keys_map_into_proc_sys_only() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").as_deref(),
+            Some("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert_eq!(
+            sysctl_path("kernel/pid_max").as_deref(),
+            Some("/proc/sys/kernel/pid_max")
+        );
+        assert_eq!(sysctl_path("net..x"), None);
+        assert_eq!(sysctl_path("../../etc/x"), None);
+        assert_eq!(sysctl_path(""), None);
+    }
+
+    #[test]
+    fn rlimit_names() {
+        assert_eq!(
+            rlimit_resource("nofile"),
+            Some(rustix::process::Resource::Nofile)
+        );
+        assert_eq!(
+            rlimit_resource("RLIMIT_CORE"),
+            Some(rustix::process::Resource::Core)
+        );
+        assert_eq!(rlimit_resource("bogus"), None);
+    }
+
+    #[test]
+    fn names_fit_cgroups_and_log_files() {
+        assert!(valid_name("web-1.x@y_z"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".."));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("a b"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Kernel modules, loaded in the order the builder resolved with finit_module(2).
+
+use std::ffi::CString;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::console::log;
+use minke_protocol::config::Module;
+
+/// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses the file (CONFIG_MODULE_DECOMPRESS).
+const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
+/// Outcome of loading one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// Inserted now.
+    Inserted,
+    /// Was already there (built in or loaded before).
+    AlreadyThere,
+    /// Failed; logged.
+    Failed,
+}
+
+/// Whether a module file is compressed, judged by its name.
+pub fn is_compressed(path: &str) -> bool {
+    [".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|s| path.ends_with(s))
+}
+
+/// Loads `modules` in order; a failure is logged and the next module is tried.
+pub fn load_all(modules: &[Module]) -> Vec<Loaded> {
+    modules.iter().map(load).collect()
+}
+
+fn load(m: &Module) -> Loaded {
+    let fd = match rustix::fs::open(&*m.path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log!("module {}: cannot open {}: {e}", m.name, m.path);
+            return Loaded::Failed;
+        }
+    };
+    let Ok(params) = CString::new(m.params.as_bytes()) else {
+        log!("module {}: parameters contain a NUL byte", m.name);
+        return Loaded::Failed;
+    };
+    let compressed = is_compressed(&m.path);
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
+    match rustix::system::finit_module(&fd, &params, flags) {
+        Ok(()) => Loaded::Inserted,
+        Err(Errno::EXIST) => Loaded::AlreadyThere,
+        Err(e @ (Errno::INVAL | Errno::OPNOTSUPP)) if compressed => {
+            log!(
+                "module {}: kernel refused compressed {} ({e}): it lacks CONFIG_MODULE_DECOMPRESS, ship the module uncompressed",
+                m.name, m.path
+            );
+            Loaded::Failed
+        }
+        Err(e) => {
+            log!("module {}: {e}", m.name);
+            Loaded::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_names() {
+        assert!(is_compressed("/lib/modules/a.ko.xz"));
+        assert!(is_compressed("/lib/modules/a.ko.zst"));
+        assert!(!is_compressed("/lib/modules/a.ko"));
+    }
+
+    #[test]
+    fn a_missing_module_file_fails_without_panicking() {
+        let m = Module {
+            name: "nope".into(),
+            path: "/nonexistent/nope.ko".into(),
+            params: String::new(),
+        };
+        assert_eq!(load_all(&[m]), vec![Loaded::Failed]);
+    }
+}

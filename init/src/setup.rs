@@ -1,0 +1,224 @@
+//! Early system set-up of PID1: pseudo filesystems, console, hostname, loopback, sysctls,
+//! rlimits and the cgroup tree the units live in.
+
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::MountFlags;
+
+use crate::console::log;
+use minke_protocol::config::ImageConfig;
+
+/// Root of the units' cgroups.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/minke";
+
+struct Mnt {
+    src: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MountFlags,
+    data: &'static std::ffi::CStr,
+}
+
+const NOSUID: MountFlags = MountFlags::NOSUID;
+const NODEV: MountFlags = MountFlags::NODEV;
+const NOEXEC: MountFlags = MountFlags::NOEXEC;
+
+fn early_mounts() -> [Mnt; 8] {
+    [
+        Mnt {
+            src: "devtmpfs",
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: NOSUID,
+            data: c"mode=0755",
+        },
+        Mnt {
+            src: "proc",
+            target: "/proc",
+            fstype: "proc",
+            flags: NOSUID.union(NODEV).union(NOEXEC),
+            data: c"",
+        },
+        Mnt {
+            src: "sysfs",
+            target: "/sys",
+            fstype: "sysfs",
+            flags: NOSUID.union(NODEV).union(NOEXEC),
+            data: c"",
+        },
+        Mnt {
+            src: "devpts",
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: NOSUID.union(NOEXEC),
+            data: c"gid=5,mode=0620,ptmxmode=0666",
+        },
+        Mnt {
+            src: "shm",
+            target: "/dev/shm",
+            fstype: "tmpfs",
+            flags: NOSUID.union(NODEV),
+            data: c"mode=1777",
+        },
+        Mnt {
+            src: "run",
+            target: "/run",
+            fstype: "tmpfs",
+            flags: NOSUID.union(NODEV),
+            data: c"mode=0755",
+        },
+        Mnt {
+            src: "tmp",
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: NOSUID.union(NODEV),
+            data: c"mode=1777",
+        },
+        Mnt {
+            src: "cgroup2",
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
+            flags: NOSUID.union(NODEV).union(NOEXEC),
+            data: c"nsdelegate",
+        },
+    ]
+}
+
+/// Mounts /dev first and puts the console on fds 0, 1 and 2, then the other pseudo
+/// filesystems. Failures are logged; boot goes on.
+pub fn mount_early() {
+    let mounts = early_mounts();
+    for (i, m) in mounts.iter().enumerate() {
+        let _ = std::fs::create_dir_all(m.target);
+        let res = rustix::mount::mount(m.src, m.target, m.fstype, m.flags, m.data);
+        if i == 0 {
+            console_on_stdio();
+        }
+        match res {
+            Ok(()) | Err(rustix::io::Errno::BUSY) => {}
+            Err(e) => log!("mount {} on {}: {e}", m.fstype, m.target),
+        }
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    if std::path::Path::new("/proc/sys/fs/binfmt_misc").exists() {
+        mount_binfmt_misc();
+    }
+}
+
+/// Mounts binfmt_misc (once its module is loaded) for the binfmt agent.
+pub fn mount_binfmt_misc() {
+    let target = "/proc/sys/fs/binfmt_misc";
+    if std::path::Path::new(target).join("register").exists() {
+        return;
+    }
+    let flags = NOSUID | NODEV | NOEXEC;
+    if let Err(e) = rustix::mount::mount("binfmt_misc", target, "binfmt_misc", flags, c"") {
+        if e != rustix::io::Errno::NOENT && e != rustix::io::Errno::NODEV {
+            log!("mount binfmt_misc: {e}");
+        }
+    }
+}
+
+fn console_on_stdio() {
+    let Ok(fd) = rustix::fs::open(
+        "/dev/console",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let _ = rustix::stdio::dup2_stdin(fd.as_fd());
+    let _ = rustix::stdio::dup2_stdout(fd.as_fd());
+    let _ = rustix::stdio::dup2_stderr(fd.as_fd());
+    if fd.as_raw_fd() <= 2 {
+        // The console landed on a standard descriptor (they were closed): keep it open.
+        let _ = fd.into_raw_fd();
+    }
+}
+
+/// Hostname, loopback, sysctls, rlimits from the config.
+pub fn system(cfg: &ImageConfig) {
+    if !cfg.hostname.is_empty() {
+        if let Err(e) = rustix::system::sethostname(cfg.hostname.as_bytes()) {
+            log!("sethostname {:?}: {e}", cfg.hostname);
+        }
+    }
+    if let Err(e) = crate::sys::loopback_up() {
+        log!("loopback up: {e}");
+    }
+    for (key, value) in &cfg.sysctls {
+        let Some(path) = crate::config::sysctl_path(key) else {
+            log!("sysctl {key:?}: invalid key, skipped");
+            continue;
+        };
+        if let Err(e) = std::fs::write(&path, value.as_bytes()) {
+            log!("sysctl {key}={value}: {e}");
+        }
+    }
+    for r in &cfg.rlimits {
+        let Some(res) = crate::config::rlimit_resource(&r.resource) else {
+            log!("rlimit {:?}: unknown resource, skipped", r.resource);
+            continue;
+        };
+        let lim = rustix::process::Rlimit {
+            current: r.soft,
+            maximum: r.hard,
+        };
+        if let Err(e) = rustix::process::setrlimit(res, lim) {
+            log!(
+                "rlimit {} soft={:?} hard={:?}: {e}",
+                r.resource,
+                r.soft,
+                r.hard
+            );
+        }
+    }
+}
+
+/// Creates the cgroup parent of the units and delegates the controllers it can to it.
+pub fn cgroups() {
+    if let Err(e) = std::fs::create_dir_all(CGROUP_ROOT) {
+        log!("create {CGROUP_ROOT}: {e}");
+        return;
+    }
+    let available =
+        std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    let enable: Vec<String> = available
+        .split_whitespace()
+        .filter(|c| matches!(*c, "cpu" | "memory" | "pids" | "io"))
+        .map(|c| format!("+{c}"))
+        .collect();
+    for level in ["/sys/fs/cgroup", CGROUP_ROOT] {
+        for c in &enable {
+            // One controller per write so one refusal doesn't hide the others.
+            let _ = std::fs::write(format!("{level}/cgroup.subtree_control"), c.as_bytes());
+        }
+    }
+}
+
+/// Opens `cgroup.procs` of unit `name`'s cgroup (created if needed) for the child to join.
+pub fn unit_cgroup(root: &str, name: &str) -> Option<std::os::fd::OwnedFd> {
+    let dir = format!("{root}/{name}");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return None;
+    }
+    rustix::fs::open(
+        format!("{dir}/cgroup.procs"),
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Kills whatever is left in unit `name`'s cgroup (`cgroup.kill`, Linux ≥ 5.14).
+pub fn kill_unit_cgroup(root: &str, name: &str) {
+    let _ = std::fs::write(format!("{root}/{name}/cgroup.kill"), b"1");
+}
