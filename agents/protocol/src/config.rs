@@ -274,10 +274,16 @@ mod tests {
         let cfg = ImageConfig {
             name: "t".into(),
             hostname: "t".into(),
-            agents: vec![Agent { kind: AgentKind::Control, port: Some(1024) }],
+            agents: vec![Agent {
+                kind: AgentKind::Control,
+                port: Some(1024),
+            }],
             services: vec![Service {
                 name: "s".into(),
-                command: Command { argv: vec!["/bin/sleep".into(), "1".into()], ..Default::default() },
+                command: Command {
+                    argv: vec!["/bin/sleep".into(), "1".into()],
+                    ..Default::default()
+                },
                 restart: Restart::Always,
                 after: vec!["control".into()],
                 readiness: Readiness::Started,

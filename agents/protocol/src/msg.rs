@@ -218,7 +218,10 @@ mod tests {
     #[test]
     fn every_variant_round_trips() {
         let host = [
-            HostMsg::Hello { version: 1, client: "c".into() },
+            HostMsg::Hello {
+                version: 1,
+                client: "c".into(),
+            },
             HostMsg::Welcome { version: 1 },
             HostMsg::Error("e".into()),
             HostMsg::Exec(ExecRequest {
@@ -234,7 +237,10 @@ mod tests {
             HostMsg::StdinEof,
             HostMsg::Signal(15),
             HostMsg::Resize(WinSize { rows: 1, cols: 2 }),
-            HostMsg::PutFile { path: "/a".into(), mode: 0o644 },
+            HostMsg::PutFile {
+                path: "/a".into(),
+                mode: 0o644,
+            },
             HostMsg::PutTree { dest: "/d".into() },
             HostMsg::GetFile { path: "/a".into() },
             HostMsg::GetTree { path: "/d".into() },
@@ -245,7 +251,12 @@ mod tests {
             HostMsg::Info,
             HostMsg::Logs { service: None },
             HostMsg::Power(PowerAction::Reboot),
-            HostMsg::TimeReply { seq: 1, t1: -1, t2: 2, t3: 3 },
+            HostMsg::TimeReply {
+                seq: 1,
+                t1: -1,
+                t2: 2,
+                t3: 3,
+            },
             HostMsg::Resumed,
         ];
         for m in host {
@@ -253,8 +264,14 @@ mod tests {
             assert_eq!(postcard::from_bytes::<HostMsg>(&b).unwrap(), m);
         }
         let guest = [
-            GuestMsg::Hello { version: 1, client: "t".into() },
-            GuestMsg::Welcome { version: 1, agent: "0.1".into() },
+            GuestMsg::Hello {
+                version: 1,
+                client: "t".into(),
+            },
+            GuestMsg::Welcome {
+                version: 1,
+                agent: "0.1".into(),
+            },
             GuestMsg::Error("x".into()),
             GuestMsg::Ok,
             GuestMsg::Started { pid: 9 },

@@ -60,7 +60,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut buf = postcard::to_extend(msg, vec![0u8; 4])?;
     let len = buf.len() - 4;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len: len as u64, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME,
+        });
     }
     buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(buf)
@@ -95,7 +98,10 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameErr
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len: len as u64, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME,
+        });
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
@@ -124,7 +130,10 @@ impl FrameDecoder {
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > MAX_FRAME {
-            return Err(FrameError::TooLarge { len: len as u64, max: MAX_FRAME });
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: MAX_FRAME,
+            });
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
@@ -143,8 +152,14 @@ mod tests {
     #[test]
     fn round_trip_through_a_byte_pipe() {
         let msgs = vec![
-            HostMsg::Hello { version: PROTOCOL_VERSION, client: "test".into() },
-            HostMsg::Exec(ExecRequest { argv: vec!["true".into()], ..Default::default() }),
+            HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "test".into(),
+            },
+            HostMsg::Exec(ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            }),
             HostMsg::Stdin(vec![1, 2, 3]),
             HostMsg::StdinEof,
         ];
@@ -157,7 +172,10 @@ mod tests {
             let got: HostMsg = read_frame(&mut r).unwrap();
             assert_eq!(&got, m);
         }
-        assert!(matches!(read_frame::<_, HostMsg>(&mut r), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame::<_, HostMsg>(&mut r),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]
@@ -208,6 +226,9 @@ mod tests {
                 out.push(m);
             }
         }
-        assert_eq!(out, vec![GuestMsg::Exit { code: 42 }, GuestMsg::Stderr(b"x".to_vec())]);
+        assert_eq!(
+            out,
+            vec![GuestMsg::Exit { code: 42 }, GuestMsg::Stderr(b"x".to_vec())]
+        );
     }
 }
