@@ -78,6 +78,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         .ignore_stdout()
         .run()
         .context("fetching the default kernel")?;
+    arm64_rootfs().context("making the arm64 container image of the cross-arch demo")?;
     eprintln!("xtask setup: done");
     Ok(())
 }
@@ -110,9 +111,11 @@ fn apt(sh: &Shell) -> Result<()> {
     }
     eprintln!("xtask setup: apt-get install {}", missing.join(" "));
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    cmd!(sh, "apt-get update -qq")
-        .run()
-        .context("apt-get update")?;
+    // A mirror mid-sync can fail one index (a foreign arch's, say) while the rest is fine:
+    // carry on and let the install say whether what we need is there.
+    if let Err(e) = cmd!(sh, "apt-get update -qq").run() {
+        eprintln!("xtask setup: warning: apt-get update: {e}; continuing with the indexes apt has");
+    }
     if !missing.is_empty() {
         cmd!(
             sh,
@@ -121,5 +124,45 @@ fn apt(sh: &Shell) -> Result<()> {
         .run()
         .context("apt-get install")?;
     }
+    Ok(())
+}
+
+/// The cross-arch demo's arm64 container: an OCI image layout made from Debian's arm64
+/// busybox-static, in the cache where `packages/arm64-busybox-rootfs` finds it.
+fn arm64_rootfs() -> Result<()> {
+    use minke::tree::{Node, Tree};
+    let cache = minke::layer::Cache::default_location();
+    let dest = cache.dir("oci").join("arm64-busybox");
+    if dest.join("index.json").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: arm64 container image");
+    let deb = minke::pins::fetch(&cache, "busybox-static", "arm64")?;
+    let full = minke::deb::unpack(&deb.path)?;
+    let busybox = full
+        .get("bin/busybox")
+        .cloned()
+        .context("busybox-static:arm64 has no bin/busybox")?;
+    let mut tree = Tree::new();
+    tree.insert("bin/busybox", busybox)?;
+    for applet in [
+        "sh", "uname", "ls", "cat", "echo", "ps", "hostname", "id", "true", "false", "env",
+        "sleep", "mount",
+    ] {
+        tree.insert(&format!("bin/{applet}"), Node::symlink("busybox"))?;
+    }
+    for d in ["proc", "dev", "tmp", "etc", "root"] {
+        tree.insert(d, Node::dir(if d == "tmp" { 0o1777 } else { 0o755 }))?;
+    }
+    tree.insert(
+        "etc/passwd",
+        Node::file(0o644, &b"root:x:0:0:root:/root:/bin/sh\n"[..]),
+    )?;
+    tree.insert("etc/hostname", Node::file(0o644, &b"arm64\n"[..]))?;
+    let tmp = cache.dir("oci").join(".arm64-busybox.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    minke::oci::write_oci_layout(&tmp, &tree, "arm64")?;
+    std::fs::rename(&tmp, &dest)?;
     Ok(())
 }

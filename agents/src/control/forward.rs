@@ -18,12 +18,13 @@ use crate::conn::Conn;
 pub fn forward<C: Conn>(conn: &mut C, target: &ForwardTarget) -> Result<(), ControlError> {
     match target {
         ForwardTarget::Tcp(port) => {
-            let s = TcpStream::connect(("127.0.0.1", *port)).map_err(|e| {
-                ControlError::Refused(format!(
-                    "cannot connect to 127.0.0.1:{port}: {}",
-                    crate::os_msg(&e)
-                ))
-            })?;
+            let s = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
+                .map_err(|e| {
+                    ControlError::Refused(format!(
+                        "cannot connect to 127.0.0.1:{port}: {}",
+                        crate::os_msg(&e)
+                    ))
+                })?;
             let _ = s.set_nodelay(true);
             write_frame(conn, &GuestMsg::Ok)?;
             splice(conn, s)?;
