@@ -59,6 +59,89 @@ enum Cmd {
         #[command(subcommand)]
         command: SpecCmd,
     },
+    /// Boot an image (building a spec first) and run a command in it, or run until power off.
+    Run {
+        /// Spec file or built image directory (default: the built-in default spec).
+        image: Option<PathBuf>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        mem: u32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Data disk: LABEL[=PATH][,size=SIZE][,format=raw|qcow2]; created and formatted on first use.
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// Forward host TCP port to guest TCP port: HOST:GUEST.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// KEY=VALUE put in the guest's /run/config/env.
+        #[arg(long)]
+        env: Vec<String>,
+        /// File copied to the guest's /run/config/.
+        #[arg(long)]
+        data: Vec<PathBuf>,
+        /// Show the guest's serial console.
+        #[arg(long)]
+        console: bool,
+        /// Seconds to wait for the guest agent.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// VM name (default: the image name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Run CMD inside this container of the image.
+        #[arg(long)]
+        container: Option<String>,
+        /// Draw the boot timeline to this SVG file.
+        #[arg(long)]
+        boot_chart: Option<PathBuf>,
+        /// Accelerator.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelArg,
+        /// Host-guest transport.
+        #[arg(long, value_enum, default_value = "auto")]
+        transport: TransportArg,
+        /// Command to run in the guest; its exit code becomes minke's.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Run a command in a running VM.
+    Exec {
+        /// VM name.
+        name: String,
+        /// Run inside this container of the image.
+        #[arg(long)]
+        container: Option<String>,
+        /// Command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List running VMs.
+    Ps,
+    /// Print a running VM's service logs.
+    Logs {
+        /// VM name.
+        name: String,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Copy files or trees between host and guest: one side is NAME:/path.
+    Cp {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+    },
+    /// Power a running VM off cleanly.
+    Stop {
+        /// VM name.
+        name: String,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -101,6 +184,21 @@ enum SpecCmd {
         /// Spec file (default: the built-in default spec).
         spec: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    VhostKernel,
+    VhostUser,
+    Serial,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -276,6 +374,69 @@ pub fn run() -> Result<u8> {
             let s = minke::spec::load(spec.as_deref())?;
             writeln!(out, "{}", serde_yaml_ng::to_string(&s.raw)?)?;
         }
+        Cmd::Run {
+            image,
+            mem,
+            cpus,
+            disks,
+            publish,
+            env,
+            data,
+            console,
+            timeout,
+            name,
+            container,
+            boot_chart,
+            accel,
+            transport,
+            cmd,
+        } => {
+            drop(out);
+            let accel = match accel {
+                AccelArg::Auto => minke_shim::Accel::Auto,
+                AccelArg::Kvm => minke_shim::Accel::Kvm,
+                AccelArg::Tcg => minke_shim::Accel::Tcg,
+            };
+            let transport = match transport {
+                TransportArg::Auto => minke_shim::Transport::Auto,
+                TransportArg::VhostKernel => minke_shim::Transport::VhostKernel,
+                TransportArg::VhostUser => minke_shim::Transport::VhostUser,
+                TransportArg::Serial => minke_shim::Transport::Serial,
+            };
+            return crate::run::run(crate::run::RunArgs {
+                image,
+                mem,
+                cpus,
+                disks,
+                publish,
+                env,
+                data,
+                console,
+                timeout,
+                name,
+                container,
+                boot_chart,
+                accel,
+                transport,
+                cmd,
+            });
+        }
+        Cmd::Exec {
+            name,
+            container,
+            cmd,
+        } => {
+            drop(out);
+            return crate::run::exec(&name, container, cmd);
+        }
+        Cmd::Ps => crate::run::ps(&mut out)?,
+        Cmd::Logs {
+            name,
+            service,
+            follow,
+        } => crate::run::logs(&name, service.as_deref(), follow, &mut out)?,
+        Cmd::Cp { src, dst } => crate::run::cp(&src, &dst)?,
+        Cmd::Stop { name } => crate::run::stop(&name)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "minke", &mut out);
         }

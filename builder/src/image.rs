@@ -135,8 +135,20 @@ pub struct Manifest {
     pub layers: Vec<LayerRef>,
     /// Kernel modules in load order.
     pub modules: Vec<cfg::Module>,
+    /// Data disks the image mounts: label and size the host creates them with.
+    #[serde(default)]
+    pub disks: Vec<DiskRecord>,
     /// Every entry of the initramfs.
     pub files: Vec<Record>,
+}
+
+/// A data disk in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// virtio serial / filesystem label.
+    pub label: String,
+    /// Size in bytes when created, if the spec says.
+    pub size: Option<u64>,
 }
 
 /// Kernel part of a manifest.
@@ -244,7 +256,11 @@ impl Image {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let [kernel, initrd, _, _] = Image::paths(&dir, &manifest.name);
-        let disks = Vec::new();
+        let disks = manifest
+            .disks
+            .iter()
+            .map(|d| (d.label.clone(), d.size))
+            .collect();
         Ok(Image {
             name: manifest.name.clone(),
             kernel,
@@ -728,6 +744,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         },
         layers: a.layers.clone(),
         modules: a.config.modules.clone(),
+        disks: a
+            .spec
+            .raw
+            .disks
+            .iter()
+            .map(|d| DiskRecord {
+                label: d.label.clone(),
+                size: d.size.as_deref().and_then(spec::parse_size),
+            })
+            .collect(),
         files,
     };
     let mut manifest_json =
@@ -918,6 +944,7 @@ mod tests {
             },
             layers: vec![],
             modules: vec![],
+            disks: vec![],
             files: vec![rec("/a", "1"), rec("/b", "1")],
         };
         let mut n = m.clone();

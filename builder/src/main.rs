@@ -4,6 +4,7 @@
 //! 2 bad usage; `minke run -- CMD` and `minke exec` exit with CMD's own code.
 
 mod cli;
+mod run;
 
 use std::process::ExitCode;
 

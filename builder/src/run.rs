@@ -1,0 +1,352 @@
+//! `minke run`, `exec`, `ps`, `logs`, `cp` and `stop`: the CLI faces of the host shim's `Vm`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use minke::image::{self, BuildOptions, Image};
+use minke_protocol::config::BootTimeline;
+use minke_shim::{Accel, DiskFormat, DiskSpec, ExecRequest, Stdin, Transport, Vm, VmConfig};
+
+use crate::cli::Progress;
+
+/// Options of `minke run`.
+pub struct RunArgs {
+    pub image: Option<PathBuf>,
+    pub mem: u32,
+    pub cpus: u32,
+    pub disks: Vec<String>,
+    pub publish: Vec<String>,
+    pub env: Vec<String>,
+    pub data: Vec<PathBuf>,
+    pub console: bool,
+    pub timeout: u64,
+    pub name: Option<String>,
+    pub container: Option<String>,
+    pub boot_chart: Option<PathBuf>,
+    pub accel: Accel,
+    pub transport: Transport,
+    pub cmd: Vec<String>,
+}
+
+/// Grace period between asking the guest to power off and killing QEMU.
+const GRACE: Duration = Duration::from_secs(15);
+
+/// `$XDG_DATA_HOME/minke/disks/VM` (fallback `~/.local/share`): data disks outlive VMs.
+fn disk_dir(vm: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("minke/disks").join(vm)
+}
+
+/// Builds the spec (through the cache) or opens a built image directory.
+fn resolve_image(arg: Option<&Path>, progress: &Progress) -> Result<Image> {
+    match arg {
+        Some(p) if p.is_dir() || p.extension().is_some_and(|e| e == "json") => Ok(Image::open(p)?),
+        spec => {
+            let cache = minke::layer::Cache::default_location();
+            let name = match spec {
+                Some(p) => p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                None => "default".into(),
+            };
+            let mut opts =
+                BuildOptions::new(spec.map(Path::to_path_buf), cache.dir("images").join(name));
+            opts.cache = cache;
+            progress.step("building image");
+            Ok(image::build(&opts, &|m| progress.step(m))?)
+        }
+    }
+}
+
+fn parse_publish(s: &str) -> Result<(u16, u16)> {
+    let (h, g) = s
+        .split_once(':')
+        .with_context(|| format!("--publish {s}: use HOST_PORT:GUEST_PORT"))?;
+    Ok((
+        h.parse()
+            .with_context(|| format!("--publish {s}: bad host port"))?,
+        g.parse()
+            .with_context(|| format!("--publish {s}: bad guest port"))?,
+    ))
+}
+
+fn parse_disk(s: &str, vm: &str, sizes: &[(String, Option<u64>)]) -> Result<DiskSpec> {
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (label, path) = match first.split_once('=') {
+        Some((l, p)) => (l.to_string(), PathBuf::from(p)),
+        None => (first.to_string(), disk_dir(vm).join(format!("{first}.img"))),
+    };
+    let mut size = sizes
+        .iter()
+        .find(|(l, _)| *l == label)
+        .and_then(|(_, s)| *s)
+        .unwrap_or(256 << 20);
+    let mut format = if path.extension().is_some_and(|e| e == "qcow2") {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("size", v)) => {
+                size = minke::spec::parse_size(v)
+                    .with_context(|| format!("--disk {s}: bad size {v:?}"))?
+            }
+            Some(("format", "raw")) => format = DiskFormat::Raw,
+            Some(("format", "qcow2")) => format = DiskFormat::Qcow2,
+            _ => bail!(
+                "--disk {s}: unknown option {p:?}; use LABEL=PATH[,size=SIZE][,format=raw|qcow2]"
+            ),
+        }
+    }
+    Ok(DiskSpec {
+        label,
+        path,
+        size,
+        format,
+    })
+}
+
+/// `minke run`: returns the exit code (CMD's, or 0 when the guest powered off by itself).
+pub fn run(a: RunArgs) -> Result<u8> {
+    let progress = Progress::new();
+    let img = resolve_image(a.image.as_deref(), &progress)?;
+    let name = a.name.clone().unwrap_or_else(|| img.name.clone());
+    let mut cfg = VmConfig::new(name.clone(), &img.kernel, &img.initrd);
+    cfg.cmdline = img.cmdline.clone();
+    cfg.mem_mib = a.mem;
+    cfg.cpus = a.cpus;
+    cfg.accel = a.accel;
+    cfg.transport = a.transport;
+    cfg.console_to_terminal = a.console;
+    for p in &a.publish {
+        cfg.publish.push(parse_publish(p)?);
+    }
+    let mut labels: Vec<String> = Vec::new();
+    for d in &a.disks {
+        let spec = parse_disk(d, &name, &img.disks)?;
+        labels.push(spec.label.clone());
+        cfg.disks.push(spec);
+    }
+    for (label, size) in &img.disks {
+        if !labels.contains(label) {
+            let path = disk_dir(&name).join(format!("{label}.img"));
+            cfg.disks.push(DiskSpec {
+                label: label.clone(),
+                path,
+                size: size.unwrap_or(256 << 20),
+                format: DiskFormat::Raw,
+            });
+        }
+    }
+    if !a.env.is_empty() {
+        let mut env = String::new();
+        for e in &a.env {
+            if !e.contains('=') {
+                bail!("--env {e}: use KEY=VALUE");
+            }
+            env.push_str(e);
+            env.push('\n');
+        }
+        cfg.runtime_config.push(("env".into(), env.into_bytes()));
+    }
+    for f in &a.data {
+        let bytes = std::fs::read(f).with_context(|| format!("--data {}", f.display()))?;
+        let base = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data".into());
+        cfg.runtime_config.push((base, bytes));
+    }
+
+    progress.step("booting");
+    let started = Instant::now();
+    let mut vm = Vm::boot(cfg)?;
+    progress.step("waiting for the guest agent");
+    vm.wait_ready(Duration::from_secs(a.timeout))?;
+    drop(progress);
+
+    if a.cmd.is_empty() {
+        let code = wait_for_poweroff(&mut vm)?;
+        chart(&vm, a.boot_chart.as_deref(), started, None)?;
+        return Ok(code);
+    }
+    let req = ExecRequest {
+        argv: a.cmd.clone(),
+        container: a.container.clone(),
+        ..Default::default()
+    };
+    let stdin = if std::io::stdin().is_terminal() {
+        Stdin::Null
+    } else {
+        Stdin::Reader(Box::new(std::io::stdin()))
+    };
+    let cmd_start = started.elapsed();
+    let code = vm.exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())?;
+    let cmd_end = started.elapsed();
+    chart(
+        &vm,
+        a.boot_chart.as_deref(),
+        started,
+        Some((cmd_start, cmd_end)),
+    )?;
+    vm.poweroff(GRACE)?;
+    Ok(exit_byte(code))
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
+
+fn chart(
+    vm: &Vm,
+    out: Option<&Path>,
+    _started: Instant,
+    cmd: Option<(Duration, Duration)>,
+) -> Result<()> {
+    let Some(out) = out else { return Ok(()) };
+    let info = vm.info()?;
+    let timeline: BootTimeline = serde_json::from_str(&info.boot_json)
+        .context("the guest's boot timeline is not valid JSON")?;
+    let ready = vm.ready_after().unwrap_or_default();
+    let svg = minke_shim::boot_chart_svg(&timeline, ready, cmd);
+    minke::layer::write_atomic(out, svg.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// Waits until the guest powers off; Ctrl-C asks it to shut down cleanly (then kills it after
+/// a grace period).
+fn wait_for_poweroff(vm: &mut Vm) -> Result<u8> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    eprintln!("minke: {} is running; Ctrl-C powers it off", vm.name());
+    while vm.is_running() {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("minke: powering off {}", vm.name());
+            vm.poweroff(GRACE)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(0)
+}
+
+/// `minke exec NAME -- CMD`.
+pub fn exec(name: &str, container: Option<String>, cmd: Vec<String>) -> Result<u8> {
+    let vm = Vm::attach(name)?;
+    let req = ExecRequest {
+        argv: cmd,
+        container,
+        ..Default::default()
+    };
+    let stdin = if std::io::stdin().is_terminal() {
+        Stdin::Null
+    } else {
+        Stdin::Reader(Box::new(std::io::stdin()))
+    };
+    let code = vm.exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())?;
+    Ok(exit_byte(code))
+}
+
+/// `minke ps`.
+pub fn ps(out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:>8} {:<6} {:<12} PUBLISH",
+        "NAME", "QEMU", "ACCEL", "TRANSPORT"
+    )?;
+    for v in minke_shim::list_vms()? {
+        let publish: Vec<String> = v
+            .run
+            .publish
+            .iter()
+            .map(|(h, g)| format!("{h}->{g}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<20} {:>8} {:<6} {:<12} {}",
+            v.run.name,
+            v.run.qemu_pid,
+            format!("{:?}", v.run.accel).to_lowercase(),
+            format!("{:?}", v.run.transport).to_lowercase(),
+            publish.join(",")
+        )?;
+    }
+    Ok(())
+}
+
+/// `minke logs NAME [-f]`.
+pub fn logs(name: &str, service: Option<&str>, follow: bool, out: &mut dyn Write) -> Result<()> {
+    let vm = Vm::attach(name)?;
+    let mut seen = vm.logs(service)?;
+    out.write_all(&seen)?;
+    out.flush()?;
+    while follow {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(now) = vm.logs(service) else { break };
+        // The ring buffers rotate: print what follows the longest known prefix.
+        let start = if now.starts_with(&seen) {
+            seen.len()
+        } else {
+            0
+        };
+        out.write_all(&now[start..])?;
+        out.flush()?;
+        seen = now;
+    }
+    Ok(())
+}
+
+/// `minke cp SRC DST`, one side `NAME:PATH`.
+pub fn cp(src: &str, dst: &str) -> Result<()> {
+    fn split(s: &str) -> Option<(&str, &str)> {
+        let (n, p) = s.split_once(':')?;
+        (!n.is_empty() && !n.contains('/') && p.starts_with('/')).then_some((n, p))
+    }
+    match (split(src), split(dst)) {
+        (Some((name, path)), None) => {
+            let vm = Vm::attach(name)?;
+            let local = Path::new(dst);
+            // A directory in the guest comes back as a tree.
+            match vm.get_file(path, local) {
+                Ok(_) => Ok(()),
+                Err(_) => Ok(vm.get_tree(path, local)?),
+            }
+        }
+        (None, Some((name, path))) => {
+            let vm = Vm::attach(name)?;
+            let local = Path::new(src);
+            if local.is_dir() {
+                Ok(vm.put_tree(local, path)?)
+            } else {
+                Ok(vm.put_file(local, path)?)
+            }
+        }
+        _ => bail!("minke cp: exactly one side must be NAME:/absolute/path (e.g. `minke cp ./f default:/tmp/f`)"),
+    }
+}
+
+/// `minke stop NAME`.
+pub fn stop(name: &str) -> Result<()> {
+    let mut vm = Vm::attach(name)?;
+    match vm.poweroff(GRACE)? {
+        minke_shim::PowerOff::Clean => eprintln!("minke: {name} powered off"),
+        minke_shim::PowerOff::Killed => eprintln!(
+            "minke: {name} did not power off within {}s and was killed",
+            GRACE.as_secs()
+        ),
+    }
+    Ok(())
+}
