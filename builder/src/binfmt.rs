@@ -62,21 +62,21 @@ pub const TABLE: &[Arch] = &[
         class: 1,
         data: 2,
         machine: 20,
-        osabi_mask: 0x00,
+        osabi_mask: 0xfc,
     },
     Arch {
         name: "ppc64",
         class: 2,
         data: 2,
         machine: 21,
-        osabi_mask: 0x00,
+        osabi_mask: 0xfc,
     },
     Arch {
         name: "ppc64le",
         class: 2,
         data: 1,
         machine: 21,
-        osabi_mask: 0x00,
+        osabi_mask: 0xfc,
     },
     Arch {
         name: "riscv32",
@@ -100,13 +100,6 @@ pub const TABLE: &[Arch] = &[
         osabi_mask: 0xfc,
     },
     Arch {
-        name: "loongarch64",
-        class: 2,
-        data: 1,
-        machine: 258,
-        osabi_mask: 0x00,
-    },
-    Arch {
         name: "m68k",
         class: 1,
         data: 2,
@@ -118,7 +111,7 @@ pub const TABLE: &[Arch] = &[
         class: 2,
         data: 2,
         machine: 43,
-        osabi_mask: 0x00,
+        osabi_mask: 0xfc,
     },
 ];
 

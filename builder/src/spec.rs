@@ -187,7 +187,7 @@ pub struct RawKernelBuild {
 }
 
 /// An agent by name or with options.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawAgent {
     /// Just the kind.
@@ -200,6 +200,42 @@ pub enum RawAgent {
         #[serde(default)]
         port: Option<u32>,
     },
+}
+
+/// The two spellings of an agent, tried in order with errors that name the agent.
+impl<'de> Deserialize<'de> for RawAgent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            kind: String,
+            #[serde(default)]
+            port: Option<u32>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Name(String),
+            Full(Full),
+        }
+        let kind = |name: &str| -> Result<AgentKind, D::Error> {
+            match name {
+                "control" => Ok(AgentKind::Control),
+                "timesync" => Ok(AgentKind::Timesync),
+                "binfmt" => Ok(AgentKind::Binfmt),
+                other => Err(D::Error::custom(format!(
+                    "unknown variant `{other}`: agents are control, timesync and binfmt"
+                ))),
+            }
+        };
+        match Either::deserialize(d)
+            .map_err(|_| D::Error::custom("an agent is a name (control, timesync, binfmt) or {kind: NAME, port: N}"))?
+        {
+            Either::Name(n) => Ok(RawAgent::Kind(kind(&n)?)),
+            Either::Full(f) => Ok(RawAgent::Full { kind: kind(&f.kind)?, port: f.port }),
+        }
+    }
 }
 
 /// A run-to-completion task.
@@ -960,7 +996,7 @@ mod tests {
 
     #[test]
     fn yaml_syntax_error_names_line() {
-        check_err("name: x\nservices: [\n  - {name: a\n", 4, "");
+        check_err("name: x\nservices: [\n  - {name: a\n", 3, "did not find expected");
     }
 
     #[test]
