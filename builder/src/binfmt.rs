@@ -25,6 +25,9 @@ pub struct Arch {
     pub machine: u16,
     /// Mask applied to the OS ABI byte (0x00 = any).
     pub osabi_mask: u8,
+    /// Mask of the two `e_machine` bytes, in file order (QEMU's ppc64le entry ignores the
+    /// high byte).
+    pub machine_mask: [u8; 2],
 }
 
 /// Foreign architectures an x86_64 guest can run through QEMU user emulation.
@@ -35,6 +38,7 @@ pub const TABLE: &[Arch] = &[
         data: 1,
         machine: 183,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "aarch64_be",
@@ -42,6 +46,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 183,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "arm",
@@ -49,6 +54,7 @@ pub const TABLE: &[Arch] = &[
         data: 1,
         machine: 40,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "armeb",
@@ -56,6 +62,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 40,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "ppc",
@@ -63,6 +70,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 20,
         osabi_mask: 0xfc,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "ppc64",
@@ -70,6 +78,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 21,
         osabi_mask: 0xfc,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "ppc64le",
@@ -77,6 +86,7 @@ pub const TABLE: &[Arch] = &[
         data: 1,
         machine: 21,
         osabi_mask: 0xfc,
+        machine_mask: [0xff, 0x00],
     },
     Arch {
         name: "riscv32",
@@ -84,6 +94,7 @@ pub const TABLE: &[Arch] = &[
         data: 1,
         machine: 243,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "riscv64",
@@ -91,6 +102,7 @@ pub const TABLE: &[Arch] = &[
         data: 1,
         machine: 243,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "s390x",
@@ -98,6 +110,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 22,
         osabi_mask: 0xfc,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "m68k",
@@ -105,6 +118,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 4,
         osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
     },
     Arch {
         name: "sparc64",
@@ -112,6 +126,7 @@ pub const TABLE: &[Arch] = &[
         data: 2,
         machine: 43,
         osabi_mask: 0xfc,
+        machine_mask: [0xff, 0xff],
     },
 ];
 
@@ -138,7 +153,7 @@ pub fn magic_mask(a: &Arch) -> (Vec<u8>, Vec<u8>) {
     magic.extend_from_slice(&etype);
     mask.extend_from_slice(&emask);
     magic.extend_from_slice(&mach);
-    mask.extend_from_slice(&[0xff, 0xff]);
+    mask.extend_from_slice(&a.machine_mask);
     (magic, mask)
 }
 

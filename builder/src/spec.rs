@@ -229,11 +229,16 @@ impl<'de> Deserialize<'de> for RawAgent {
                 ))),
             }
         };
-        match Either::deserialize(d)
-            .map_err(|_| D::Error::custom("an agent is a name (control, timesync, binfmt) or {kind: NAME, port: N}"))?
-        {
+        match Either::deserialize(d).map_err(|_| {
+            D::Error::custom(
+                "an agent is a name (control, timesync, binfmt) or {kind: NAME, port: N}",
+            )
+        })? {
             Either::Name(n) => Ok(RawAgent::Kind(kind(&n)?)),
-            Either::Full(f) => Ok(RawAgent::Full { kind: kind(&f.kind)?, port: f.port }),
+            Either::Full(f) => Ok(RawAgent::Full {
+                kind: kind(&f.kind)?,
+                port: f.port,
+            }),
         }
     }
 }
@@ -996,7 +1001,11 @@ mod tests {
 
     #[test]
     fn yaml_syntax_error_names_line() {
-        check_err("name: x\nservices: [\n  - {name: a\n", 3, "did not find expected");
+        check_err(
+            "name: x\nservices: [\n  - {name: a\n",
+            3,
+            "did not find expected",
+        );
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! Finding the host programs the shim runs, with errors that say how to install them.
+
+use std::path::{Path, PathBuf};
+
+/// A required host program is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} not found in PATH{extra}: install it with `{install}`")]
+pub struct NotFound {
+    /// Program name.
+    pub name: String,
+    /// Install command.
+    pub install: &'static str,
+    extra: &'static str,
+}
+
+/// A host program the shim uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// `qemu-system-x86_64`.
+    QemuSystem,
+    /// `qemu-img`.
+    QemuImg,
+    /// `vhost-device-vsock` (rust-vmm).
+    VhostDeviceVsock,
+    /// `mke2fs`.
+    Mke2fs,
+}
+
+impl Tool {
+    /// The executable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::QemuSystem => qemu_system_name(),
+            Tool::QemuImg => "qemu-img",
+            Tool::VhostDeviceVsock => "vhost-device-vsock",
+            Tool::Mke2fs => "mke2fs",
+        }
+    }
+
+    fn install(self) -> &'static str {
+        match self {
+            Tool::QemuSystem => "apt-get install qemu-system-x86",
+            Tool::QemuImg => "apt-get install qemu-utils",
+            Tool::VhostDeviceVsock => "cargo install --locked vhost-device-vsock",
+            Tool::Mke2fs => "apt-get install e2fsprogs",
+        }
+    }
+}
+
+/// `qemu-system-<arch>` for the host architecture.
+pub fn qemu_system_name() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "qemu-system-aarch64",
+        _ => "qemu-system-x86_64",
+    }
+}
+
+/// Finds `tool` in `PATH` (then `~/.cargo/bin` for cargo-installed tools, and the sbin
+/// directories for mke2fs, which are often not in a user's `PATH`).
+pub fn find(tool: Tool) -> Result<PathBuf, NotFound> {
+    let name = tool.name();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    match tool {
+        Tool::VhostDeviceVsock => {
+            if let Some(home) = std::env::var_os("CARGO_HOME") {
+                dirs.push(PathBuf::from(home).join("bin"));
+            }
+            if let Some(home) = std::env::var_os("HOME") {
+                dirs.push(PathBuf::from(home).join(".cargo/bin"));
+            }
+        }
+        Tool::Mke2fs => dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from)),
+        _ => {}
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+        .ok_or(NotFound {
+            name: name.into(),
+            install: tool.install(),
+            extra: if tool == Tool::VhostDeviceVsock {
+                " or ~/.cargo/bin"
+            } else {
+                ""
+            },
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_error_says_how_to_install() {
+        let e = NotFound {
+            name: "qemu-img".into(),
+            install: Tool::QemuImg.install(),
+            extra: "",
+        };
+        assert_eq!(
+            e.to_string(),
+            "qemu-img not found in PATH: install it with `apt-get install qemu-utils`"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! What to boot and how: [`VmConfig`] and its parts.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
+/// Everything [`crate::Vm::boot`] needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// Kernel image (bzImage).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line ([`DEFAULT_CMDLINE`] is a good start).
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// VM name: names its state directory, so two VMs with different names never clash.
+    pub name: String,
+    /// State directory; `None`: `$XDG_STATE_HOME/minke/NAME` (fallback `~/.local/state`).
+    pub state_dir: Option<PathBuf>,
+    /// Data disks (created and formatted ext4 on first use).
+    pub disks: Vec<DiskSpec>,
+    /// `(host_port, guest_port)`: host 127.0.0.1 TCP ports forwarded to guest TCP ports.
+    pub publish: Vec<(u16, u16)>,
+    /// How host and guest agents talk.
+    pub transport: Transport,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Copy the serial console to the shim's stdout as well as to `console.log`.
+    pub console_to_terminal: bool,
+    /// Runtime config sent to the guest's `/run/config` right after it is ready:
+    /// `(file name, contents)`; `minke run --env`/`--data` end up here.
+    pub runtime_config: Vec<(String, Vec<u8>)>,
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the image.
+    pub fn new(
+        name: impl Into<String>,
+        kernel: impl Into<PathBuf>,
+        initrd: impl Into<PathBuf>,
+    ) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            cmdline: DEFAULT_CMDLINE.into(),
+            mem_mib: 512,
+            cpus: 1,
+            name: name.into(),
+            state_dir: None,
+            disks: Vec::new(),
+            publish: Vec::new(),
+            transport: Transport::Auto,
+            accel: Accel::Auto,
+            console_to_terminal: false,
+            runtime_config: Vec::new(),
+        }
+    }
+}
+
+/// A data disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Filesystem label and virtio-blk serial (what the init mounts by).
+    pub label: String,
+    /// Image file on the host.
+    pub path: PathBuf,
+    /// Size in bytes when it has to be created.
+    pub size: u64,
+    /// Image format.
+    pub format: DiskFormat,
+}
+
+/// Disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskFormat {
+    /// Plain bytes.
+    Raw,
+    /// QEMU copy-on-write.
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// QEMU's name for it.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Host↔guest transport choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// Best available: kernel vhost-vsock, then vhost-user, then virtio-serial.
+    Auto,
+    /// `vhost-vsock-pci` (needs a working `/dev/vhost-vsock`).
+    VhostKernel,
+    /// `vhost-user-vsock-pci` served by `vhost-device-vsock`.
+    VhostUser,
+    /// One virtio-serial port carrying multiplexed connections.
+    Serial,
+}
+
+/// Accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Accel {
+    /// KVM when it can really run this guest, TCG otherwise.
+    Auto,
+    /// KVM only.
+    Kvm,
+    /// TCG only.
+    Tcg,
+}

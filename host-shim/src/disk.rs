@@ -1,0 +1,216 @@
+//! Data disks: created and formatted ext4 on first use, reproducibly (fixed UUID and hash seed
+//! derived from the label, fixed timestamps).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::binaries::{self, NotFound, Tool};
+use crate::config::{DiskFormat, DiskSpec};
+
+/// A data disk could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// A needed program is missing.
+    #[error(transparent)]
+    Tool(#[from] NotFound),
+    /// Creating the file failed.
+    #[error("cannot create disk image {path}: {source}")]
+    Create {
+        /// Image path.
+        path: PathBuf,
+        /// OS error.
+        source: io::Error,
+    },
+    /// A tool ran and failed.
+    #[error("`{command}` failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its stderr (or the spawn error).
+        stderr: String,
+    },
+    /// The label cannot be used as a virtio serial and ext4 label.
+    #[error("disk label {0:?} must be 1-16 characters of [A-Za-z0-9_-]")]
+    BadLabel(String),
+}
+
+/// The filesystem UUID minke gives a disk with this label.
+pub fn uuid_for(label: &str) -> String {
+    fmt_uuid(&derive(b"minke-disk-uuid:", label))
+}
+
+/// The ext4 directory hash seed minke gives a disk with this label.
+pub fn hash_seed_for(label: &str) -> String {
+    fmt_uuid(&derive(b"minke-disk-hash-seed:", label))
+}
+
+fn derive(domain: &[u8], label: &str) -> [u8; 16] {
+    let d = Sha256::new()
+        .chain_update(domain)
+        .chain_update(label.as_bytes())
+        .finalize();
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x80; // version 8: custom, name-derived
+    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
+    u
+}
+
+fn fmt_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn check_label(label: &str) -> Result<(), DiskError> {
+    let ok = !label.is_empty()
+        && label.len() <= 16
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DiskError::BadLabel(label.into()))
+    }
+}
+
+/// Creates and formats the disk unless its image already exists. Returns whether it was created.
+pub fn ensure(d: &DiskSpec) -> Result<bool, DiskError> {
+    check_label(&d.label)?;
+    if d.path.exists() {
+        return Ok(false);
+    }
+    let create = |source| DiskError::Create {
+        path: d.path.clone(),
+        source,
+    };
+    if let Some(dir) = d.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(create)?;
+    }
+    // Format a raw file under a temporary name, then convert or rename, so a failure never
+    // leaves a half-made disk at the final path.
+    let tmp = d.path.with_extension("minke-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let res = (|| {
+        let f = std::fs::File::create(&tmp).map_err(create)?;
+        f.set_len(d.size).map_err(create)?;
+        drop(f);
+        mkfs(&tmp, &d.label)?;
+        match d.format {
+            DiskFormat::Raw => std::fs::rename(&tmp, &d.path).map_err(create),
+            DiskFormat::Qcow2 => {
+                let qemu_img = binaries::find(Tool::QemuImg)?;
+                let mut c = Command::new(qemu_img);
+                c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                    .arg(&tmp)
+                    .arg(&d.path);
+                run(c)
+            }
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    res.map(|()| true)
+}
+
+fn mkfs(path: &Path, label: &str) -> Result<(), DiskError> {
+    let mke2fs = binaries::find(Tool::Mke2fs)?;
+    let mut c = Command::new(mke2fs);
+    // e2fsprogs treats a fake time of 0 as unset, hence the fallback of 1.
+    let fake_time = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .filter(|v| v.parse::<u64>().is_ok_and(|n| n > 0))
+        .ok_or(());
+    let fake_time = fake_time.unwrap_or_else(|_| "1".into());
+    c.env("E2FSPROGS_FAKE_TIME", fake_time)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            label,
+            "-U",
+            &uuid_for(label),
+        ])
+        .args(["-E", &format!("hash_seed={}", hash_seed_for(label))])
+        .arg(path);
+    run(c)
+}
+
+fn run(mut c: Command) -> Result<(), DiskError> {
+    let command = format!("{c:?}");
+    let out = c.output().map_err(|e| DiskError::Failed {
+        command: command.clone(),
+        stderr: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DiskError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_derived_from_the_label() {
+        assert_eq!(uuid_for("var"), uuid_for("var"));
+        assert_ne!(uuid_for("var"), uuid_for("data"));
+        assert_ne!(uuid_for("var"), hash_seed_for("var"));
+        let u = uuid_for("var");
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "8");
+    }
+
+    #[test]
+    fn bad_labels_are_rejected() {
+        for l in ["", "a b", "waytoolonglabel_xx", "x/y"] {
+            assert!(check_label(l).is_err(), "{l}");
+        }
+        check_label("var-1_a").unwrap();
+    }
+
+    #[test]
+    fn raw_disk_is_reproducible_ext4() {
+        if binaries::find(Tool::Mke2fs).is_err() {
+            eprintln!("skipped: mke2fs not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |n: &str| {
+            let d = DiskSpec {
+                label: "var".into(),
+                path: dir.path().join(n),
+                size: 8 << 20,
+                format: DiskFormat::Raw,
+            };
+            assert!(ensure(&d).unwrap());
+            assert!(!ensure(&d).unwrap(), "second use keeps the disk");
+            std::fs::read(&d.path).unwrap()
+        };
+        let (a, b) = (mk("a.img"), mk("b.img"));
+        assert!(a == b, "same label, same size: same bytes");
+        let fsck = std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(dir.path().join("a.img"))
+            .output();
+        if let Ok(o) = fsck {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+}

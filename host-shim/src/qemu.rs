@@ -1,0 +1,271 @@
+//! QEMU and vhost-device-vsock command lines, built from a resolved plan (pure functions, so
+//! tests can compare them as text).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{DiskSpec, VmConfig};
+
+/// File names inside a VM's state directory.
+pub mod files {
+    /// QMP socket.
+    pub const QMP: &str = "qmp.sock";
+    /// vhost-user control socket between QEMU and the vsock backend.
+    pub const VHU: &str = "vhu.sock";
+    /// Hybrid vsock socket (host→guest `CONNECT`; guest→host `vm.vsock_PORT`).
+    pub const VSOCK: &str = "vm.vsock";
+    /// virtio-serial socket (multiplexed transport).
+    pub const SERIAL: &str = "serial.sock";
+    /// Serial console output.
+    pub const CONSOLE: &str = "console.log";
+    /// QEMU's own stderr.
+    pub const QEMU_LOG: &str = "qemu.log";
+    /// The vsock backend's output.
+    pub const BACKEND_LOG: &str = "vsock-backend.log";
+    /// Pids and transport of a running VM ([`crate::state::RunInfo`]).
+    pub const RUN: &str = "run.json";
+    /// Copy of the guest boot timeline.
+    pub const BOOT_JSON: &str = "boot.json";
+}
+
+/// Accelerator actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedAccel {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Transport actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedTransport {
+    /// Kernel vhost-vsock with this guest CID.
+    VhostKernel {
+        /// Guest CID.
+        cid: u32,
+    },
+    /// vhost-user vsock (hybrid vsock sockets in the state dir).
+    VhostUser,
+    /// virtio-serial with the connection multiplexer.
+    Serial,
+}
+
+/// Guest CID given to vhost-device-vsock: it only matters inside the VM.
+pub const VHOST_USER_CID: u32 = 3;
+
+/// Name of the virtio-serial port the guest opens (`/dev/virtio-ports/minke.control`).
+pub const SERIAL_PORT_NAME: &str = "minke.control";
+
+/// QEMU's arguments (without the program name).
+pub(crate) fn qemu_args(
+    cfg: &VmConfig,
+    state: &Path,
+    accel: UsedAccel,
+    transport: UsedTransport,
+) -> Vec<String> {
+    let p = |f: &str| path_arg(&state.join(f));
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "-name",
+        &cfg.name,
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]);
+    match accel {
+        UsedAccel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        UsedAccel::Tcg => push(&["-accel", "tcg"]),
+    }
+    let shared_mem = transport == UsedTransport::VhostUser;
+    push(&[
+        "-machine",
+        if shared_mem {
+            "q35,memory-backend=mem"
+        } else {
+            "q35"
+        },
+    ]);
+    let mem = format!("{}M", cfg.mem_mib);
+    push(&["-m", &mem, "-smp", &cfg.cpus.to_string()]);
+    if shared_mem {
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]);
+    }
+    push(&[
+        "-kernel",
+        &path_arg(&cfg.kernel),
+        "-initrd",
+        &path_arg(&cfg.initrd),
+    ]);
+    push(&["-append", &cfg.cmdline]);
+    let console = if cfg.console_to_terminal {
+        format!(
+            "stdio,id=con,signal=off,logfile={},logappend=off",
+            p(files::CONSOLE)
+        )
+    } else {
+        format!("file,id=con,path={}", p(files::CONSOLE))
+    };
+    push(&["-chardev", &console, "-serial", "chardev:con"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,path={},server=on,wait=off", p(files::QMP)),
+    ]);
+    push(&["-mon", "chardev=qmp,mode=control"]);
+    match transport {
+        UsedTransport::VhostKernel { cid } => {
+            push(&["-device", &format!("vhost-vsock-pci,guest-cid={cid}")]);
+        }
+        UsedTransport::VhostUser => {
+            push(&["-chardev", &format!("socket,id=vhu,path={}", p(files::VHU))]);
+            push(&["-device", "vhost-user-vsock-pci,chardev=vhu"]);
+        }
+        UsedTransport::Serial => {
+            push(&["-device", "virtio-serial-pci,id=vser"]);
+            let chr = format!("socket,id=ctl,path={},server=on,wait=off", p(files::SERIAL));
+            push(&["-chardev", &chr]);
+            push(&[
+                "-device",
+                &format!("virtserialport,chardev=ctl,name={SERIAL_PORT_NAME}"),
+            ]);
+        }
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        push(&["-drive", &drive_arg(i, d)]);
+        push(&[
+            "-device",
+            &format!("virtio-blk-pci,drive=d{i},serial={}", d.label),
+        ]);
+    }
+    a
+}
+
+fn drive_arg(i: usize, d: &DiskSpec) -> String {
+    format!(
+        "file={},if=none,id=d{i},format={}",
+        path_arg(&d.path).replace(',', ",,"),
+        d.format.qemu_name()
+    )
+}
+
+/// vhost-device-vsock's arguments.
+pub(crate) fn backend_args(state: &Path) -> Vec<String> {
+    vec![
+        "--guest-cid".into(),
+        VHOST_USER_CID.to_string(),
+        "--socket".into(),
+        path_arg(&state.join(files::VHU)),
+        "--uds-path".into(),
+        path_arg(&state.join(files::VSOCK)),
+    ]
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The Unix socket on which guest connections to host `port` arrive (hybrid vsock).
+pub fn guest_to_host_socket(state: &Path, port: u32) -> PathBuf {
+    state.join(format!("{}_{port}", files::VSOCK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DiskFormat;
+
+    fn cfg() -> VmConfig {
+        let mut c = VmConfig::new("t", "/img/k", "/img/i");
+        c.disks.push(DiskSpec {
+            label: "var".into(),
+            path: "/d/var.img".into(),
+            size: 1 << 20,
+            format: DiskFormat::Raw,
+        });
+        c
+    }
+
+    fn check(accel: UsedAccel, transport: UsedTransport, expected: &str) {
+        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport).join(" ");
+        assert_eq!(
+            got,
+            expected.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+
+    const HEAD: &str = "-name t -nodefaults -no-user-config -no-reboot -display none";
+    const BOOT: &str = "-kernel /img/k -initrd /img/i -append console=ttyS0 quiet panic=-1 \
+        -chardev file,id=con,path=/s/console.log -serial chardev:con \
+        -chardev socket,id=qmp,path=/s/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control";
+    const DISK: &str = "-drive file=/d/var.img,if=none,id=d0,format=raw \
+        -device virtio-blk-pci,drive=d0,serial=var";
+
+    #[test]
+    fn vhost_user_tcg() {
+        check(
+            UsedAccel::Tcg,
+            UsedTransport::VhostUser,
+            &format!(
+                "{HEAD} -accel tcg -machine q35,memory-backend=mem -m 512M -smp 1 \
+                 -object memory-backend-memfd,id=mem,size=512M,share=on {BOOT} \
+                 -chardev socket,id=vhu,path=/s/vhu.sock -device vhost-user-vsock-pci,chardev=vhu {DISK}"
+            ),
+        );
+    }
+
+    #[test]
+    fn vhost_kernel_kvm() {
+        check(
+            UsedAccel::Kvm,
+            UsedTransport::VhostKernel { cid: 7 },
+            &format!(
+                "{HEAD} -accel kvm -cpu host -machine q35 -m 512M -smp 1 {BOOT} \
+                 -device vhost-vsock-pci,guest-cid=7 {DISK}"
+            ),
+        );
+    }
+
+    #[test]
+    fn serial_tcg() {
+        check(
+            UsedAccel::Tcg,
+            UsedTransport::Serial,
+            &format!(
+                "{HEAD} -accel tcg -machine q35 -m 512M -smp 1 {BOOT} \
+                 -device virtio-serial-pci,id=vser \
+                 -chardev socket,id=ctl,path=/s/serial.sock,server=on,wait=off \
+                 -device virtserialport,chardev=ctl,name=minke.control {DISK}"
+            ),
+        );
+    }
+
+    #[test]
+    fn console_to_terminal_tees_through_stdio() {
+        let mut c = cfg();
+        c.console_to_terminal = true;
+        let a = qemu_args(
+            &c,
+            Path::new("/s"),
+            UsedAccel::Tcg,
+            UsedTransport::VhostUser,
+        )
+        .join(" ");
+        assert!(
+            a.contains("-chardev stdio,id=con,signal=off,logfile=/s/console.log,logappend=off"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn backend_command_line() {
+        assert_eq!(
+            backend_args(Path::new("/s")).join(" "),
+            "--guest-cid 3 --socket /s/vhu.sock --uds-path /s/vm.vsock"
+        );
+    }
+}

@@ -1,0 +1,447 @@
+//! Host side of time sync: the guest's timesync agent connects to host port 1025, says
+//! `Hello`, and asks `TimeRequest { seq, t1 }`; the host answers `TimeReply { seq, t1, t2, t3 }`
+//! with its CLOCK_REALTIME receive and send times, and pushes `Resumed` after a pause.
+//!
+//! The guest is not trusted: a connection that sends garbage, an oversize frame, an unexpected
+//! message or nothing at all is closed and the error recorded; at most
+//! [`MAX_CONNECTIONS`] connections are served at once, each with bounded buffers, so a flood
+//! costs at most a few threads and a few MiB.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minke_protocol::wire::{read_frame, write_frame, FrameError};
+use minke_protocol::{GuestMsg, HostMsg, PROTOCOL_VERSION};
+
+use crate::transport::Duplex;
+
+/// Most guest connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 4;
+/// Errors kept for inspection (oldest dropped first).
+pub const MAX_ERRORS: usize = 16;
+/// How long the guest may stay silent before its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to the guest may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Counters of the time server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimesyncStats {
+    /// Connections that completed the handshake.
+    pub connections: u64,
+    /// `TimeReply` messages sent.
+    pub replies: u64,
+    /// `Resumed` messages pushed.
+    pub resumed_pushes: u64,
+    /// The most recent errors (connection closed because of them).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    connections: AtomicU64,
+    replies: AtomicU64,
+    pushes: AtomicU64,
+    active: AtomicU64,
+    errors: Mutex<VecDeque<String>>,
+    /// Writers of handshaken connections, for `Resumed`.
+    writers: Mutex<BTreeMap<u64, Box<dyn Duplex>>>,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn record(&self, e: String) {
+        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errs.len() == MAX_ERRORS {
+            errs.pop_front();
+        }
+        errs.push_back(e);
+    }
+}
+
+/// The host's time server; stops accepting on drop.
+#[derive(Debug)]
+pub struct TimeServer {
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+}
+
+/// Host CLOCK_REALTIME in nanoseconds since the epoch.
+pub fn realtime_ns() -> i64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64
+}
+
+impl TimeServer {
+    /// Listens on the hybrid vsock socket `path` (`vm.vsock_1025`).
+    pub fn listen_unix(path: &Path) -> io::Result<TimeServer> {
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)?;
+        let server = TimeServer {
+            shared: Arc::default(),
+            path: Some(path.to_path_buf()),
+        };
+        let shared = server.shared.clone();
+        std::thread::Builder::new()
+            .name("minke-timesync".into())
+            .spawn(move || {
+                for conn in l.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match conn {
+                        Ok(s) => spawn_conn(&shared, Box::new(s)),
+                        Err(e) => shared.record(format!("accept failed: {e}")),
+                    }
+                }
+            })?;
+        Ok(server)
+    }
+
+    /// Listens for kernel vsock connections on host `port` (any CID).
+    pub fn listen_vsock(port: u32) -> io::Result<TimeServer> {
+        let l = vsock::VsockListener::bind_with_cid_port(libc::VMADDR_CID_ANY, port)?;
+        let server = TimeServer {
+            shared: Arc::default(),
+            path: None,
+        };
+        let shared = server.shared.clone();
+        std::thread::Builder::new()
+            .name("minke-timesync".into())
+            .spawn(move || {
+                for conn in l.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match conn {
+                        Ok(s) => spawn_conn(&shared, Box::new(s)),
+                        Err(e) => shared.record(format!("accept failed: {e}")),
+                    }
+                }
+            })?;
+        Ok(server)
+    }
+
+    /// A server with no listener, fed connections by hand (tests, other transports).
+    pub fn detached() -> TimeServer {
+        TimeServer {
+            shared: Arc::default(),
+            path: None,
+        }
+    }
+
+    /// Serves one connection on a new thread.
+    pub fn serve(&self, conn: Box<dyn Duplex>) {
+        spawn_conn(&self.shared, conn);
+    }
+
+    /// Pushes `Resumed` to every handshaken connection; returns how many got it.
+    pub fn push_resumed(&self) -> usize {
+        let mut writers = self
+            .shared
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut sent = 0;
+        writers.retain(|_, w| match write_frame(w, &HostMsg::Resumed) {
+            Ok(()) => {
+                sent += 1;
+                true
+            }
+            Err(e) => {
+                self.shared.record(format!("cannot push Resumed: {e}"));
+                false
+            }
+        });
+        self.shared.pushes.fetch_add(sent as u64, Ordering::SeqCst);
+        sent
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> TimesyncStats {
+        let s = &self.shared;
+        TimesyncStats {
+            connections: s.connections.load(Ordering::SeqCst),
+            replies: s.replies.load(Ordering::SeqCst),
+            resumed_pushes: s.pushes.load(Ordering::SeqCst),
+            errors: s
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl Drop for TimeServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = &self.path {
+            // Wake the accept loop so it sees the flag, then remove the socket.
+            let _ = std::os::unix::net::UnixStream::connect(p);
+            let _ = std::fs::remove_file(p);
+        }
+        self.shared
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+fn spawn_conn(shared: &Arc<Shared>, conn: Box<dyn Duplex>) {
+    if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS as u64 {
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        shared.record(format!(
+            "more than {MAX_CONNECTIONS} time sync connections: closed one"
+        ));
+        return;
+    }
+    let shared2 = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("minke-timesync-conn".into())
+        .spawn(move || {
+            let id = shared2.next_id.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = serve_conn(&shared2, id, conn) {
+                shared2.record(e);
+            }
+            shared2
+                .writers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            shared2.active.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        shared.record(format!("cannot start a time sync thread: {e}"));
+    }
+}
+
+fn serve_conn(shared: &Shared, id: u64, mut conn: Box<dyn Duplex>) -> Result<(), String> {
+    let err = |what: &str, e: FrameError| format!("time sync {what}: {e}");
+    conn.set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(|e| format!("time sync setup: {e}"))?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(|e| format!("time sync setup: {e}"))?;
+    match read_frame::<_, GuestMsg>(&mut conn).map_err(|e| err("hello", e))? {
+        GuestMsg::Hello { version, .. } if version == PROTOCOL_VERSION => {}
+        GuestMsg::Hello { version, .. } => {
+            let msg = format!(
+                "protocol version {version} not supported (host speaks {PROTOCOL_VERSION})"
+            );
+            let _ = write_frame(&mut conn, &HostMsg::Error(msg.clone()));
+            return Err(format!("time sync hello: {msg}"));
+        }
+        other => {
+            return Err(format!(
+                "time sync hello: expected Hello, got {}",
+                kind(&other)
+            ))
+        }
+    }
+    write_frame(
+        &mut conn,
+        &HostMsg::Welcome {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .map_err(|e| err("welcome", e))?;
+    shared.connections.fetch_add(1, Ordering::SeqCst);
+    // After the handshake the guest may stay quiet for as long as it likes.
+    conn.set_read_timeout(None)
+        .map_err(|e| format!("time sync setup: {e}"))?;
+    let pusher = conn
+        .try_clone_box()
+        .map_err(|e| format!("time sync setup: {e}"))?;
+    shared
+        .writers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, pusher);
+    let mut writer = conn
+        .try_clone_box()
+        .map_err(|e| format!("time sync setup: {e}"))?;
+    loop {
+        let msg = match read_frame::<_, GuestMsg>(&mut conn) {
+            Ok(m) => m,
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(err("request", e)),
+        };
+        let t2 = realtime_ns();
+        let GuestMsg::TimeRequest { seq, t1 } = msg else {
+            return Err(format!(
+                "time sync: unexpected {} from the guest",
+                kind(&msg)
+            ));
+        };
+        // Replies and pushes share the socket: hold the pusher lock while writing so frames
+        // never interleave.
+        let writers = shared.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let reply = HostMsg::TimeReply {
+            seq,
+            t1,
+            t2,
+            t3: realtime_ns(),
+        };
+        let res = write_frame(&mut writer, &reply);
+        drop(writers);
+        res.map_err(|e| err("reply", e))?;
+        shared.replies.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn kind(m: &GuestMsg) -> String {
+    let s = format!("{m:?}");
+    s.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("message")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    fn wait_for(srv: &TimeServer, f: impl Fn(&TimesyncStats) -> bool) -> TimesyncStats {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = srv.stats();
+            if f(&s) || Instant::now() > end {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn hello(s: &mut UnixStream) {
+        write_frame(
+            s,
+            &GuestMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "t".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read_frame::<_, HostMsg>(s).unwrap(),
+            HostMsg::Welcome {
+                version: PROTOCOL_VERSION
+            }
+        );
+    }
+
+    #[test]
+    fn answers_requests_with_host_times_and_pushes_resumed() {
+        let srv = TimeServer::detached();
+        let (mut g, h) = UnixStream::pair().unwrap();
+        srv.serve(Box::new(h));
+        hello(&mut g);
+        for seq in 0..3 {
+            let before = realtime_ns();
+            write_frame(&mut g, &GuestMsg::TimeRequest { seq, t1: -5 }).unwrap();
+            match read_frame::<_, HostMsg>(&mut g).unwrap() {
+                HostMsg::TimeReply { seq: s, t1, t2, t3 } => {
+                    assert_eq!((s, t1), (seq, -5));
+                    assert!(before <= t2 && t2 <= t3 && t3 <= realtime_ns());
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+        assert_eq!(srv.push_resumed(), 1);
+        assert_eq!(read_frame::<_, HostMsg>(&mut g).unwrap(), HostMsg::Resumed);
+        drop(g);
+        let st = wait_for(&srv, |s| s.replies == 3);
+        assert_eq!((st.connections, st.replies, st.resumed_pushes), (1, 3, 1));
+    }
+
+    #[test]
+    fn hostile_frames_close_the_connection_and_are_recorded() {
+        let srv = TimeServer::detached();
+        let cases: [&[u8]; 3] = [
+            &u32::MAX.to_le_bytes(),         // oversize length
+            &[3, 0, 0, 0, 0xff, 0xff, 0xff], // garbage payload
+            &[0, 0],                         // truncated prefix then EOF
+        ];
+        for bytes in cases {
+            let (mut g, h) = UnixStream::pair().unwrap();
+            srv.serve(Box::new(h));
+            g.write_all(bytes).unwrap();
+            g.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            g.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "no reply to garbage");
+        }
+        // A well-formed but unexpected message after the handshake.
+        let (mut g, h) = UnixStream::pair().unwrap();
+        srv.serve(Box::new(h));
+        hello(&mut g);
+        write_frame(&mut g, &GuestMsg::Stdout(vec![1])).unwrap();
+        let mut rest = Vec::new();
+        g.read_to_end(&mut rest).unwrap();
+        let st = wait_for(&srv, |s| s.errors.len() == 4);
+        assert_eq!(st.errors.len(), 4, "{:?}", st.errors);
+        assert!(
+            st.errors.iter().any(|e| e.contains("exceeds")),
+            "{:?}",
+            st.errors
+        );
+        assert!(
+            st.errors.iter().any(|e| e.contains("unexpected Stdout")),
+            "{:?}",
+            st.errors
+        );
+    }
+
+    #[test]
+    fn connection_flood_is_bounded() {
+        let srv = TimeServer::detached();
+        let mut held = Vec::new();
+        for _ in 0..(MAX_CONNECTIONS + 20) {
+            let (g, h) = UnixStream::pair().unwrap();
+            srv.serve(Box::new(h));
+            held.push(g);
+        }
+        let st = wait_for(&srv, |s| s.errors.len() >= MAX_ERRORS);
+        assert!(
+            st.errors.iter().all(|e| e.contains("more than")),
+            "{:?}",
+            st.errors
+        );
+        assert_eq!(st.errors.len(), MAX_ERRORS, "error log is bounded");
+        assert!(srv.shared.active.load(Ordering::SeqCst) <= MAX_CONNECTIONS as u64);
+    }
+
+    #[test]
+    fn request_flood_is_answered_in_order() {
+        let srv = TimeServer::detached();
+        let (mut g, h) = UnixStream::pair().unwrap();
+        srv.serve(Box::new(h));
+        hello(&mut g);
+        let mut w = g.try_clone().unwrap();
+        let n = 20_000u64;
+        let writer = std::thread::spawn(move || {
+            for seq in 0..n {
+                write_frame(&mut w, &GuestMsg::TimeRequest { seq, t1: 0 }).unwrap();
+            }
+        });
+        for seq in 0..n {
+            match read_frame::<_, HostMsg>(&mut g).unwrap() {
+                HostMsg::TimeReply { seq: s, .. } => assert_eq!(s, seq),
+                m => panic!("{m:?}"),
+            }
+        }
+        writer.join().unwrap();
+    }
+}
