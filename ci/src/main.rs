@@ -4,6 +4,8 @@
 //! `cargo xtask test` is exactly what CI runs.
 
 mod bench_build;
+mod bench_vm;
+mod demo;
 mod fuzz;
 mod setup;
 mod test;
@@ -33,8 +35,11 @@ fn main() -> Result<()> {
         Some("setup") => setup::run(&sh),
         Some("test") => test::run(&sh, rest),
         Some("fuzz") => fuzz::run(&sh, rest),
+        Some("demo") => demo::run(&sh),
         Some("bench") => match rest.first().map(String::as_str) {
             Some("build") => bench_build::run(&sh),
+            Some("boot") => bench_vm::boot(&sh),
+            Some("agents") => bench_vm::agents(&sh),
             other => bail!("unknown benchmark {other:?}: build | boot | agents | reliability"),
         },
         Some("-h" | "--help" | "help") | None => {

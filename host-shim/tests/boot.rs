@@ -3,8 +3,8 @@
 //! vhost-device-vsock or a test image is not available.
 //!
 //! The image comes from [`test_image`]: `MINKE_TEST_IMAGE=DIR/NAME` names builder output
-//! (`NAME-kernel`, `NAME-initrd.img`, optional `NAME-cmdline`); otherwise the dev kit in
-//! `/tmp/devimg` is used with the stand-in guest agent of `tests/support/guest.rs`.
+//! (`NAME-kernel`, `NAME-initrd.img`, optional `NAME-cmdline`); otherwise the harness builds
+//! `tests/images/boot-test.yml` with this workspace's `minke build`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -36,107 +36,44 @@ fn test_image() -> Result<TestImage, String> {
 }
 
 fn find_image() -> Result<TestImage, String> {
-    if let Some(prefix) = std::env::var_os("MINKE_TEST_IMAGE") {
-        let p = PathBuf::from(prefix).to_string_lossy().into_owned();
-        let img = TestImage {
-            kernel: format!("{p}-kernel").into(),
-            initrd: format!("{p}-initrd.img").into(),
-            cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-                .ok()
-                .map(|s| s.trim().to_string()),
-        };
-        return if img.kernel.exists() && img.initrd.exists() {
-            Ok(img)
-        } else {
-            Err(format!(
-                "MINKE_TEST_IMAGE={p}: {p}-kernel or {p}-initrd.img missing"
-            ))
-        };
-    }
-    let kit = Path::new("/tmp/devimg");
-    if !kit.join("mkimg.sh").exists() || !kit.join("vmlinuz").exists() {
-        return Err(
-            "no test image: set MINKE_TEST_IMAGE=DIR/NAME (builder output) or provide /tmp/devimg"
-                .into(),
-        );
-    }
-    dev_kit_image(kit).map_err(|e| format!("cannot assemble the dev-kit image: {e}"))
-}
-
-/// The stand-in guest agent, built by `cargo test` next to this test binary.
-fn stand_in_guest() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("examples/minke-test-guest"))
-        .ok_or("no target dir")?;
-    if p.exists() {
-        Ok(p)
+    let prefix = match std::env::var_os("MINKE_TEST_IMAGE") {
+        Some(p) => PathBuf::from(p).to_string_lossy().into_owned(),
+        None => build_test_image()?,
+    };
+    let p = prefix;
+    let img = TestImage {
+        kernel: format!("{p}-kernel").into(),
+        initrd: format!("{p}-initrd.img").into(),
+        cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
+            .ok()
+            .map(|s| s.trim().to_string()),
+    };
+    if img.kernel.exists() && img.initrd.exists() {
+        Ok(img)
     } else {
         Err(format!(
-            "{} missing: run `cargo test -p minke-shim` (it builds the example)",
-            p.display()
+            "{p}-kernel or {p}-initrd.img missing: build the image with `minke build`"
         ))
     }
 }
 
-const INIT_SCRIPT: &str = "#!/bin/sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci vsock \\
-    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_blk; do
-  /bin/busybox insmod /lib/modules/$m.ko || echo \"insmod $m failed\"
-done
-/bin/busybox ifconfig lo 127.0.0.1 up
-/bin/busybox httpd -p 127.0.0.1:8080 -h /www
-exec /test-guest
-";
-
-/// Dev-kit initrd (busybox, modules) with a second, concatenated archive holding the stand-in
-/// agent and the shared libraries it needs.
-fn dev_kit_image(kit: &Path) -> Result<TestImage, String> {
-    let guest = stand_in_guest()?;
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minke-boot");
-    let _ = std::fs::remove_dir_all(&work);
-    let extra = work.join("extra");
-    std::fs::create_dir_all(extra.join("www")).map_err(|e| e.to_string())?;
-    let init = work.join("init.sh");
-    std::fs::write(&init, INIT_SCRIPT).map_err(|e| e.to_string())?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| e.to_string())?;
-    }
-    std::fs::write(extra.join("www/index.html"), "hello from the guest\n")
-        .map_err(|e| e.to_string())?;
-    let base = work.join("base.img");
-    run(Command::new(kit.join("mkimg.sh")).arg(&init).arg(&base))?;
-    std::fs::copy(&guest, extra.join("test-guest")).map_err(|e| e.to_string())?;
-    let ldd = run(Command::new("ldd").arg(&guest))?;
-    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-        let dst = extra.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().unwrap()).map_err(|e| e.to_string())?;
-        std::fs::copy(lib, &dst).map_err(|e| format!("{lib}: {e}"))?;
-    }
-    let extra_img = work.join("extra.img");
-    run(Command::new("sh")
-        .current_dir(&extra)
-        .arg("-c")
-        .arg(format!(
-            "find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1 -n > {}",
-            extra_img.display()
-        )))?;
-    let initrd = work.join("initrd.img");
-    let mut all = std::fs::read(&base).map_err(|e| e.to_string())?;
-    all.extend(std::fs::read(&extra_img).map_err(|e| e.to_string())?);
-    std::fs::write(&initrd, all).map_err(|e| e.to_string())?;
-    Ok(TestImage {
-        kernel: kit.join("vmlinuz"),
-        initrd,
-        cmdline: None,
-    })
+/// Builds `tests/images/boot-test.yml` with the `minke` CLI of this workspace (through the
+/// layer cache, so only the first run pays) and returns its output prefix.
+fn build_test_image() -> Result<String, String> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace")?;
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/boot-test.yml");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test-image");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(ws)
+        .args(["run", "--quiet", "-p", "minke", "--", "build"])
+        .arg(&spec)
+        .arg("-o")
+        .arg(&out))
+    .map_err(|e| format!("cannot build the boot test image: {e}"))?;
+    Ok(out.join("boot-test").to_string_lossy().into_owned())
 }
 
 fn run(c: &mut Command) -> Result<String, String> {
@@ -335,6 +272,8 @@ fn forward_tcp_and_unix_to_a_guest_port() {
     let vm = shared();
     let get = |mut s: Box<dyn ReadWrite>| {
         s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        // read_to_string below ends at EOF; a forward that never closes must fail, not hang.
+        s.set_timeout(READY_TIMEOUT);
         let mut r = String::new();
         s.read_to_string(&mut r).unwrap();
         r
@@ -361,8 +300,19 @@ fn forward_tcp_and_unix_to_a_guest_port() {
     assert!(r.ends_with("hello from the guest\n"), "{r}");
 }
 
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
+trait ReadWrite: Read + Write {
+    fn set_timeout(&self, t: Duration);
+}
+impl ReadWrite for std::net::TcpStream {
+    fn set_timeout(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
+impl ReadWrite for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
 
 #[test]
 fn info_logs_timesync_and_boot_chart() {

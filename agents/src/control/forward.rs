@@ -43,8 +43,10 @@ pub fn forward<C: Conn>(conn: &mut C, target: &ForwardTarget) -> Result<(), Cont
     Ok(())
 }
 
-/// Copies `a` → `b` on a thread and `b` → `a` here; each direction ends with a write
-/// shutdown of its destination.
+/// Copies `a` → `b` on a thread and `b` → `a` here. Host → target ends with a write shutdown
+/// of the target. Target → host ends the whole connection: vsock half-close does not cross
+/// every transport (the vhost-user backend drops a guest's SHUT_WR), so a target that is done
+/// talking closes the forward, as HTTP-style protocols expect.
 pub fn splice<A: Conn, B: Conn>(a: &mut A, b: B) -> io::Result<()> {
     let mut a_read = a.try_clone()?;
     let mut b_write = b.try_clone()?;
@@ -54,12 +56,10 @@ pub fn splice<A: Conn, B: Conn>(a: &mut A, b: B) -> io::Result<()> {
         r
     });
     let mut b_read = b;
-    let down = io::copy(&mut b_read, a);
-    let _ = a.shutdown(Shutdown::Write);
-    if down.is_err() {
-        // The host side is gone: unblock the other direction too.
-        let _ = b_read.shutdown(Shutdown::Both);
-    }
+    let _ = io::copy(&mut b_read, a);
+    let _ = a.shutdown(Shutdown::Both);
+    // Unblock the other direction too.
+    let _ = b_read.shutdown(Shutdown::Both);
     let _ = up.join();
     Ok(())
 }
