@@ -338,7 +338,8 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
                     let i = i.trim_matches('/');
                     path == i || path.starts_with(&format!("{i}/"))
                 });
-            if keep && !(matches!(node.kind, NodeKind::Dir) && !d.include.is_empty()) {
+            let dir_of_subset = matches!(node.kind, NodeKind::Dir) && !d.include.is_empty();
+            if keep && !dir_of_subset {
                 tree.insert(&format!("{dest}/{path}"), node.clone())
                     .map_err(tree_err)?;
             }

@@ -293,7 +293,10 @@ pub fn logs(name: &str, service: Option<&str>, follow: bool, out: &mut dyn Write
     let mut seen = vm.logs(service)?;
     out.write_all(&seen)?;
     out.flush()?;
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(500));
         let Ok(now) = vm.logs(service) else { break };
         // The ring buffers rotate: print what follows the longest known prefix.

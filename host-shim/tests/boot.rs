@@ -60,11 +60,17 @@ fn find_image() -> Result<TestImage, String> {
 /// Builds `tests/images/boot-test.yml` with the `minke` CLI of this workspace (through the
 /// layer cache, so only the first run pays) and returns its output prefix.
 fn build_test_image() -> Result<String, String> {
+    build_image("host-shim/tests/images/boot-test.yml", "boot-test")
+}
+
+/// Builds a spec of this workspace (path relative to the workspace root) with `minke build`;
+/// returns the output prefix `DIR/NAME`.
+fn build_image(spec: &str, name: &str) -> Result<String, String> {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace")?;
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/boot-test.yml");
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test-image");
+    let spec = ws.join(spec);
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-image"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
         .current_dir(ws)
@@ -72,8 +78,8 @@ fn build_test_image() -> Result<String, String> {
         .arg(&spec)
         .arg("-o")
         .arg(&out))
-    .map_err(|e| format!("cannot build the boot test image: {e}"))?;
-    Ok(out.join("boot-test").to_string_lossy().into_owned())
+    .map_err(|e| format!("cannot build {}: {e}", spec.display()))?;
+    Ok(out.join(name).to_string_lossy().into_owned())
 }
 
 fn run(c: &mut Command) -> Result<String, String> {
@@ -460,4 +466,232 @@ fn two_vms_side_by_side_do_not_clash() {
     b.put_bytes(b"B", "/tmp/who", 0o644).unwrap();
     assert_eq!(out(&a, &["cat", "/tmp/who"]), "A");
     assert_eq!(out(&b, &["cat", "/tmp/who"]), "B");
+}
+
+// ---------------------------------------------------------------------------------------------
+// minke-init: mounts, modules, supervision, reaping, shutdown, data disks.
+
+#[test]
+fn init_mounts_and_loads_modules() {
+    require_boot!();
+    let vm = shared();
+    let mounts = out(vm, &["cat", "/proc/mounts"]);
+    for want in [
+        "proc /proc proc",
+        "sysfs /sys sysfs",
+        "devtmpfs /dev devtmpfs",
+        "devpts /dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/run tmpfs",
+        "/tmp tmpfs",
+        "/sys/fs/cgroup cgroup2",
+        "/dev/vda /var ext4",
+    ] {
+        assert!(mounts.contains(want), "{want:?} not mounted:\n{mounts}");
+    }
+    let modules = out(vm, &["cat", "/proc/modules"]);
+    for m in [
+        "vmw_vsock_virtio_transport",
+        "virtio_blk",
+        "virtio_pci",
+        "evdev",
+        "button",
+    ] {
+        assert!(modules.contains(m), "{m} not loaded:\n{modules}");
+    }
+    let boot: minke_protocol::config::BootTimeline =
+        serde_json::from_str(&out(vm, &["cat", "/run/minke/boot.json"])).unwrap();
+    let whats: Vec<&str> = boot.events.iter().map(|e| e.what.as_str()).collect();
+    for w in ["pid1", "modules", "disks", "ready:control", "ready"] {
+        assert!(
+            whats.contains(&w),
+            "{w} missing from the boot timeline {whats:?}"
+        );
+    }
+}
+
+/// The crasher service exits at once; PID1 restarts it with growing delays while the ticker
+/// service keeps running.
+#[test]
+fn crashing_service_backs_off_while_another_keeps_running() {
+    require_boot!();
+    let vm = shared();
+    let delays = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("crasher exited") && l.contains("restarting in"))
+            .filter_map(|l| {
+                l.rsplit("restarting in ")
+                    .next()?
+                    .trim_end_matches(" ms")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let end = Instant::now() + READY_TIMEOUT;
+    let seen = loop {
+        let d = delays(&std::fs::read_to_string(vm.console_log()).unwrap_or_default());
+        if d.len() >= 3 || Instant::now() > end {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        seen.len() >= 3,
+        "crasher restarted {} times:\n{}",
+        seen.len(),
+        vm.console_tail()
+    );
+    assert!(
+        seen[..3].windows(2).all(|w| w[1] > w[0]),
+        "delays do not grow: {seen:?}"
+    );
+    let t1 = out(vm, &["cat", "/run/ticker"]);
+    let end = Instant::now() + READY_TIMEOUT;
+    while out(vm, &["cat", "/run/ticker"]) == t1 {
+        assert!(Instant::now() < end, "the ticker service stopped ticking");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Orphans re-parented to PID1 are reaped: none is left a second after the storm.
+#[test]
+fn orphan_storm_leaves_no_zombies() {
+    require_boot!();
+    let vm = shared();
+    // Each `( sleep 0 & )` leaves an orphaned sleep whose parent subshell already exited.
+    let storm = "i=0; while [ $i -lt 2000 ]; do ( /bin/true & ); i=$((i+1)); done";
+    out(vm, &["sh", "-c", storm]);
+    let z = out(
+        vm,
+        &[
+            "sh",
+            "-c",
+            "sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+        ],
+    );
+    assert_eq!(z.trim(), "0", "zombies left after the orphan storm");
+}
+
+/// QMP system_powerdown runs onshutdown (which writes to /var on the data disk) and powers off
+/// within the grace period; the file is there on the next boot, and the disk is clean.
+#[test]
+fn powerdown_runs_onshutdown_and_data_survives_reboot() {
+    require_boot!();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskSpec {
+        label: "var".into(),
+        path: dir.path().join("var.img"),
+        size: 32 << 20,
+        format: DiskFormat::Raw,
+    };
+    let mut c = config("persist", &dir.path().join("s1"));
+    c.disks.push(disk.clone());
+    let mut vm = boot(c);
+    out(&vm, &["sh", "-c", "echo kept > /var/kept; sync"]);
+    assert_eq!(
+        vm.poweroff(Duration::from_secs(30)).unwrap(),
+        PowerOff::Clean,
+        "{}",
+        vm.console_tail()
+    );
+    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    assert!(console.contains("minke: powering off"), "{console}");
+    drop(vm);
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&disk.path)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let mut c = config("persist2", &dir.path().join("s2"));
+    c.disks.push(disk);
+    let vm = boot(c);
+    assert_eq!(out(&vm, &["cat", "/var/kept"]), "kept\n");
+    assert_eq!(out(&vm, &["cat", "/var/last-shutdown"]), "goodbye\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-arch: binfmt_misc with QEMU user emulators, and an arm64 container.
+
+fn cross_arch_image() -> Result<TestImage, String> {
+    static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let p = build_image("examples/cross-arch.yml", "cross-arch")?;
+            Ok(TestImage {
+                kernel: format!("{p}-kernel").into(),
+                initrd: format!("{p}-initrd.img").into(),
+                cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+            })
+        })
+        .clone()
+}
+
+#[test]
+fn foreign_binaries_and_an_arm64_container() {
+    require_boot!();
+    let img = match cross_arch_image() {
+        Ok(i) => i,
+        Err(e) => panic!("{e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = VmConfig::new("cross", img.kernel, img.initrd);
+    if let Some(cl) = img.cmdline {
+        c.cmdline = cl;
+    }
+    c.state_dir = Some(dir.path().to_path_buf());
+    c.transport = Transport::VhostUser;
+    c.accel = Accel::Tcg;
+    let vm = boot(c);
+    for (arch, want) in [
+        ("arm64", "aarch64"),
+        ("armhf", "armv7l"),
+        ("s390x", "s390x"),
+    ] {
+        let bin = format!("/opt/{arch}/bin/busybox");
+        // binfmt registration runs as an agent; wait for it through the kernel's table.
+        let end = Instant::now() + READY_TIMEOUT;
+        let o = loop {
+            let o = vm.exec_output(&[bin.as_str(), "uname", "-m"]).unwrap();
+            if o.code == 0 || Instant::now() > end {
+                break o;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            (
+                o.code,
+                String::from_utf8_lossy(&o.stdout).trim().to_string()
+            ),
+            (0, want.to_string()),
+            "{arch}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let in_container = |argv: &[&str]| {
+        let req = ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            container: Some("arm64".into()),
+            ..Default::default()
+        };
+        let (mut so, mut se) = (Vec::new(), Vec::new());
+        let code = vm.exec(req, Stdin::Null, &mut so, &mut se).unwrap();
+        assert_eq!(code, 0, "{argv:?}: {}", String::from_utf8_lossy(&se));
+        String::from_utf8(so).unwrap()
+    };
+    assert_eq!(in_container(&["uname", "-m"]).trim(), "aarch64");
+    let root = in_container(&["ls", "/"]);
+    assert!(
+        root.contains("etc") && !root.contains("init") && !root.contains("containers"),
+        "{root}"
+    );
+    assert_eq!(in_container(&["hostname"]).trim(), "arm64");
 }
