@@ -267,7 +267,8 @@ fn wait_and_exit(pid: i32) -> ! {
 ///    and ipc namespaces and forks; it then only waits and mirrors the exit code;
 /// 2. the fork is pid 1 of the new pid namespace: it makes mounts private, bind-mounts the
 ///    rootfs on itself, mounts a tmpfs /dev with bind-mounted device nodes, pivots into the
-///    rootfs (`pivot_root(".", ".")` then a lazy unmount of the old root), mounts /proc, sets
+///    rootfs (`pivot_root(".", ".")` then a lazy unmount of the old root; on the initramfs,
+///    where pivot_root is refused, a move of the rootfs over `/` and a chroot), mounts /proc, sets
 ///    the hostname and forks the program; then it reaps children until the program ends and
 ///    exits with its code (the kernel then kills what is left in the namespace);
 /// 3. the program (pid 2) unblocks signals, changes directory and ids, and returns to std,
@@ -322,8 +323,16 @@ fn enter_container(p: &ContainerPlan) -> io::Result<()> {
         let _ = rustix::fs::symlink(target.as_c_str(), link.as_c_str());
     }
     rustix::process::chdir(p.rootfs.as_c_str())?;
-    rustix::process::pivot_root(c".", c".")?;
-    rustix::mount::unmount(c".", UnmountFlags::DETACH)?;
+    match rustix::process::pivot_root(c".", c".") {
+        Ok(()) => rustix::mount::unmount(c".", UnmountFlags::DETACH)?,
+        // The initramfs (rootfs) cannot be pivoted away from: move the container's root over
+        // `/` in this private mount namespace and chroot into it, as switch_root does.
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::mount::mount_move(c".", c"/")?;
+            rustix::process::chroot(c".")?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     rustix::process::chdir(c"/")?;
     rustix::mount::mount(
         c"proc",

@@ -726,17 +726,33 @@ impl Vm {
         }
     }
 
-    /// Asks the guest to power off (ACPI power button through QMP `system_powerdown`, and the
-    /// control agent's `Power` request for images without an ACPI button driver), waits up to
+    /// Asks the guest to power off — through the control agent's `Power` request, or the ACPI
+    /// power button (QMP `system_powerdown`) when the agent does not answer — waits up to
     /// `grace` for QEMU to exit, then kills it.
     pub fn poweroff(&mut self, grace: Duration) -> Result<PowerOff, VmError> {
-        let _ = qmp::system_powerdown(&self.state.join(files::QMP));
+        // One request, never two: PID1 takes a second request as "hurry up" and would cut
+        // the onshutdown tasks short.
+        let mut asked = false;
         if let Ok(mut s) = self.connector.connect(CONTROL_PORT, Duration::from_secs(2)) {
             let _ = s.set_read_timeout(Some(grace.min(Duration::from_secs(2))));
             if client::handshake(s.as_mut(), "minke-power").is_ok() {
-                let _ = client::power(s.as_mut(), PowerAction::Poweroff);
+                asked = client::power(s.as_mut(), PowerAction::Poweroff).is_ok();
             }
         }
+        if !asked {
+            let _ = qmp::system_powerdown(&self.state.join(files::QMP));
+        }
+        self.wait_exit(grace)
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`, what a hypervisor's "shut down"
+    /// does), waits up to `grace` for QEMU to exit, then kills it.
+    pub fn acpi_powerdown(&mut self, grace: Duration) -> Result<PowerOff, VmError> {
+        qmp::system_powerdown(&self.state.join(files::QMP))?;
+        self.wait_exit(grace)
+    }
+
+    fn wait_exit(&mut self, grace: Duration) -> Result<PowerOff, VmError> {
         let clean = match self.owned.as_mut() {
             Some(o) => o.qemu.wait_timeout(grace).is_some(),
             None => {
