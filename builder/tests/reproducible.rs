@@ -10,8 +10,12 @@ const COPIED: &[&str] = &[
     "Cargo.lock",
     "init",
     "agents",
+    "builder",
+    "host-shim",
+    "ci",
     "packages",
     "examples",
+    "kernel-config",
 ];
 
 fn copy_tree(src: &Path, dst: &Path, reverse: bool, mtime: &str) {

@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod tidy;
 
 use std::path::PathBuf;
 
