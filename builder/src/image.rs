@@ -21,14 +21,12 @@ use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
 /// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
 pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
 
-/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, virtio
-/// block devices, the virtio console (serial transport) and the ACPI power button with evdev
-/// (so PID1 sees QMP `system_powerdown`).
+/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, and the
+/// ACPI power button with evdev (so PID1 sees QMP `system_powerdown`). `virtio_blk` is added
+/// when the spec declares data disks, `binfmt_misc` when the binfmt agent runs.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "vmw_vsock_virtio_transport",
-    "virtio_blk",
-    "virtio_console",
     "button",
     "evdev",
 ];
@@ -450,6 +448,12 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
         if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
             want.push("binfmt_misc".into());
+        }
+        if !spec.raw.disks.is_empty() {
+            want.push("virtio_blk".into());
+        }
+        if !spec.raw.disks.is_empty() {
+            want.push("virtio_blk".into());
         }
         want.extend(spec.raw.modules.iter().cloned());
         let refs: Vec<&str> = want.iter().map(String::as_str).collect();

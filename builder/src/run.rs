@@ -148,6 +148,16 @@ pub fn run(a: RunArgs) -> Result<u8> {
             });
         }
     }
+    let modular = !img.manifest.modules.is_empty();
+    if !cfg.disks.is_empty()
+        && modular
+        && !img.manifest.modules.iter().any(|m| m.name == "virtio_blk")
+    {
+        eprintln!(
+            "warning: image {} has no virtio_blk module, so the guest cannot see --disk; declare the disk under `disks:` in its spec",
+            img.name
+        );
+    }
     if !a.env.is_empty() {
         let mut env = String::new();
         for e in &a.env {
