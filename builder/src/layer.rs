@@ -45,6 +45,22 @@ pub struct Record {
     pub target: Option<String>,
 }
 
+impl Record {
+    /// The record of a tree entry without its content fields (size, sha256, target).
+    fn metadata(path: &str, node: &Node) -> Record {
+        Record {
+            path: format!("/{path}"),
+            kind: node.kind.entry_type(),
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            size: None,
+            sha256: None,
+            target: None,
+        }
+    }
+}
+
 /// A cached layer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerRecord {
@@ -236,19 +252,10 @@ impl Cache {
         let mut records = Vec::with_capacity(tree.len());
         let mut out = Tree::new();
         for (path, node) in tree.iter() {
-            let mut rec = Record {
-                path: format!("/{path}"),
-                kind: node.kind.entry_type(),
-                mode: node.mode,
-                uid: node.uid,
-                gid: node.gid,
-                size: None,
-                sha256: None,
-                target: None,
-            };
+            let mut rec = Record::metadata(path, node);
             let kind = match &node.kind {
                 NodeKind::File(data) => {
-                    let (sha, size) = self.put_blob(data, path)?;
+                    let (sha, size) = self.put_blob(data)?;
                     rec.size = Some(size);
                     rec.sha256 = Some(sha.clone());
                     NodeKind::File(FileData::Path {
@@ -291,30 +298,21 @@ impl Cache {
         Ok(Layer { record, tree: out })
     }
 
-    fn put_blob(&self, data: &FileData, what: &str) -> Result<(String, u64), CacheError> {
-        match data {
-            FileData::Inline(bytes) => {
-                let sha = sha256_hex(bytes);
-                let p = self.blob_path(&sha);
-                if !p.exists() {
-                    write_atomic(&p, bytes).map_err(io_err(&p))?;
-                }
-                Ok((sha, bytes.len() as u64))
-            }
+    fn put_blob(&self, data: &FileData) -> Result<(String, u64), CacheError> {
+        let owned;
+        let bytes: &[u8] = match data {
+            FileData::Inline(b) => b,
             FileData::Path { path, .. } => {
-                let bytes = std::fs::read(path).map_err(|source| CacheError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                let sha = sha256_hex(&bytes);
-                let p = self.blob_path(&sha);
-                if !p.exists() {
-                    write_atomic(&p, &bytes).map_err(io_err(&p))?;
-                }
-                let _ = what;
-                Ok((sha, bytes.len() as u64))
+                owned = std::fs::read(path).map_err(io_err(path))?;
+                &owned
             }
+        };
+        let sha = sha256_hex(bytes);
+        let p = self.blob_path(&sha);
+        if !p.exists() {
+            write_atomic(&p, bytes).map_err(io_err(&p))?;
         }
+        Ok((sha, bytes.len() as u64))
     }
 }
 
@@ -335,16 +333,7 @@ pub fn records_digest(records: &[Record]) -> String {
 pub fn records_of(tree: &Tree) -> std::io::Result<Vec<Record>> {
     let mut out = Vec::with_capacity(tree.len());
     for (path, node) in tree.iter() {
-        let mut rec = Record {
-            path: format!("/{path}"),
-            kind: node.kind.entry_type(),
-            mode: node.mode,
-            uid: node.uid,
-            gid: node.gid,
-            size: None,
-            sha256: None,
-            target: None,
-        };
+        let mut rec = Record::metadata(path, node);
         match &node.kind {
             NodeKind::File(FileData::Inline(b)) => {
                 rec.size = Some(b.len() as u64);
