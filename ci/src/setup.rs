@@ -124,6 +124,25 @@ fn apt(sh: &Shell) -> Result<()> {
         .run()
         .context("apt-get install")?;
     }
+    // Installing Debian's qemu-system-x86 removes a newer qemu-utils (from backports) that
+    // does not match it: a second pass installs the matching one.
+    let again: Vec<&str> = APT
+        .iter()
+        .filter(|(_, bin)| !have(sh, bin))
+        .map(|(p, _)| *p)
+        .collect();
+    if !again.is_empty() {
+        eprintln!(
+            "xtask setup: apt-get install {} (second pass)",
+            again.join(" ")
+        );
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends {again...}"
+        )
+        .run()
+        .context("apt-get install")?;
+    }
     Ok(())
 }
 
