@@ -123,21 +123,17 @@ mod tests {
 
     /// A static busybox to build a rootfs from, when this machine has one.
     fn static_busybox() -> Option<std::path::PathBuf> {
-        [
-            "/tmp/devimg/bb/bin/busybox",
-            "/bin/busybox",
-            "/usr/bin/busybox",
-        ]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| {
-            std::process::Command::new("file")
-                .arg("-L")
-                .arg(p)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-                .unwrap_or(false)
-        })
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| {
+                std::process::Command::new("file")
+                    .arg("-L")
+                    .arg(p)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+                    .unwrap_or(false)
+            })
     }
 
     #[test]
