@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply, PowerAction};
-use minke_protocol::{HostMsg, CONTROL_PORT, RUNTIME_CONFIG_DIR, TIMESYNC_PORT};
+use minke_protocol::{HostMsg, CONTROL_PORT, READY_MARKER, RUNTIME_CONFIG_DIR, TIMESYNC_PORT};
 
 use crate::binaries::{self, NotFound, Tool};
 use crate::client::{self, AgentError, Output, Stdin};
@@ -350,7 +350,8 @@ impl Vm {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;
         let mut step = Duration::from_millis(5);
-        let mut last: String;
+        let mut last = String::new();
+        let mut marker_seen = false;
         loop {
             if let Some(o) = self.owned.as_mut() {
                 let kvm_failed = o.kvm_probe
@@ -365,11 +366,20 @@ impl Vm {
             } else if !state::is_running(&self.run) {
                 return Err(StateError::NotRunning(self.name.clone()).into());
             }
-            // A short limit per attempt: a request sent before the guest's vsock driver is up
-            // may never be answered, and the next attempt will be.
-            match self.agent_within("minke-ready", READY_ATTEMPT_TIMEOUT) {
-                Ok(_) => break,
-                Err(e) => last = e.to_string(),
+            // Connect only once the init says on the console that its agents listen: requests
+            // sent to vhost-device-vsock before the guest's vsock driver is up can leave the
+            // backend unresponsive for the rest of the VM's life.
+            if self.owned.is_some() && !marker_seen {
+                marker_seen = self.console_has(READY_MARKER);
+                last = format!("the guest has not printed {READY_MARKER:?} on its console yet");
+            }
+            if marker_seen || self.owned.is_none() {
+                // A short limit per attempt: a request the backend drops is not answered, and
+                // the next attempt is.
+                match self.agent_within("minke-ready", READY_ATTEMPT_TIMEOUT) {
+                    Ok(_) => break,
+                    Err(e) => last = e.to_string(),
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -478,6 +488,17 @@ impl Vm {
                 format!("\nQEMU said:\n{ql}")
             },
         }
+    }
+
+    /// Whether a line of the console log holds `marker`.
+    fn console_has(&self, marker: &str) -> bool {
+        std::fs::read(self.console_log())
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .any(|l| l.contains(marker))
+            })
+            .unwrap_or(false)
     }
 
     /// The last lines of the console log.
