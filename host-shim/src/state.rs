@@ -236,6 +236,16 @@ mod tests {
             .args(["-c", "exec -a qemu-fake sleep 30"])
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its cmdline is still this test binary's.
+        let cmdline = format!("/proc/{}/cmdline", live.id());
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read(&cmdline).is_ok_and(|c| c.windows(4).any(|w| w == b"qemu")) {
+            assert!(
+                std::time::Instant::now() < end,
+                "the stand-in process never exec'd"
+            );
+            std::thread::yield_now();
+        }
         mk("alive", live.id());
         let dead = mk("dead", u32::MAX / 2);
         let list = list_vms_in(root.path()).unwrap();
