@@ -739,7 +739,9 @@ pub fn unpack(deb: &Path) -> Result<Tree, DebError> {
                 NodeKind::File(FileData::Inline(buf.into()))
             }
         };
-        tree.insert(
+        insert(
+            deb,
+            &mut tree,
             &path,
             Node {
                 mode,
@@ -748,11 +750,6 @@ pub fn unpack(deb: &Path) -> Result<Tree, DebError> {
                 kind,
             },
         )
-        .map_err(|source| DebError::Tree {
-            deb: deb.to_path_buf(),
-            source,
-        })?;
-        Ok(())
     })?;
     Ok(tree)
 }
@@ -804,7 +801,9 @@ pub fn unpack_to_dir(deb: &Path, dest: &Path) -> Result<Tree, DebError> {
                 })
             }
         };
-        tree.insert(
+        insert(
+            deb,
+            &mut tree,
             &path,
             Node {
                 mode,
@@ -813,13 +812,17 @@ pub fn unpack_to_dir(deb: &Path, dest: &Path) -> Result<Tree, DebError> {
                 kind,
             },
         )
+    })?;
+    Ok(tree)
+}
+
+fn insert(deb: &Path, tree: &mut Tree, path: &str, node: Node) -> Result<(), DebError> {
+    tree.insert(path, node)
+        .map(drop)
         .map_err(|source| DebError::Tree {
             deb: deb.to_path_buf(),
             source,
-        })?;
-        Ok(())
-    })?;
-    Ok(tree)
+        })
 }
 
 fn remove_non_dir(p: &Path) -> Result<(), DebError> {

@@ -79,6 +79,27 @@ pub fn realtime_ns() -> i64 {
 }
 
 impl TimeServer {
+    /// Accepts connections with `accept` on a thread of its own until the server stops.
+    fn accept_loop<A>(&self, mut accept: A) -> io::Result<()>
+    where
+        A: FnMut() -> io::Result<Box<dyn Duplex>> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("minke-timesync".into())
+            .spawn(move || loop {
+                let conn = accept();
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match conn {
+                    Ok(s) => spawn_conn(&shared, s),
+                    Err(e) => shared.record(format!("accept failed: {e}")),
+                }
+            })?;
+        Ok(())
+    }
+
     /// Listens on the hybrid vsock socket `path` (`vm.vsock_1025`).
     pub fn listen_unix(path: &Path) -> io::Result<TimeServer> {
         let _ = std::fs::remove_file(path);
@@ -87,20 +108,7 @@ impl TimeServer {
             shared: Arc::default(),
             path: Some(path.to_path_buf()),
         };
-        let shared = server.shared.clone();
-        std::thread::Builder::new()
-            .name("minke-timesync".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    if shared.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match conn {
-                        Ok(s) => spawn_conn(&shared, Box::new(s)),
-                        Err(e) => shared.record(format!("accept failed: {e}")),
-                    }
-                }
-            })?;
+        server.accept_loop(move || l.accept().map(|(s, _)| Box::new(s) as Box<dyn Duplex>))?;
         Ok(server)
     }
 
@@ -111,20 +119,7 @@ impl TimeServer {
             shared: Arc::default(),
             path: None,
         };
-        let shared = server.shared.clone();
-        std::thread::Builder::new()
-            .name("minke-timesync".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    if shared.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match conn {
-                        Ok(s) => spawn_conn(&shared, Box::new(s)),
-                        Err(e) => shared.record(format!("accept failed: {e}")),
-                    }
-                }
-            })?;
+        server.accept_loop(move || l.accept().map(|(s, _)| Box::new(s) as Box<dyn Duplex>))?;
         Ok(server)
     }
 
