@@ -31,6 +31,10 @@ enum Cmd {
         /// Ask apt again for Debian package versions instead of reusing the cached resolution.
         #[arg(long)]
         refresh: bool,
+        /// Boot another kernel than the spec's: `build` (built from kernel-config/),
+        /// `build:FRAGMENT,…`, `package:NAME`, or a kernel image path.
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
     },
     /// List an image's manifest: kernel, layers, modules and every file.
     Inspect {
@@ -164,6 +168,35 @@ enum ElfCmd {
 
 #[derive(Subcommand)]
 enum KernelCmd {
+    /// Check a kernel's configuration against kernel-config/ for an image: every required
+    /// option built in, a module the image carries, or missing. Exits 1 when the image
+    /// cannot work with that kernel.
+    Check {
+        /// A kernel image (its config-VERSION or .config beside it, or IKCONFIG inside), a
+        /// config file, or a Debian kernel package name; default: the spec's kernel.
+        kernel: Option<String>,
+        /// The spec whose image must run (default: the built-in default spec).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Also list the options that are fine.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Build a kernel without modules from kernel-config/ fragments (cached); prints the
+    /// bzImage's path.
+    Build {
+        /// Linux source: an unconfigured source directory, or `debian` for Debian's
+        /// linux-source package.
+        #[arg(long, default_value = "debian")]
+        source: String,
+        /// A fragment: a name under kernel-config/ (`base`, `x86_64/arch`) or a path to a
+        /// .config file; repeatable. Default: base, hardening and the arch's own.
+        #[arg(long = "fragment")]
+        fragments: Vec<String>,
+        /// Copy the bzImage here too.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print the closure of kernel modules in load order, one name a line.
     Modules {
         /// Kernel: a `lib/modules/VERSION` directory, or a Debian kernel package name.
@@ -261,12 +294,14 @@ pub fn run() -> Result<u8> {
             output,
             compression,
             refresh,
+            kernel,
         } => {
             if refresh {
                 std::env::set_var("MINKE_REFRESH", "1");
             }
             let mut opts = BuildOptions::new(spec, output);
             opts.compression = compression.map(Into::into);
+            opts.kernel = kernel.as_deref().map(parse_kernel_arg);
             let progress = Progress::new();
             let img = image::build(&opts, &|m| progress.step(m))?;
             drop(progress);
@@ -363,6 +398,49 @@ pub fn run() -> Result<u8> {
                 writeln!(out, "{}", m.name)?;
             }
         }
+        Cmd::Kernel {
+            command: KernelCmd::Check { kernel, spec, all },
+        } => {
+            let cache = minke::layer::Cache::default_location();
+            let progress = Progress::new();
+            let report =
+                image::check_kernel(spec.as_deref(), kernel.as_deref(), None, &cache, &|m| {
+                    progress.step(m)
+                })?;
+            drop(progress);
+            write!(out, "{}", report.render(all))?;
+            if report.fatal() {
+                return Ok(1);
+            }
+        }
+        Cmd::Kernel {
+            command:
+                KernelCmd::Build {
+                    source,
+                    fragments,
+                    output,
+                },
+        } => {
+            let cache = minke::layer::Cache::default_location();
+            let src = (source != "debian").then(|| PathBuf::from(&source));
+            let cwd = std::env::current_dir()?;
+            let opts =
+                image::kbuild_options(src, &fragments, "x86_64", &cwd, image::epoch_from_env())?;
+            let progress = Progress::new();
+            let built = minke::kbuild::build(&opts, &cache, &|m| progress.step(m))?;
+            drop(progress);
+            if let Some(o) = output {
+                let bytes = std::fs::read(&built.image)?;
+                minke::layer::write_atomic(&o, &bytes)?;
+            }
+            writeln!(out, "{}", built.image.display())?;
+            writeln!(
+                out,
+                "{} ({})",
+                built.release,
+                if built.cached { "cached" } else { "built" }
+            )?;
+        }
         Cmd::Spec {
             command: SpecCmd::Schema,
         } => {
@@ -442,4 +520,33 @@ pub fn run() -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `--kernel` values: `build`, `build:FRAGMENT,…`, `package:NAME`, or a path.
+fn parse_kernel_arg(k: &str) -> minke::spec::RawKernel {
+    use minke::spec::{RawKernel, RawKernelBuild};
+    if k == "build" {
+        RawKernel::Build {
+            build: RawKernelBuild::default(),
+        }
+    } else if let Some(f) = k.strip_prefix("build:") {
+        RawKernel::Build {
+            build: RawKernelBuild {
+                fragments: f.split(',').map(str::to_owned).collect(),
+                source: None,
+            },
+        }
+    } else if let Some(p) = k.strip_prefix("package:") {
+        RawKernel::Package {
+            package: p.to_owned(),
+        }
+    } else {
+        let abs = std::env::current_dir()
+            .map(|d| d.join(k))
+            .unwrap_or_else(|_| PathBuf::from(k));
+        RawKernel::Path {
+            path: abs,
+            modules: None,
+        }
+    }
 }

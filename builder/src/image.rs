@@ -4,7 +4,7 @@
 //! computed in memory (or in the cache) first and written last, each atomically, so a failed
 //! build leaves no output behind and an interrupted one leaves the previous image intact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use minke_protocol::config::{self as cfg, AgentKind, ImageConfig};
@@ -17,6 +17,7 @@ use crate::layer::{
 use crate::package::{self, PackageError};
 use crate::spec::{self, FileWhat, Spec, SpecError};
 use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::{kbuild, kconfig};
 
 /// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
 pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
@@ -44,23 +45,30 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// Override of the spec's compression.
     pub compression: Option<Compression>,
+    /// Override of the spec's kernel.
+    pub kernel: Option<spec::RawKernel>,
 }
 
 impl BuildOptions {
     /// Options from the environment: SOURCE_DATE_EPOCH, the default cache.
     pub fn new(spec: Option<PathBuf>, out_dir: PathBuf) -> BuildOptions {
-        let epoch = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(DEFAULT_EPOCH);
         BuildOptions {
             spec,
             out_dir,
             cache: Cache::default_location(),
-            epoch,
+            epoch: epoch_from_env(),
             compression: None,
+            kernel: None,
         }
     }
+}
+
+/// SOURCE_DATE_EPOCH, or [`DEFAULT_EPOCH`].
+pub fn epoch_from_env() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_EPOCH)
 }
 
 /// Why a build failed.
@@ -286,10 +294,12 @@ pub struct ResolvedKernel {
     pub source: String,
 }
 
-/// Resolves the spec's kernel (fetching and unpacking a Debian package into the cache).
+/// Resolves the spec's kernel: fetches and unpacks a Debian package into the cache, or builds
+/// one from kernel-config/ fragments (cached too).
 pub fn resolve_kernel(
     spec: &Spec,
     cache: &Cache,
+    epoch: u64,
     progress: &dyn Fn(&str),
 ) -> Result<ResolvedKernel, BuildError> {
     match &spec.raw.kernel {
@@ -297,12 +307,18 @@ pub fn resolve_kernel(
         spec::RawKernel::Path { path, modules } => {
             let image = spec.base_dir.join(path);
             if !image.is_file() {
-                return Err(BuildError::Kernel(format!("{} does not exist", image.display())));
+                return Err(BuildError::Kernel(format!(
+                    "{} does not exist",
+                    image.display()
+                )));
             }
             let modules_dir = modules.as_ref().map(|m| spec.base_dir.join(m));
             if let Some(m) = &modules_dir {
                 if !m.is_dir() {
-                    return Err(BuildError::Kernel(format!("modules directory {} does not exist", m.display())));
+                    return Err(BuildError::Kernel(format!(
+                        "modules directory {} does not exist",
+                        m.display()
+                    )));
                 }
             }
             let version = modules_dir
@@ -310,12 +326,235 @@ pub fn resolve_kernel(
                 .and_then(|m| m.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(ResolvedKernel { image, modules_dir, config: None, version, source: format!("path {}", path.display()) })
+            Ok(ResolvedKernel {
+                image,
+                modules_dir,
+                config: None,
+                version,
+                source: format!("path {}", path.display()),
+            })
         }
-        spec::RawKernel::Build { .. } => Err(BuildError::Kernel(
-            "kernels built from kernel-config/ are not supported yet: use `kernel: {package: linux-image-cloud-amd64}`".into(),
-        )),
+        spec::RawKernel::Build { build } => {
+            let opts = kbuild_options(
+                build.source.as_ref().map(|s| spec.base_dir.join(s)),
+                &build.fragments,
+                &spec.raw.arch,
+                &spec.base_dir,
+                epoch,
+            )?;
+            let built = kbuild::build(&opts, cache, progress)
+                .map_err(|e| BuildError::Kernel(e.to_string()))?;
+            Ok(ResolvedKernel {
+                image: built.image,
+                modules_dir: None,
+                config: Some(built.config),
+                version: built.release,
+                source: format!("built from kernel-config (key {})", built.key),
+            })
+        }
     }
+}
+
+/// Options for building a kernel: fragment names resolved under the workspace's
+/// kernel-config/ (or as paths relative to `base`), default fragments when none are named.
+pub fn kbuild_options(
+    source: Option<PathBuf>,
+    fragments: &[String],
+    arch: &str,
+    base: &Path,
+    epoch: u64,
+) -> Result<kbuild::Options, BuildError> {
+    let names = if fragments.is_empty() {
+        kconfig::default_fragments(arch)
+    } else {
+        fragments.to_vec()
+    };
+    let dir = kernel_config_dir();
+    let fragments = kconfig::fragment_paths(&dir, &names, base)
+        .map_err(|e| BuildError::Kernel(e.to_string()))?;
+    Ok(kbuild::Options {
+        source: source
+            .map(kbuild::Source::Dir)
+            .unwrap_or(kbuild::Source::Debian),
+        fragments,
+        arch: arch.to_owned(),
+        epoch,
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}
+
+/// The workspace's kernel-config/ directory.
+pub fn kernel_config_dir() -> PathBuf {
+    spec::workspace_dir().join("kernel-config")
+}
+
+/// Modules the image needs before the spec's own: the agents' transport, the power button,
+/// and what the spec's features use.
+fn wanted_modules(spec: &Spec) -> Vec<String> {
+    let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
+        want.push("binfmt_misc".into());
+    }
+    if !spec.raw.disks.is_empty() {
+        want.push("virtio_blk".into());
+    }
+    want.extend(spec.raw.modules.iter().cloned());
+    want
+}
+
+/// The image's modules in load order (empty for a kernel without a modules directory; the
+/// spec's own modules must then be built in, which [`kernel_report`] checks).
+pub fn module_closure(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+) -> Result<Vec<crate::kmod::ModuleInfo>, BuildError> {
+    let Some(mdir) = &kernel.modules_dir else {
+        return Ok(Vec::new());
+    };
+    let want = wanted_modules(spec);
+    let refs: Vec<&str> = want.iter().map(String::as_str).collect();
+    crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))
+}
+
+/// The image features that make `@required-for` fragment options required.
+pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feature> {
+    let mut f = BTreeSet::new();
+    match compression {
+        Compression::Gzip => f.insert(kconfig::Feature::Gzip),
+        Compression::Zstd => f.insert(kconfig::Feature::Zstd),
+        Compression::None => false,
+    };
+    if !spec.raw.disks.is_empty() {
+        f.insert(kconfig::Feature::Disks);
+    }
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
+        f.insert(kconfig::Feature::Binfmt);
+    }
+    if !spec.raw.containers.is_empty() {
+        f.insert(kconfig::Feature::Containers);
+    }
+    f
+}
+
+/// Checks the kernel's config against the default fragments for this image. `None` when the
+/// kernel's config cannot be found (a bare image without IKCONFIG): that is logged, not fatal.
+pub fn kernel_report(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[crate::kmod::ModuleInfo],
+    compression: Compression,
+) -> Result<Option<kconfig::Report>, BuildError> {
+    let (config, source) = match &kernel.config {
+        Some(c) => match kconfig::config_for(c) {
+            Ok(x) => x,
+            Err(e) => return Err(BuildError::Kernel(e.to_string())),
+        },
+        None => match kconfig::config_for(&kernel.image) {
+            Ok(x) => x,
+            Err(e) if !spec.raw.modules.is_empty() && kernel.modules_dir.is_none() => {
+                return Err(BuildError::Modules(format!(
+                    "the spec asks for modules {:?} but the kernel has no modules directory, and \
+                     its configuration is unknown ({e})",
+                    spec.raw.modules
+                )))
+            }
+            Err(e) => {
+                tracing::warn!("cannot check the kernel's configuration: {e}");
+                return Ok(None);
+            }
+        },
+    };
+    let dir = kernel_config_dir();
+    let paths = kconfig::fragment_paths(&dir, &kconfig::default_fragments(&spec.raw.arch), &dir)
+        .map_err(|e| BuildError::Kernel(e.to_string()))?;
+    let mut reqs = kconfig::requirements(&paths).map_err(|e| BuildError::Kernel(e.to_string()))?;
+    let ws = spec::workspace_dir();
+    for r in &mut reqs {
+        if let Ok(rel) = r.file.strip_prefix(&ws) {
+            r.file = rel.to_path_buf();
+        }
+    }
+    let modules = kconfig::Modules {
+        in_image: closure
+            .iter()
+            .map(|m| kconfig::module_key(&m.name))
+            .collect(),
+        in_kernel: kernel.modules_dir.as_deref().map(kconfig::module_names),
+        image_known: true,
+    };
+    if kernel.modules_dir.is_none() {
+        // The spec's modules must be built in: each must name an option that is =y.
+        for m in &spec.raw.modules {
+            let key = kconfig::module_key(m);
+            let built_in = reqs.iter().any(|r| {
+                r.module.as_deref().map(kconfig::module_key).as_deref() == Some(key.as_str())
+                    && config.get(&r.option) == "y"
+            });
+            if !built_in {
+                return Err(BuildError::Modules(format!(
+                    "the spec asks for module {m:?} but the kernel has no modules directory and \
+                     no kernel-config/ option known to provide {m:?} is built in: drop it from \
+                     `modules:`, or use a kernel with modules"
+                )));
+            }
+        }
+    }
+    Ok(Some(kconfig::check(
+        &config,
+        &source,
+        &reqs,
+        &features(spec, compression),
+        &modules,
+    )))
+}
+
+/// `minke kernel check`: the report for `kernel` (a file, a Debian package name, or the
+/// spec's own kernel when `None`) running the image of `spec` (the default spec when `None`).
+pub fn check_kernel(
+    spec: Option<&Path>,
+    kernel: Option<&str>,
+    compression: Option<Compression>,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<kconfig::Report, BuildError> {
+    let spec = spec::load(spec)?;
+    let resolved = match kernel {
+        None => resolve_kernel(&spec, cache, epoch_from_env(), progress)?,
+        Some(k) if Path::new(k).exists() => {
+            let image = PathBuf::from(k);
+            let name = image.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let version = name
+                .split_once('-')
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default();
+            let parent = image.parent().unwrap_or(Path::new("."));
+            let modules_dir = [
+                parent.join("../lib/modules").join(&version),
+                Path::new("/lib/modules").join(&version),
+            ]
+            .into_iter()
+            .find(|d| !version.is_empty() && d.join("modules.dep").is_file());
+            ResolvedKernel {
+                image,
+                modules_dir,
+                config: None,
+                version,
+                source: format!("path {k}"),
+            }
+        }
+        Some(k) if !k.contains('/') => kernel_from_package(k, cache, progress)?,
+        Some(k) => return Err(BuildError::Kernel(format!("{k} does not exist"))),
+    };
+    let closure = module_closure(&spec, &resolved)?;
+    let compression = compression.unwrap_or(spec.raw.compression);
+    kernel_report(&spec, &resolved, &closure, compression)?.ok_or_else(|| {
+        BuildError::Kernel(format!(
+            "no configuration found for {}: pass its .config or config-VERSION file",
+            resolved.image.display()
+        ))
+    })
 }
 
 /// Fetches a Debian kernel package (meta packages resolved) and unpacks it into the cache.
@@ -391,7 +630,10 @@ pub struct Assembled {
 
 /// Resolves a spec into the merged tree and config without archiving.
 pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assembled, BuildError> {
-    let spec = spec::load(opts.spec.as_deref())?;
+    let mut spec = spec::load(opts.spec.as_deref())?;
+    if let Some(k) = &opts.kernel {
+        spec.raw.kernel = k.clone();
+    }
     let workspace = spec::workspace_dir();
     let search = package::search_path(&spec.base_dir, &workspace);
     let cx = package::Context {
@@ -441,24 +683,20 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         }
     }
 
-    // Kernel and modules.
-    let kernel = resolve_kernel(&spec, &opts.cache, progress)?;
+    // Kernel and modules, then the kernel's config checked against what this image needs.
+    let kernel = resolve_kernel(&spec, &opts.cache, opts.epoch, progress)?;
+    let closure = module_closure(&spec, &kernel)?;
+    let compression = opts.compression.unwrap_or(spec.raw.compression);
+    if let Some(report) = kernel_report(&spec, &kernel, &closure, compression)? {
+        if report.fatal() {
+            return Err(BuildError::Kernel(format!(
+                "the kernel cannot run this image:\n{}",
+                report.render(false)
+            )));
+        }
+    }
     let mut module_list = Vec::new();
     if let Some(mdir) = &kernel.modules_dir {
-        let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
-        if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
-            want.push("binfmt_misc".into());
-        }
-        if !spec.raw.disks.is_empty() {
-            want.push("virtio_blk".into());
-        }
-        if !spec.raw.disks.is_empty() {
-            want.push("virtio_blk".into());
-        }
-        want.extend(spec.raw.modules.iter().cloned());
-        let refs: Vec<&str> = want.iter().map(String::as_str).collect();
-        let closure =
-            crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))?;
         let mut mods = Tree::new();
         for m in closure {
             let rel = m.path.to_string_lossy().into_owned();
@@ -487,11 +725,6 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
             name: "kernel-modules".into(),
             digest: records_digest(&recs),
         });
-    } else if !spec.raw.modules.is_empty() {
-        return Err(BuildError::Modules(format!(
-            "the spec asks for modules {:?} but the kernel has no modules directory",
-            spec.raw.modules
-        )));
     }
 
     // The spec's own files, then the config.

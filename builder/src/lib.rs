@@ -12,6 +12,8 @@ pub mod deb;
 pub mod elf;
 pub mod hostdir;
 pub mod image;
+pub mod kbuild;
+pub mod kconfig;
 pub mod kmod;
 pub mod layer;
 pub mod oci;

@@ -1,0 +1,528 @@
+//! Builds a kernel with no modules from `kernel-config/` fragments: `make tinyconfig`, the
+//! fragments merged with the kernel's own `scripts/kconfig/merge_config.sh`, `olddefconfig`,
+//! a check that every fragment line survived, then `make bzImage` out of tree.
+//!
+//! The result is cached under `kernels/built/KEY` where KEY hashes the source, the fragments,
+//! the toolchain and SOURCE_DATE_EPOCH. The build is reproducible: the timestamp, user, host
+//! and build number the kernel records are fixed, the source is never written to, and the
+//! build directory's path depends only on KEY.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::kconfig::{self, KernelConfig};
+use crate::layer::Cache;
+
+/// Bumped when the recipe changes, so old cache entries are not reused.
+const RECIPE: &str = "minke kernel build 1";
+
+/// Where the Linux source comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Debian's `linux-source-*` package (`/usr/src/linux-source-*.tar.xz`).
+    Debian,
+    /// An unpacked, unconfigured source tree.
+    Dir(PathBuf),
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Source.
+    pub source: Source,
+    /// Fragment files, merged in this order.
+    pub fragments: Vec<PathBuf>,
+    /// `x86_64` (the only architecture with a fragment so far).
+    pub arch: String,
+    /// SOURCE_DATE_EPOCH, recorded as the build timestamp.
+    pub epoch: u64,
+    /// Parallel jobs for make.
+    pub jobs: usize,
+}
+
+/// A built kernel in the cache.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The bzImage.
+    pub image: PathBuf,
+    /// Its final `.config`.
+    pub config: PathBuf,
+    /// `make kernelrelease`.
+    pub release: String,
+    /// Cache key.
+    pub key: String,
+    /// Whether it came from the cache.
+    pub cached: bool,
+}
+
+/// Why a kernel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KbuildError {
+    /// No source found.
+    #[error("{0}")]
+    Source(String),
+    /// A fragment could not be read.
+    #[error(transparent)]
+    Fragment(#[from] kconfig::KconfigError),
+    /// Fragment options that olddefconfig dropped.
+    #[error(
+        "these fragment options did not survive `make olddefconfig` (their dependencies are not \
+         met: add those to a fragment too):\n{0}"
+    )]
+    Dropped(String),
+    /// A build step failed.
+    #[error("{step} failed ({status}); the last lines of its output:\n{tail}")]
+    Step {
+        /// The command.
+        step: String,
+        /// Exit status.
+        status: String,
+        /// Its last output lines.
+        tail: String,
+    },
+    /// I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KbuildError + '_ {
+    move |source| KbuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The newest `/usr/src/linux-source-*.tar.xz`.
+pub fn debian_source_tarball() -> Result<PathBuf, KbuildError> {
+    let mut found: Vec<PathBuf> = glob::glob("/usr/src/linux-source-*.tar.xz")
+        .map_err(|e| KbuildError::Source(e.to_string()))?
+        .flatten()
+        .collect();
+    found.sort_by_key(|p| version_key(&p.to_string_lossy()));
+    found.pop().ok_or_else(|| {
+        KbuildError::Source(
+            "no Linux source: install Debian's source package (`apt-get install linux-source`, \
+             or run `cargo xtask setup`) or pass --source DIR"
+                .into(),
+        )
+    })
+}
+
+/// Sort key for `linux-source-6.10.tar.xz` > `linux-source-6.9.tar.xz`.
+fn version_key(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Builds the kernel, or returns the cached one.
+pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<Built, KbuildError> {
+    if opts.arch != "x86_64" {
+        return Err(KbuildError::Source(format!(
+            "building a kernel for {} is not supported: only x86_64 has fragments",
+            opts.arch
+        )));
+    }
+    let reqs = kconfig::requirements(&opts.fragments)?;
+    progress("kernel: hashing the source");
+    let (source_id, tree) = match &opts.source {
+        Source::Debian => {
+            let tarball = debian_source_tarball()?;
+            let sha = sha256_file(&tarball)?;
+            (
+                format!("debian {} sha256:{sha}", tarball.display()),
+                Tree::Tarball(tarball, sha),
+            )
+        }
+        Source::Dir(dir) => {
+            for configured in [".config", "include/config"] {
+                if dir.join(configured).exists() {
+                    return Err(KbuildError::Source(format!(
+                        "{} has been configured in place ({configured} exists): run `make mrproper` \
+                         there first (minke builds out of tree and never writes to the source)",
+                        dir.display()
+                    )));
+                }
+            }
+            if !dir.join("scripts/kconfig/merge_config.sh").is_file() {
+                return Err(KbuildError::Source(format!(
+                    "{} is not a Linux source tree (no scripts/kconfig/merge_config.sh)",
+                    dir.display()
+                )));
+            }
+            let sha = hash_tree(dir)?;
+            (
+                format!("{} tree:{sha}", dir.display()),
+                Tree::Dir(dir.clone()),
+            )
+        }
+    };
+    let mut h = Sha256::new();
+    h.update(format!("{RECIPE}\n{}\n{}\n", opts.arch, opts.epoch));
+    h.update(source_id.split(' ').next_back().unwrap_or_default());
+    for f in &opts.fragments {
+        let text = std::fs::read(f).map_err(io(f))?;
+        h.update(format!(
+            "\nfragment {} {}\n",
+            f.file_name().unwrap_or_default().to_string_lossy(),
+            text.len()
+        ));
+        h.update(&text);
+    }
+    for tool in ["gcc", "ld", "make"] {
+        h.update(format!("\n{}", tool_version(tool)));
+    }
+    let key = hex::encode(h.finalize());
+    let out = cache.dir("kernels").join("built").join(&key);
+    let record = out.join("release");
+    if let Ok(release) = std::fs::read_to_string(&record) {
+        return Ok(Built {
+            image: out.join("bzImage"),
+            config: out.join("config"),
+            release: release.trim().to_owned(),
+            key,
+            cached: true,
+        });
+    }
+
+    let src = match tree {
+        Tree::Tarball(tarball, sha) => unpack_source(&tarball, &sha, cache, progress)?,
+        Tree::Dir(d) => d,
+    };
+    let build = cache.dir("kernels").join("build").join(&key);
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).map_err(io(&build))?;
+    let make = |args: &[&str]| {
+        let mut c = Command::new("make");
+        c.arg("-C")
+            .arg(&src)
+            .arg(format!("O={}", build.display()))
+            .arg("ARCH=x86_64");
+        c.args(args);
+        reproducible_env(&mut c, opts.epoch);
+        c
+    };
+
+    progress("kernel: make tinyconfig");
+    run(make(&["tinyconfig"]), "make tinyconfig", &|_| {})?;
+    progress("kernel: merging fragments");
+    let mut merge = Command::new(src.join("scripts/kconfig/merge_config.sh"));
+    merge
+        .arg("-m")
+        .arg("-O")
+        .arg(&build)
+        .arg(build.join(".config"))
+        .args(&opts.fragments);
+    merge.current_dir(&build);
+    reproducible_env(&mut merge, opts.epoch);
+    run(merge, "merge_config.sh", &|_| {})?;
+    run(make(&["olddefconfig"]), "make olddefconfig", &|_| {})?;
+    let cfg_path = build.join(".config");
+    let cfg = KernelConfig::parse(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?);
+    let dropped = dropped_options(&cfg, &reqs);
+    if !dropped.is_empty() {
+        return Err(KbuildError::Dropped(dropped));
+    }
+
+    let steps_file = cache.dir("kernels").join("built").join("steps");
+    let expected: usize = std::fs::read_to_string(&steps_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1500);
+    let count = std::cell::Cell::new(0usize);
+    let jobs = format!("-j{}", opts.jobs.max(1));
+    run(make(&[&jobs, "bzImage"]), "make bzImage", &|line| {
+        let t = line.trim_start();
+        if let Some((tag, what)) = t.split_once(char::is_whitespace) {
+            if matches!(
+                tag,
+                "CC" | "AS" | "LD" | "AR" | "HOSTCC" | "GEN" | "OBJCOPY"
+            ) {
+                count.set(count.get() + 1);
+                progress(&format!(
+                    "kernel: [{}/~{expected}] {tag} {}",
+                    count.get(),
+                    what.trim()
+                ));
+            }
+        }
+    })?;
+    let release_path = build.join("include/config/kernel.release");
+    let release = std::fs::read_to_string(&release_path).map_err(io(&release_path))?;
+
+    // Publish atomically: fill a sibling directory, then rename it into place.
+    let tmp = out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for (from, to) in [("arch/x86/boot/bzImage", "bzImage"), (".config", "config")] {
+        let f = build.join(from);
+        std::fs::copy(&f, tmp.join(to)).map_err(io(&f))?;
+    }
+    std::fs::write(tmp.join("release"), &release).map_err(io(&tmp))?;
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    let _ = std::fs::write(&steps_file, count.get().to_string());
+    let _ = std::fs::remove_dir_all(&build);
+    Ok(Built {
+        image: out.join("bzImage"),
+        config: out.join("config"),
+        release: release.trim().to_owned(),
+        key,
+        cached: false,
+    })
+}
+
+enum Tree {
+    Tarball(PathBuf, String),
+    Dir(PathBuf),
+}
+
+/// Fragment lines whose option ended up with another value, one per line with file:line.
+pub fn dropped_options(cfg: &KernelConfig, reqs: &[kconfig::Requirement]) -> String {
+    reqs.iter()
+        .filter(|r| cfg.get(&r.option) != r.want)
+        .map(|r| {
+            format!(
+                "  {}={} ({}:{}) is {}\n",
+                r.option,
+                r.want,
+                r.file.display(),
+                r.line,
+                cfg.get(&r.option)
+            )
+        })
+        .collect()
+}
+
+/// Environment that keeps the kernel's build records fixed.
+fn reproducible_env(c: &mut Command, epoch: u64) {
+    c.env("KBUILD_BUILD_TIMESTAMP", rfc2822(epoch))
+        .env("KBUILD_BUILD_USER", "minke")
+        .env("KBUILD_BUILD_HOST", "minke")
+        .env("KBUILD_BUILD_VERSION", "1")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env_remove("KCONFIG_CONFIG")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS");
+}
+
+/// `Thu, 01 Jan 1970 00:00:00 +0000` for a Unix time (what `date -R` prints, and what the
+/// kernel's scripts accept).
+pub fn rfc2822(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        WD[days.rem_euclid(7) as usize],
+        MON[(month - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn tool_version(tool: &str) -> String {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| format!("{tool}: not found"))
+}
+
+/// Runs `cmd`, feeding each output line to `line` and keeping the last ones for the error.
+fn run(mut cmd: Command, step: &str, line: &dyn Fn(&str)) -> Result<(), KbuildError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| KbuildError::Step {
+            step: step.into(),
+            status: format!("could not start: {e}"),
+            tail: "(install the kernel build tools: `cargo xtask setup` installs make, gcc, flex, bison, bc and libelf-dev)".into(),
+        })?;
+    // stderr on its own thread into the same tail, so neither pipe fills up.
+    let stderr = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(e).take(1 << 20).read_to_string(&mut s);
+            s
+        })
+    });
+    let mut tail: VecDeque<String> = VecDeque::new();
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            line(&l);
+            if tail.len() == 40 {
+                tail.pop_front();
+            }
+            tail.push_back(l);
+        }
+    }
+    let status = child.wait().map_err(|e| KbuildError::Step {
+        step: step.into(),
+        status: e.to_string(),
+        tail: String::new(),
+    })?;
+    let err = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let mut all: Vec<String> = tail.into_iter().collect();
+    all.extend(err.lines().map(str::to_owned));
+    let n = all.len().saturating_sub(40);
+    Err(KbuildError::Step {
+        step: step.into(),
+        status: status.to_string(),
+        tail: all[n..].join("\n"),
+    })
+}
+
+fn sha256_file(p: &Path) -> Result<String, KbuildError> {
+    let mut f = std::fs::File::open(p).map_err(io(p))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(p))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Content hash of a source tree: sorted relative paths, modes, symlink targets and bytes
+/// (`.git` skipped).
+fn hash_tree(root: &Path) -> Result<String, KbuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".git")
+            .collect();
+        entries.sort();
+        // Depth first in sorted order: push in reverse.
+        for name in entries.into_iter().rev() {
+            let r = rel.join(&name);
+            let p = root.join(&r);
+            let md = std::fs::symlink_metadata(&p).map_err(io(&p))?;
+            if md.is_dir() {
+                stack.push(r);
+                continue;
+            }
+            h.update(r.to_string_lossy().as_bytes());
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).map_err(io(&p))?;
+                h.update(b"\0l");
+                h.update(t.to_string_lossy().as_bytes());
+            } else {
+                h.update(format!(
+                    "\0{:o}\0{}\0",
+                    md.permissions().mode() & 0o111,
+                    md.len()
+                ));
+                let mut f = std::fs::File::open(&p).map_err(io(&p))?;
+                std::io::copy(&mut f, &mut h).map_err(io(&p))?;
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Unpacks the source tarball into `kernels/source/SHA` once; returns the tree's top directory.
+fn unpack_source(
+    tarball: &Path,
+    sha: &str,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, KbuildError> {
+    let dest = cache.dir("kernels").join("source").join(sha);
+    let done = dest.join(".complete");
+    if !done.exists() {
+        progress(&format!("kernel: unpacking {}", tarball.display()));
+        let tmp = dest.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let f = std::fs::File::open(tarball).map_err(io(tarball))?;
+        let mut ar = tar::Archive::new(xz2::read::XzDecoder::new(std::io::BufReader::new(f)));
+        ar.set_preserve_permissions(true);
+        ar.unpack(&tmp).map_err(io(tarball))?;
+        std::fs::write(tmp.join(".complete"), b"").map_err(io(&tmp))?;
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    }
+    // The tarball holds one top directory (`linux-source-6.1/`).
+    let top = std::fs::read_dir(&dest)
+        .map_err(io(&dest))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("Makefile").is_file())
+        .ok_or_else(|| {
+            KbuildError::Source(format!("{} holds no kernel source tree", tarball.display()))
+        })?;
+    Ok(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2822_dates() {
+        assert_eq!(rfc2822(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc2822(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc2822(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000");
+    }
+
+    #[test]
+    fn newest_source_wins() {
+        let mut v = [
+            "linux-source-6.9.tar.xz",
+            "linux-source-6.10.tar.xz",
+            "linux-source-5.19.tar.xz",
+        ];
+        v.sort_by_key(|s| version_key(s));
+        assert_eq!(v[2], "linux-source-6.10.tar.xz");
+    }
+
+    #[test]
+    fn dropped_options_name_the_fragment_line() {
+        let reqs = kconfig::parse_fragment(
+            Path::new("base.config"),
+            "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n",
+        )
+        .unwrap();
+        let cfg = KernelConfig::parse("CONFIG_A=y\nCONFIG_B=y\n");
+        let d = dropped_options(&cfg, &reqs);
+        assert!(d.contains("CONFIG_B=n (base.config:2) is y"), "{d}");
+        assert!(d.contains("CONFIG_C=y (base.config:3) is n"), "{d}");
+        assert!(!d.contains("CONFIG_A"), "{d}");
+    }
+}
