@@ -586,8 +586,11 @@ const MAX_KERNEL: u64 = 256 << 20;
 
 /// Extracts IKCONFIG (`IKCFG_ST` + gzip + `IKCFG_ED`) from a vmlinux or a bzImage.
 pub fn ikconfig(image: &[u8]) -> Result<String, String> {
-    if let Some(text) = find_ikconfig(image)? {
-        return Ok(text);
+    // A bzImage's compressed payload may hold the marker as a literal: only a vmlinux (or an
+    // already decompressed blob) is searched as is.
+    if image.get(0x202..0x206) != Some(b"HdrS") {
+        return find_ikconfig(image)?
+            .ok_or_else(|| "it is neither a bzImage nor a vmlinux with IKCONFIG".into());
     }
     let payload = bzimage_payload(image)?;
     let vmlinux = decompress_payload(payload)?;
@@ -598,17 +601,27 @@ pub fn ikconfig(image: &[u8]) -> Result<String, String> {
 fn find_ikconfig(bytes: &[u8]) -> Result<Option<String>, String> {
     const ST: &[u8] = b"IKCFG_ST";
     const ED: &[u8] = b"IKCFG_ED";
-    let Some(start) = find(bytes, ST) else {
-        return Ok(None);
-    };
-    let data = &bytes[start + ST.len()..];
-    let end = find(data, ED).ok_or("IKCONFIG start marker without an end marker")?;
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&data[..end])
-        .take(16 << 20)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("IKCONFIG is not valid gzip text: {e}"))?;
-    Ok(Some(text))
+    // The marker string may also occur elsewhere: the config is the first one followed by
+    // valid gzip text up to an end marker.
+    let mut from = 0;
+    let mut last_err = None;
+    while let Some(at) = find(&bytes[from..], ST) {
+        let data = &bytes[from + at + ST.len()..];
+        from += at + ST.len();
+        let Some(end) = find(data, ED) else {
+            last_err = Some("IKCONFIG start marker without an end marker".to_owned());
+            continue;
+        };
+        let mut text = String::new();
+        match flate2::read::GzDecoder::new(&data[..end])
+            .take(16 << 20)
+            .read_to_string(&mut text)
+        {
+            Ok(_) => return Ok(Some(text)),
+            Err(e) => last_err = Some(format!("IKCONFIG is not valid gzip text: {e}")),
+        }
+    }
+    last_err.map_or(Ok(None), Err)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -9,6 +9,16 @@ mod run;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Warnings from the libraries (`minke: warning: …`) on stderr; MINKE_LOG=debug for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MINKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match cli::run() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

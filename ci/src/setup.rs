@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-/// Debian packages and a command each provides (checked to skip apt when all are present).
+/// Debian packages and a command (or a path pattern, when it starts with `/`) each provides,
+/// checked to skip apt when all are present.
 const APT: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("qemu-utils", "qemu-img"),
@@ -19,6 +20,16 @@ const APT: &[(&str, &str)] = &[
     ("busybox-static", "busybox"),
     ("xz-utils", "xz"),
     ("socat", "socat"),
+    // `minke kernel build`: the source and what building a kernel takes.
+    ("linux-source", "/usr/src/linux-source-*.tar.xz"),
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("bc", "bc"),
+    ("bison", "bison"),
+    ("flex", "flex"),
+    ("lz4", "lz4"),
+    ("libelf-dev", "/usr/include/libelf.h"),
+    ("libssl-dev", "/usr/include/openssl/ssl.h"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).
@@ -31,6 +42,9 @@ const CARGO: &[(&str, &str)] = &[
 pub const FOREIGN_ARCHES: &[&str] = &["arm64", "armhf", "s390x"];
 
 fn have(sh: &Shell, bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return glob::glob(bin).is_ok_and(|mut g| g.next().is_some());
+    }
     cmd!(sh, "sh -c 'command -v \"$0\"' {bin}")
         .quiet()
         .ignore_stdout()

@@ -106,14 +106,21 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
                 .stderr(Stdio::piped());
         }
     }
-    sys::install_hooks(
-        &mut cmd,
-        ExecHooks {
-            setsid: true,
-            ctty: pty.is_some(),
-            container: plan,
-        },
-    );
+    if pty.is_none() && plan.is_none() {
+        // Its own process group (signals go to the group) and nothing else between fork and
+        // exec: std then spawns with posix_spawn (a vfork-style clone), not a full fork of
+        // this multi-threaded agent — the difference is milliseconds per exec under TCG.
+        cmd.process_group(0);
+    } else {
+        sys::install_hooks(
+            &mut cmd,
+            ExecHooks {
+                setsid: true,
+                ctty: pty.is_some(),
+                container: plan,
+            },
+        );
+    }
 
     let spawned = cmd.spawn();
     drop(cmd);
