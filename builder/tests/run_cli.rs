@@ -79,3 +79,70 @@ fn piped_stdin_arrives() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "through the guest\n");
 }
+
+/// With `--accel auto` and no remembered verdict, `minke run` tries KVM where /dev/kvm opens;
+/// where KVM cannot run the guest (as on hosts whose /dev/kvm is unusable) it falls back to
+/// TCG with exactly one warning line, remembers that, and says so the next time — and the
+/// command's exit code comes back either way.
+#[test]
+fn kvm_attempt_falls_back_to_tcg() {
+    if !can_boot() {
+        return;
+    }
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    // The verdict lives under XDG_CACHE_HOME; the image cache stays where it is.
+    let xdg = tempfile::tempdir().unwrap();
+    let cache = std::env::var_os("MINKE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|x| std::path::PathBuf::from(x).join("minke"))
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/minke")
+                })
+        });
+    let run = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_minke"))
+            .args([
+                "run", "--name", name, "--accel", "auto", "--", "sh", "-c", "exit 3",
+            ])
+            .env("XDG_CACHE_HOME", xdg.path())
+            .env("MINKE_CACHE", &cache)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let verdict = xdg.path().join("minke/kvm-broken");
+
+    let (code, err) = run("kvm-first");
+    assert_eq!(code, Some(3), "{err}");
+    let kvm_lines = err.lines().filter(|l| l.contains("KVM")).count();
+    if !kvm_opens {
+        assert_eq!(kvm_lines, 0, "no /dev/kvm: TCG without a word\n{err}");
+        return;
+    }
+    if !verdict.exists() {
+        // KVM really ran the guest.
+        assert_eq!(kvm_lines, 0, "{err}");
+        return;
+    }
+    assert_eq!(kvm_lines, 1, "one warning line for the fallback\n{err}");
+    assert!(err.contains("falling back to TCG"), "{err}");
+
+    let (code, err) = run("kvm-second");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("remembered in"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("KVM")).count(),
+        1,
+        "{err}"
+    );
+}

@@ -125,6 +125,9 @@ impl Init {
                 setup::mount_binfmt_misc();
                 self.sup.watch_power_buttons();
                 self.sup.timeline.record("modules");
+                if !self.sup.has_request() {
+                    self.sup.start_agents();
+                }
             }
             Stage::Disks => {
                 self.stage = Stage::Onboot(0);

@@ -147,6 +147,9 @@ pub struct Supervisor {
     task_pid: Option<i32>,
     task_exit: Option<Exit>,
     children: bool,
+    /// Agents may start (the transport's modules are loaded).
+    agents_started: bool,
+    /// Every unit may start (boot stages done).
     started: bool,
     stopping: bool,
     ready_announced: bool,
@@ -203,6 +206,7 @@ impl Supervisor {
             task_pid: None,
             task_exit: None,
             children: true,
+            agents_started: false,
             started: false,
             stopping: false,
             ready_announced: false,
@@ -245,8 +249,16 @@ impl Supervisor {
         self.next_button_scan = now + BUTTON_SCAN_EVERY_MS;
     }
 
-    /// Lets units start (in `after:` order) from the next loop turn on.
+    /// Lets the agents start now, while the init goes on with disks and onboot tasks: they
+    /// need only the modules, and their start-up overlaps the rest of the boot.
+    pub fn start_agents(&mut self) {
+        self.agents_started = true;
+        self.tick(now_ms());
+    }
+
+    /// Lets every unit start (in `after:` order) from the next loop turn on.
     pub fn start(&mut self) {
+        self.agents_started = true;
         self.started = true;
         self.tick(now_ms());
     }
@@ -525,11 +537,14 @@ impl Supervisor {
         if self.buttons.is_empty() && now < self.button_scan_until && now >= self.next_button_scan {
             self.scan_buttons(now);
         }
-        if !self.started || self.stopping {
+        if !self.agents_started || self.stopping {
             return;
         }
         let order = self.start_order.clone();
         for i in order {
+            if !self.started && !self.units.get(i).is_some_and(|u| u.spec.agent) {
+                continue;
+            }
             let due = match self.units.get(i).map(|u| &u.state) {
                 Some(State::Backoff { until_ms }) => *until_ms <= now,
                 Some(State::Waiting) => self.deps_ready(i),
@@ -539,7 +554,11 @@ impl Supervisor {
                 self.start_unit(i);
             }
         }
-        if !self.ready_announced && self.units.iter().filter(|u| u.spec.agent).all(|u| u.ready) {
+        // Ready means booted: every agent ready and the boot stages (disks, onboot) done.
+        if self.started
+            && !self.ready_announced
+            && self.units.iter().filter(|u| u.spec.agent).all(|u| u.ready)
+        {
             self.ready_announced = true;
             self.timeline.record("ready");
             console::marker(minke_protocol::READY_MARKER);
@@ -877,6 +896,55 @@ mod tests {
             sup.pump(Some(now_ms() + 20));
         }
         assert!(sup.units.iter().all(|u| u.state == State::Stopped));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn agents_start_before_services_and_ready_waits_for_both() {
+        let _guard = crate::sys::CHILDREN_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join(format!("minke-init-agents-{}", std::process::id()));
+        let paths = Paths {
+            log_dir: dir.to_string_lossy().into_owned(),
+            cgroup_root: None,
+            console: false,
+        };
+        let mut agent = sh("agent", "exec sleep 30", Restart::Always, &[]);
+        agent.agent = true;
+        let units = vec![sh("svc", "exec sleep 30", Restart::Always, &[]), agent];
+        let mut sup = Supervisor::new(units, None, Timeline::new(None), paths);
+        sup.start_agents();
+        assert!(
+            matches!(sup.units[1].state, State::Running { .. }),
+            "the agent starts early"
+        );
+        assert_eq!(
+            sup.units[0].state,
+            State::Waiting,
+            "services wait for the boot stages"
+        );
+        assert!(sup.units[1].ready);
+        assert!(
+            !sup.ready_announced,
+            "not ready before the boot stages are done"
+        );
+        sup.start();
+        assert!(matches!(sup.units[0].state, State::Running { .. }));
+        assert!(sup.ready_announced);
+
+        sup.stop_all();
+        for u in &sup.units {
+            if let State::Running { pid, .. } = u.state {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        let until = now_ms() + 5_000;
+        while sup.has_children() && now_ms() < until {
+            sup.pump(Some(now_ms() + 20));
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
