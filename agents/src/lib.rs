@@ -17,6 +17,7 @@ pub mod container;
 pub mod control;
 mod sys;
 pub mod timesync;
+pub mod vsockcat;
 
 use std::io::Write;
 

@@ -289,6 +289,72 @@ fn files_and_trees_round_trip() {
     assert!(e.to_string().contains("guest agent said"), "{e}");
 }
 
+/// Only the host may use the control agent: a guest process reaching it over vsock loopback
+/// (peer CID 1) gets an `Error` frame saying so, and the agent logs the refusal.
+#[test]
+fn control_agent_refuses_a_guest_peer() {
+    require_boot!();
+    let vm = shared();
+    let o = vm
+        .exec_output(&["sh", "-c", "/init vsock 1 1024 </dev/null"])
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("only the host (cid 2) may use the control agent"),
+        "exit {}, stdout {said:?}, stderr {:?}",
+        o.code,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let log = out(vm, &["cat", "/run/minke/log/control"]);
+    assert!(log.contains("refused a connection from cid 1"), "{log}");
+}
+
+/// A guest process that sends garbage, an oversize frame and a connection flood to the
+/// host's time port is cut off: the shim records the misbehaviour, its memory stays bounded,
+/// and this VM and the others keep working.
+#[test]
+fn hostile_guest_cannot_hurt_the_shim() {
+    require_boot!();
+    let dir = tempfile::tempdir().unwrap();
+    let vm = boot(config("hostile", &dir.path().join("state")));
+    let rss_kb = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss_kb();
+    let errors_before = vm.timesync_stats().map_or(0, |s| s.errors.len());
+    // The shim closes each connection at the first bad byte; whether the guest-side writer
+    // notices is up to the vsock backend, so each writer is bounded by `timeout`.
+    for script in [
+        // Garbage.
+        "head -c 65536 /dev/urandom | timeout 5 /init vsock 2 1025 >/dev/null",
+        // A frame header announcing 2 GiB, then 64 MiB of it.
+        "{ printf '\\377\\377\\377\\177'; head -c 67108864 /dev/zero; } | timeout 5 /init vsock 2 1025 >/dev/null",
+        // 32 connections at once, each streaming zeros.
+        "for i in $(seq 32); do timeout 5 /init vsock 2 1025 </dev/zero >/dev/null 2>&1 & done; wait",
+    ] {
+        let o = vm
+            .exec_output(&["sh", "-c", script])
+            .unwrap_or_else(|e| panic!("{script}: {e}\nconsole:\n{}", vm.console_tail()));
+        eprintln!("{script}: exit {}", o.code);
+    }
+    let stats = vm
+        .timesync_stats()
+        .expect("the vhost-user transport has a time server");
+    assert!(
+        stats.errors.len() > errors_before,
+        "the misbehaviour is recorded: {stats:?}"
+    );
+    let grown = rss_kb().saturating_sub(before);
+    assert!(grown < 48 << 10, "the shim's RSS grew by {grown} kB");
+    assert_eq!(out(&vm, &["echo", "still here"]), "still here\n");
+    assert_eq!(out(shared(), &["echo", "me too"]), "me too\n");
+}
+
 #[test]
 fn data_disk_is_attached_with_its_label_as_serial() {
     require_boot!();

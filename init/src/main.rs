@@ -58,13 +58,14 @@ fn run(args: &[String]) -> i32 {
     }
     match args.get(1).map(String::as_str) {
         Some("agent") => agent(args.get(2..).unwrap_or_default()),
+        Some("vsock") => minke_agents::vsockcat::main(args.get(2..).unwrap_or_default()),
         Some("--version") => {
             println!("minke-init {}", env!("CARGO_PKG_VERSION"));
             0
         }
         _ => {
             eprintln!(
-                "minke-init: runs as PID1 of a minke guest; otherwise: minke-init agent KIND [--port N]"
+                "minke-init: runs as PID1 of a minke guest; otherwise: minke-init agent KIND [--port N] | minke-init vsock CID PORT"
             );
             2
         }
