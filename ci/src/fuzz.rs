@@ -12,6 +12,7 @@ pub const TARGETS: &[&str] = &[
     "modinfo_parser",
     "elf_resolver",
     "cpio_reader",
+    "kernel_config",
 ];
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
