@@ -27,30 +27,26 @@ pub fn main(args: &[String]) -> i32 {
 
 fn run(cid: u32, port: u32) -> io::Result<()> {
     let conn = VsockStream::connect(cid, port)?;
-    let mut from_peer = conn.try_clone()?;
-    let reader = std::thread::spawn(move || -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        let mut buf = [0u8; 16 << 10];
-        loop {
-            match from_peer.read(&mut buf) {
-                Ok(0) => return out.flush(),
-                Ok(n) => out.write_all(&buf[..n])?,
-                // The peer closing on us is the end of its stream, not our failure.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return out.flush(),
-                Err(e) => return Err(e),
-            }
-        }
+    let mut to_peer = conn.try_clone()?;
+    // stdin → peer on its own thread: the tool ends when the peer's stream does, even if stdin
+    // never ends (a FIFO looping the output back, a terminal).
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin().lock(), &mut to_peer);
+        let _ = to_peer.shutdown(Shutdown::Write);
     });
-    let mut to_peer = conn;
-    let sent = io::copy(&mut io::stdin().lock(), &mut to_peer);
-    let _ = to_peer.shutdown(Shutdown::Write);
-    let received = reader
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")));
-    match sent {
-        // A peer that closes while we still send (a refusal) shows as a broken pipe.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => received,
-        Err(e) => Err(e),
-        Ok(_) => received,
+    let mut from_peer = conn;
+    let mut out = io::stdout().lock();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match from_peer.read(&mut buf) {
+            Ok(0) => return out.flush(),
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+            // The peer closing on us is the end of its stream, not our failure.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return out.flush(),
+            Err(e) => return Err(e),
+        }
     }
 }
