@@ -1,20 +1,24 @@
 //! minke's in-guest agents: the control agent (exec, files, forward, info, power over vsock),
-//! the time sync agent and the binfmt_misc agent. They are linked into the one in-guest binary
+//! the time sync agent, the binfmt_misc agent and the serial agent (the guest end of the
+//! virtio-serial transport). They are linked into the one in-guest binary
 //! (`minke-init`) and run as processes supervised by PID1.
 //!
 //! Entry point: [`agent_main`], called by `minke-init agent KIND [--port N]`. Each agent reads
 //! the image config from [`minke_protocol::IMAGE_CONFIG_PATH`] itself and reports readiness
-//! by writing `READY\n` to the descriptor named in `MINKE_NOTIFY_FD`, then closing it.
+//! by writing `READY\n` to the descriptor named in `MINKE_NOTIFY_FD`, then closing it. An
+//! agent that has nothing (more) to do exits 0; PID1 restarts only agents that fail.
 //!
 //! **Invariant:** all `unsafe` code of this crate (AF_VSOCK addresses, pre-exec hooks, the
 //! container namespace set-up, adjtimex) lives in `sys.rs`; elsewhere syscalls go through
 //! rustix's safe API. The conversation handlers are generic over [`conn::Conn`] and never
-//! touch vsock directly, so tests run them over Unix socket pairs.
+//! touch vsock directly, so tests run them over Unix socket pairs, and the serial transport
+//! reaches them through Unix sockets ([`conn::HostListener`], [`conn::connect_host`]).
 
 pub mod binfmt;
 pub mod conn;
 pub mod container;
 pub mod control;
+pub mod serial;
 mod sys;
 pub mod timesync;
 pub mod vsockcat;
@@ -26,11 +30,11 @@ use minke_protocol::ImageConfig;
 /// Environment variable naming the readiness descriptor PID1 passes to an agent.
 pub const NOTIFY_FD_ENV: &str = "MINKE_NOTIFY_FD";
 
-/// Runs the agent named by `args[0]` (`control`, `timesync`, `binfmt`) with its options
+/// Runs the agent named by `args[0]` (`control`, `timesync`, `binfmt`, `serial`) with its options
 /// (`--port N`); returns the process exit code.
 pub fn agent_main(args: &[String]) -> i32 {
     let Some(kind) = args.first() else {
-        eprintln!("minke agent: missing agent name (control, timesync or binfmt)");
+        eprintln!("minke agent: missing agent name (control, timesync, binfmt or serial)");
         return 2;
     };
     let mut port = None;
@@ -54,9 +58,10 @@ pub fn agent_main(args: &[String]) -> i32 {
         "control" => control::run(port.unwrap_or(minke_protocol::CONTROL_PORT)),
         "timesync" => timesync::run(port.unwrap_or(minke_protocol::TIMESYNC_PORT)),
         "binfmt" => binfmt::run(),
+        "serial" => serial::run(),
         other => {
             eprintln!(
-                "minke agent: unknown agent `{other}` (expected control, timesync or binfmt)"
+                "minke agent: unknown agent `{other}` (expected control, timesync, binfmt or serial)"
             );
             2
         }

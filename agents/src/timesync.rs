@@ -1,6 +1,7 @@
 //! The time sync agent: keeps the guest's CLOCK_REALTIME on the host's.
 //!
-//! It connects to the host (CID 2) on the time port, sends `GuestMsg::Hello` and expects
+//! It connects to the host (CID 2, or through the serial agent under the serial transport; see
+//! [`crate::conn::connect_host`]) on the time port, sends `GuestMsg::Hello` and expects
 //! `HostMsg::Welcome`. Then, at each poll, it sends a burst of [`BURST`] `TimeRequest { seq,
 //! t1 }` (one at a time, each waiting for its `TimeReply`), computes offset and delay of each
 //! four-timestamp exchange and keeps the sample with the smallest delay.
@@ -23,11 +24,11 @@ use std::io::{self, Read};
 use std::time::Duration;
 
 use minke_protocol::wire::{write_frame, FrameDecoder, FrameError, PROTOCOL_VERSION};
-use minke_protocol::{GuestMsg, HostMsg, HOST_CID};
+use minke_protocol::{GuestMsg, HostMsg};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::time::ClockId;
 
-use crate::conn::VsockStream;
+use crate::conn::{self, HostConn};
 use crate::sys;
 
 /// Offsets above this are stepped rather than slewed.
@@ -256,7 +257,8 @@ impl JumpWatch {
 pub enum SyncError {
     /// Connecting failed.
     #[error(
-        "cannot connect to the host's time service (vsock cid {HOST_CID} port {port}): {source}"
+        "cannot connect to the host's time service (port {port} over {}): {source}",
+        conn::transport_name()
     )]
     Connect {
         /// The port.
@@ -280,7 +282,7 @@ pub enum SyncError {
 
 /// The host connection with its frame decoder; pushes (`Resumed`) are noted as they arrive.
 struct Session {
-    conn: VsockStream,
+    conn: HostConn,
     dec: FrameDecoder,
     seq: u64,
     resumed: bool,
@@ -419,8 +421,7 @@ fn session(
     ready: &mut bool,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
-    let conn = VsockStream::connect(HOST_CID, port)
-        .map_err(|source| SyncError::Connect { port, source })?;
+    let conn = conn::connect_host(port).map_err(|source| SyncError::Connect { port, source })?;
     let mut s = Session {
         conn,
         dec: FrameDecoder::default(),
@@ -428,7 +429,10 @@ fn session(
         resumed: false,
     };
     s.handshake()?;
-    eprintln!("minke agent timesync: connected to the host on vsock port {port}");
+    eprintln!(
+        "minke agent timesync: connected to the host on port {port} over {}",
+        conn::transport_name()
+    );
     *backoff = Duration::from_millis(200);
     let mut jumps = JumpWatch::new();
     let mut resync = false;

@@ -24,7 +24,8 @@ pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
 
 /// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, and the
 /// ACPI power button with evdev (so PID1 sees QMP `system_powerdown`). `virtio_blk` is added
-/// when the spec declares data disks, `binfmt_misc` when the binfmt agent runs.
+/// when the spec declares data disks, `binfmt_misc` when the binfmt agent runs and
+/// `virtio_console` when the serial agent does (the virtio-serial transport).
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "vmw_vsock_virtio_transport",
@@ -396,6 +397,9 @@ fn wanted_modules(spec: &Spec) -> Vec<String> {
     let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
     if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
         want.push("binfmt_misc".into());
+    }
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Serial) {
+        want.push("virtio_console".into());
     }
     if !spec.raw.disks.is_empty() {
         want.push("virtio_blk".into());
@@ -879,6 +883,7 @@ pub fn image_config(
             oom_score_adj: s.oom_score_adj,
         })
         .collect();
+    let serial = spec.agents.iter().any(|(k, _)| *k == AgentKind::Serial);
     let agents = spec
         .agents
         .iter()
@@ -887,8 +892,15 @@ pub fn image_config(
             port: port.or(match kind {
                 AgentKind::Control => Some(minke_protocol::CONTROL_PORT),
                 AgentKind::Timesync => Some(minke_protocol::TIMESYNC_PORT),
-                AgentKind::Binfmt => None,
+                AgentKind::Binfmt | AgentKind::Serial => None,
             }),
+            // Under the serial transport the time sync agent connects through the serial
+            // agent's socket.
+            after: if *kind == AgentKind::Timesync && serial {
+                vec![AgentKind::Serial.name().to_owned()]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let binfmt = raw

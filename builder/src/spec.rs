@@ -88,9 +88,17 @@ pub struct RawSpec {
     /// Package that provides /init (default `minke-init`).
     #[serde(default = "default_init")]
     pub init: String,
-    /// Agents to run: `control`, `timesync`, `binfmt`, or `{kind, port}`.
+    /// Agents to run: `control`, `timesync`, `binfmt`, `serial`, or `{kind, port}`. `serial`
+    /// (the guest end of the virtio-serial transport) is added to any image with `control` or
+    /// `timesync` when `transports` includes `serial`, so the image boots whatever transport
+    /// the host falls back to.
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+    /// Host transports the image answers on: `vsock` and `serial` (default both). Leaving out
+    /// `serial` drops the serial agent and virtio_console, for the smallest images; such an
+    /// image needs a host with vsock.
+    #[serde(default = "default_transports")]
+    pub transports: Vec<String>,
     /// Tasks run in order at boot before services.
     #[serde(default)]
     pub onboot: Vec<RawTask>,
@@ -127,6 +135,10 @@ pub struct RawSpec {
     /// Milliseconds between SIGTERM and SIGKILL at shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+}
+
+fn default_transports() -> Vec<String> {
+    vec!["vsock".into(), "serial".into()]
 }
 
 fn default_arch() -> String {
@@ -224,14 +236,15 @@ impl<'de> Deserialize<'de> for RawAgent {
                 "control" => Ok(AgentKind::Control),
                 "timesync" => Ok(AgentKind::Timesync),
                 "binfmt" => Ok(AgentKind::Binfmt),
+                "serial" => Ok(AgentKind::Serial),
                 other => Err(D::Error::custom(format!(
-                    "unknown variant `{other}`: agents are control, timesync and binfmt"
+                    "unknown variant `{other}`: agents are control, timesync, binfmt and serial"
                 ))),
             }
         };
         match Either::deserialize(d).map_err(|_| {
             D::Error::custom(
-                "an agent is a name (control, timesync, binfmt) or {kind: NAME, port: N}",
+                "an agent is a name (control, timesync, binfmt, serial) or {kind: NAME, port: N}",
             )
         })? {
             Either::Name(n) => Ok(RawAgent::Kind(kind(&n)?)),
@@ -611,6 +624,23 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
     }
     if !raw.binfmt.is_empty() && !agents.contains_key(&AgentKind::Binfmt) {
         agents.insert(AgentKind::Binfmt, None);
+    }
+    // The host falls back to virtio-serial when it has no vsock: whatever talks to the host
+    // needs the serial agent then.
+    for t in &raw.transports {
+        if t != "vsock" && t != "serial" {
+            return Err(src.err(
+                "transports",
+                t,
+                format!("unknown transport {t:?}: use vsock or serial"),
+            ));
+        }
+    }
+    let serial = raw.transports.iter().any(|t| t == "serial");
+    if serial
+        && (agents.contains_key(&AgentKind::Control) || agents.contains_key(&AgentKind::Timesync))
+    {
+        agents.entry(AgentKind::Serial).or_insert(None);
     }
     // Modules.
     for m in &raw.modules {
@@ -1137,6 +1167,24 @@ mod tests {
             3,
             "PATH_MAX",
         );
+    }
+
+    #[test]
+    fn serial_agent_comes_with_the_agents_that_talk_to_the_host() {
+        let agents = |y: &str| {
+            let s = parse(y, "t.yml", Path::new(".")).unwrap();
+            s.agents.iter().map(|(k, _)| k.name()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            agents("name: x\nagents: [timesync, control]\n"),
+            ["control", "timesync", "serial"]
+        );
+        assert_eq!(
+            agents("name: x\nagents: [control, serial]\n"),
+            ["control", "serial"]
+        );
+        assert!(agents("name: x\nagents: [binfmt]\n") == ["binfmt"]);
+        assert!(agents("name: x\n").is_empty());
     }
 
     #[test]

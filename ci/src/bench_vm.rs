@@ -324,12 +324,18 @@ pub fn agents(sh: &Shell) -> Result<()> {
             "  exec/raw round trip          {:>7.1}x",
             median(rt.clone()).as_secs_f64() / raw.echo.as_secs_f64()
         );
-        println!("  raw vsock stream guest->host {:>7.1} MB/s", raw.stream_mbs);
+        println!(
+            "  raw vsock stream guest->host {:>7.1} MB/s",
+            raw.stream_mbs
+        );
         println!(
             "  stdout through exec          {exec_tp:>7.1} MB/s  (exec/raw = {:.0} %, target >= 50 %)",
             exec_tp / raw.stream_mbs * 100.0
         );
-        println!("  forwarded TCP stream         {tp:>7.1} MB/s  (exec/forward = {:.0} %)", exec_tp / tp * 100.0);
+        println!(
+            "  forwarded TCP stream         {tp:>7.1} MB/s  (exec/forward = {:.0} %)",
+            exec_tp / tp * 100.0
+        );
         Ok(tp)
     })?;
     let rss = vm.exec_output(&["sh", "-c", "for p in /proc/[0-9]*; do c=$(cat $p/cmdline 2>/dev/null | tr '\\0' ' '); case \"$c\" in *agent*) grep VmRSS $p/status | sed \"s|^|$c |\";; esac; done"])?;

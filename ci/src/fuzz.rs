@@ -7,6 +7,7 @@ use xshell::{cmd, Shell};
 /// Every fuzz target under fuzz/fuzz_targets.
 pub const TARGETS: &[&str] = &[
     "frame_decoder",
+    "mux_decoder",
     "spec_parser",
     "package_parser",
     "modinfo_parser",

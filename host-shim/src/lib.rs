@@ -8,7 +8,9 @@
 //! - [`config`]: [`VmConfig`] and its parts;
 //! - [`qemu`]: command lines of QEMU and the vsock backend;
 //! - [`qmp`]: QEMU's control protocol;
-//! - [`transport`]: byte streams to guest ports (hybrid vsock, kernel vsock);
+//! - [`transport`]: byte streams to guest ports (hybrid vsock, kernel vsock, virtio-serial);
+//! - [`serial`]: the host end of the virtio-serial transport (the stream multiplexer on
+//!   QEMU's `serial.sock`);
 //! - [`client`]: the host's half of each control-agent conversation;
 //! - [`timesync`]: the host's time server;
 //! - [`forward`]: host listeners piped into the guest;
@@ -26,6 +28,7 @@ pub mod forward;
 mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod serial;
 pub mod state;
 mod sys;
 pub mod timesync;

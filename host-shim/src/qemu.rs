@@ -53,8 +53,18 @@ pub enum UsedTransport {
 /// Guest CID given to vhost-device-vsock: it only matters inside the VM.
 pub const VHOST_USER_CID: u32 = 3;
 
-/// Name of the virtio-serial port the guest opens (`/dev/virtio-ports/minke.control`).
-pub const SERIAL_PORT_NAME: &str = "minke.control";
+/// Name of the virtio-serial port the guest's serial agent opens.
+pub use minke_protocol::mux::PORT_NAME as SERIAL_PORT_NAME;
+
+/// The kernel command line: the configured one, plus `minke.transport=serial` when the guest
+/// must use the virtio-serial transport (its agents read it to know).
+pub(crate) fn kernel_cmdline(cfg: &VmConfig, transport: UsedTransport) -> String {
+    use minke_protocol::mux::{TRANSPORT_PARAM, TRANSPORT_SERIAL};
+    match transport {
+        UsedTransport::Serial => format!("{} {TRANSPORT_PARAM}={TRANSPORT_SERIAL}", cfg.cmdline),
+        _ => cfg.cmdline.clone(),
+    }
+}
 
 /// QEMU's arguments (without the program name).
 pub(crate) fn qemu_args(
@@ -102,7 +112,7 @@ pub(crate) fn qemu_args(
         "-initrd",
         &path_arg(&cfg.initrd),
     ]);
-    push(&["-append", &cfg.cmdline]);
+    push(&["-append", &kernel_cmdline(cfg, transport)]);
     let console = if cfg.console_to_terminal {
         format!(
             "stdio,id=con,signal=off,logfile={},logappend=off",
@@ -232,11 +242,12 @@ mod tests {
 
     #[test]
     fn serial_tcg() {
+        let boot = BOOT.replace("panic=-1", "panic=-1 minke.transport=serial");
         check(
             UsedAccel::Tcg,
             UsedTransport::Serial,
             &format!(
-                "{HEAD} -accel tcg -machine q35 -m 512M -smp 1 {BOOT} \
+                "{HEAD} -accel tcg -machine q35 -m 512M -smp 1 {boot} \
                  -device virtio-serial-pci,id=vser \
                  -chardev socket,id=ctl,path=/s/serial.sock,server=on,wait=off \
                  -device virtserialport,chardev=ctl,name=minke.control {DISK}"

@@ -136,6 +136,18 @@ impl TimeServer {
         spawn_conn(&self.shared, conn);
     }
 
+    /// A function that serves connections on this server from elsewhere (the serial
+    /// transport's multiplexer hands it the streams the guest opens to the time port); it
+    /// closes them once the server is dropped.
+    pub fn feeder(&self) -> impl Fn(Box<dyn Duplex>) + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |conn| {
+            if !shared.stop.load(Ordering::SeqCst) {
+                spawn_conn(&shared, conn);
+            }
+        }
+    }
+
     /// Pushes `Resumed` to every handshaken connection; returns how many got it.
     pub fn push_resumed(&self) -> usize {
         let mut writers = self

@@ -16,6 +16,11 @@
 //! socket `vm.vsock_PORT`, which the shim listens on.
 //!
 //! **Kernel vsock**: an `AF_VSOCK` stream to `(cid, port)`.
+//!
+//! **virtio-serial**: a stream of the multiplexer the booting shim runs on QEMU's
+//! `serial.sock` ([`crate::serial`]), handed over as one end of a Unix socket pair. Processes
+//! that attach to such a VM use hybrid vsock on its `vm.vsock`, which the booting shim serves
+//! on top of the multiplexer.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -67,9 +72,14 @@ pub enum ConnectError {
         /// Limit.
         timeout: Duration,
     },
-    /// The transport cannot open connections from this process.
-    #[error("{0}")]
-    Unsupported(String),
+    /// The virtio-serial multiplexer could not open the stream.
+    #[error("virtio-serial transport, guest port {port}: {source}")]
+    Serial {
+        /// Guest port.
+        port: u32,
+        /// What went wrong.
+        source: minke_mux::OpenError,
+    },
 }
 
 /// A bidirectional byte stream to a guest agent.
@@ -127,8 +137,11 @@ pub enum Connector {
         /// Guest CID.
         cid: u32,
     },
-    /// virtio-serial: not available to this process (see the module docs of `serial`).
-    Serial,
+    /// virtio-serial, through the multiplexer of the shim that booted the VM.
+    Serial {
+        /// The multiplexer on QEMU's `serial.sock`.
+        mux: minke_mux::Mux,
+    },
 }
 
 impl Connector {
@@ -145,11 +158,16 @@ impl Connector {
                     }
                     _ => ConnectError::Io { port, source: e },
                 }),
-            Connector::Serial => Err(ConnectError::Unsupported(
-                "the virtio-serial transport has no in-guest multiplexer yet: boot with the \
-                 vhost-user transport (install vhost-device-vsock)"
-                    .into(),
-            )),
+            Connector::Serial { mux } => mux
+                .connect(port, timeout)
+                .map(|s| Box::new(s) as Box<dyn Duplex>)
+                .map_err(|e| match e {
+                    minke_mux::OpenError::Refused { port } => ConnectError::Refused { port },
+                    minke_mux::OpenError::Timeout { port, timeout } => {
+                        ConnectError::Timeout { port, timeout }
+                    }
+                    source => ConnectError::Serial { port, source },
+                }),
         }
     }
 }

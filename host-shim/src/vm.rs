@@ -19,6 +19,7 @@ use crate::forward::{ForwardListen, Forwarder};
 use crate::process::Guarded;
 use crate::qemu::{self, files, UsedAccel, UsedTransport};
 use crate::qmp::{self, QmpError};
+use crate::serial::SerialEndpoint;
 use crate::state::{self, RunInfo, StateError};
 use crate::timesync::{TimeServer, TimesyncStats};
 use crate::transport::{ConnectError, Connector, Duplex};
@@ -142,6 +143,7 @@ struct Owned {
     qemu: Guarded,
     backend: Option<Guarded>,
     time: Option<TimeServer>,
+    serial: Option<SerialEndpoint>,
     forwards: Vec<Forwarder>,
     started: Instant,
     ready_after: Option<Duration>,
@@ -179,13 +181,6 @@ impl Vm {
         }
         let (accel, kvm_probe) = resolve_accel(cfg.accel)?;
         let transport = resolve_transport(cfg.transport)?;
-        let connector = match transport {
-            UsedTransport::VhostUser => Connector::Hybrid {
-                uds: state.join(files::VSOCK),
-            },
-            UsedTransport::VhostKernel { cid } => Connector::Kernel { cid },
-            UsedTransport::Serial => Connector::Serial,
-        };
         let time = match transport {
             UsedTransport::VhostUser => Some(
                 TimeServer::listen_unix(&qemu::guest_to_host_socket(&state, TIMESYNC_PORT))
@@ -203,7 +198,7 @@ impl Vm {
                     None
                 }
             },
-            UsedTransport::Serial => None,
+            UsedTransport::Serial => Some(TimeServer::detached()),
         };
         let (qemu, backend, accel, transport, kvm_probe) =
             match launch(&cfg, &state, &qemu_bin, accel, transport) {
@@ -218,6 +213,8 @@ impl Vm {
                 }
                 Err(e) => return Err(e),
             };
+        let serial = start_serial(&state, transport, time.as_ref())?;
+        let connector = connector(&state, transport, serial.as_ref());
         let run = RunInfo {
             name: cfg.name.clone(),
             qemu_pid: qemu.pid(),
@@ -244,6 +241,7 @@ impl Vm {
                 qemu,
                 backend,
                 time,
+                serial,
                 forwards: Vec::new(),
                 started: Instant::now(),
                 ready_after: None,
@@ -283,13 +281,8 @@ impl Vm {
             state::clean_stale(dir);
             return Err(StateError::NotRunning(name).into());
         }
-        let connector = match run.transport {
-            UsedTransport::VhostUser => Connector::Hybrid {
-                uds: dir.join(files::VSOCK),
-            },
-            UsedTransport::VhostKernel { cid } => Connector::Kernel { cid },
-            UsedTransport::Serial => Connector::Serial,
-        };
+        // The booting shim serves hybrid vsock on `vm.vsock` for the serial transport too.
+        let connector = connector(dir, run.transport, None);
         Ok(Vm {
             name: run.name.clone(),
             state: dir.to_path_buf(),
@@ -442,6 +435,7 @@ impl Vm {
 
     fn fall_back_to_tcg(&mut self) -> Result<(), VmError> {
         let o = self.owned.as_mut().expect("only owners probe KVM");
+        o.serial = None;
         o.qemu.kill();
         if let Some(b) = o.backend.as_mut() {
             b.kill();
@@ -466,6 +460,8 @@ impl Vm {
         )?;
         o.qemu = qemu;
         o.backend = backend;
+        o.serial = start_serial(&self.state, transport, o.time.as_ref())?;
+        self.connector = connector(&self.state, transport, o.serial.as_ref());
         o.kvm_probe = false;
         o.started = Instant::now();
         self.accel = accel;
@@ -797,6 +793,7 @@ impl Vm {
         match self.owned.as_mut() {
             Some(o) => {
                 o.forwards.clear();
+                o.serial = None;
                 o.qemu.kill();
                 if let Some(b) = o.backend.as_mut() {
                     b.kill();
@@ -835,6 +832,38 @@ impl Drop for Vm {
 }
 
 type Launched = (Guarded, Option<Guarded>, UsedAccel, UsedTransport);
+
+/// Starts the host end of the virtio-serial transport once QEMU listens on `serial.sock`.
+fn start_serial(
+    state: &Path,
+    transport: UsedTransport,
+    time: Option<&TimeServer>,
+) -> Result<Option<SerialEndpoint>, VmError> {
+    if transport != UsedTransport::Serial {
+        return Ok(None);
+    }
+    SerialEndpoint::start(state, time)
+        .map(Some)
+        .map_err(|source| VmError::Io {
+            what: "cannot start the virtio-serial transport".into(),
+            source,
+        })
+}
+
+/// How this process reaches guest ports. `serial` is the booting process's endpoint; without
+/// it (an attached process) the serial transport is reached through the hybrid vsock socket
+/// the booting process serves.
+fn connector(state: &Path, transport: UsedTransport, serial: Option<&SerialEndpoint>) -> Connector {
+    match (transport, serial) {
+        (UsedTransport::VhostKernel { cid }, _) => Connector::Kernel { cid },
+        (UsedTransport::Serial, Some(ep)) => Connector::Serial {
+            mux: ep.mux().clone(),
+        },
+        (UsedTransport::VhostUser | UsedTransport::Serial, _) => Connector::Hybrid {
+            uds: state.join(files::VSOCK),
+        },
+    }
+}
 
 /// Starts the vsock backend (if any) and QEMU, and waits for QMP to answer.
 fn launch(

@@ -559,6 +559,184 @@ fn two_vms_side_by_side_do_not_clash() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The virtio-serial transport: the same image with the transport forced to serial, so every
+// stream goes through the multiplexer on the one virtio-serial port.
+
+/// Why the serial tests cannot run here (they need no vhost-device-vsock).
+fn serial_skip_reason() -> Option<String> {
+    if let Err(e) = binaries::find(Tool::QemuSystem) {
+        return Some(e.to_string());
+    }
+    test_image().err()
+}
+
+macro_rules! require_serial_boot {
+    () => {
+        if let Some(why) = serial_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// One VM on the serial transport, shared by the serial tests.
+fn shared_serial() -> &'static Vm {
+    static VM: OnceLock<(tempfile::TempDir, Vm)> = OnceLock::new();
+    &VM.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("serial", &dir.path().join("state"));
+        c.transport = Transport::Serial;
+        c.runtime_config
+            .push(("env".into(), b"OVER=serial\n".to_vec()));
+        let vm = boot(c);
+        assert_eq!(vm.transport(), minke_shim::qemu::UsedTransport::Serial);
+        (dir, vm)
+    })
+    .1
+}
+
+#[test]
+fn serial_exec_exit_codes_and_stdin() {
+    require_serial_boot!();
+    let vm = shared_serial();
+    for code in [0, 1, 42] {
+        let o = vm
+            .exec_output(&["sh", "-c", &format!("echo out; echo err >&2; exit {code}")])
+            .unwrap_or_else(|e| panic!("{e}\n{}", vm.console_tail()));
+        assert_eq!(
+            (o.code, &o.stdout[..], &o.stderr[..]),
+            (code, &b"out\n"[..], &b"err\n"[..])
+        );
+    }
+    assert_eq!(
+        vm.exec_output(&["sh", "-c", "kill -9 $$"]).unwrap().code,
+        137
+    );
+    assert_eq!(out(vm, &["cat", "/run/config/env"]), "OVER=serial\n");
+    // More than the multiplexer's window each way, so credits must flow back.
+    let input: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut so, mut se) = (Vec::new(), Vec::new());
+    let req = ExecRequest {
+        argv: vec!["cat".into()],
+        ..Default::default()
+    };
+    let code = vm
+        .exec(
+            req,
+            Stdin::Reader(Box::new(std::io::Cursor::new(input.clone()))),
+            &mut so,
+            &mut se,
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&se));
+    assert!(
+        so == input,
+        "cat echoed {} of {} bytes",
+        so.len(),
+        input.len()
+    );
+}
+
+#[test]
+fn serial_concurrent_execs() {
+    require_serial_boot!();
+    let vm = shared_serial();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|i| s.spawn(move || out(vm, &["sh", "-c", &format!("sleep 0.3; echo {i}")])))
+            .collect();
+        for (i, h) in hs.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), format!("{i}\n"));
+        }
+    });
+}
+
+#[test]
+fn serial_files_round_trip() {
+    require_serial_boot!();
+    let vm = shared_serial();
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    vm.put_bytes(&big, "/tmp/big", 0o640).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    vm.get_file("/tmp/big", &f).unwrap();
+    assert!(std::fs::read(&f).unwrap() == big);
+    assert_eq!(
+        out(vm, &["stat", "-c", "%a %s", "/tmp/big"]).trim(),
+        "640 800000"
+    );
+}
+
+/// The guest's time sync agent reaches the host's time server through the multiplexer (a
+/// stream the guest opens), and the boot timeline shows the serial agent ready.
+#[test]
+fn serial_timesync_and_info() {
+    require_serial_boot!();
+    let vm = shared_serial();
+    let end = Instant::now() + READY_TIMEOUT;
+    let stats = loop {
+        let s = vm.timesync_stats().unwrap();
+        if s.replies >= 1 || Instant::now() > end {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        stats.connections >= 1 && stats.replies >= 1 && stats.errors.is_empty(),
+        "{stats:?}\n{}",
+        vm.console_tail()
+    );
+    let boot: minke_protocol::config::BootTimeline =
+        serde_json::from_str(&vm.info().unwrap().boot_json).unwrap();
+    let whats: Vec<&str> = boot.events.iter().map(|e| e.what.as_str()).collect();
+    for w in ["ready:serial", "ready:control", "ready:timesync", "ready"] {
+        assert!(whats.contains(&w), "{w} missing from {whats:?}");
+    }
+    assert!(out(vm, &["cat", "/proc/modules"]).contains("virtio_console"));
+}
+
+/// Pause and resume over the serial transport: the host's `Resumed` push travels down the
+/// time sync stream the guest opened, and the VM answers afterwards.
+#[test]
+fn serial_pause_and_resume_push_resync() {
+    require_serial_boot!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config("serial-pause", dir.path());
+    c.transport = Transport::Serial;
+    let vm = boot(c);
+    let end = Instant::now() + READY_TIMEOUT;
+    while vm.timesync_stats().unwrap().connections == 0 {
+        assert!(
+            Instant::now() < end,
+            "no time sync connection: {}",
+            vm.console_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm.pause().unwrap();
+    assert_eq!(vm.status().unwrap(), (false, "paused".to_string()));
+    assert_eq!(vm.resume().unwrap(), 1, "{:?}", vm.timesync_stats());
+    assert_eq!(out(&vm, &["echo", "back"]), "back\n");
+    let end = Instant::now() + READY_TIMEOUT;
+    while !std::fs::read_to_string(vm.console_log())
+        .unwrap_or_default()
+        .contains("host reports a resume")
+    {
+        assert!(Instant::now() < end, "no resync: {}", vm.console_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Another process attaches to the serial VM through the booting shim's `vm.vsock`.
+#[test]
+fn serial_attach_from_another_handle() {
+    require_serial_boot!();
+    let vm = shared_serial();
+    let other = Vm::attach_dir(vm.state_dir()).unwrap();
+    assert_eq!(out(&other, &["echo", "attached"]), "attached\n");
+}
+
+// ---------------------------------------------------------------------------------------------
 // minke-init: mounts, modules, supervision, reaping, shutdown, data disks.
 
 #[test]

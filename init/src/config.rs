@@ -106,8 +106,9 @@ pub fn child_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     env
 }
 
-/// The unit of an agent: this same binary with the `agent` subcommand, always restarted,
-/// ready when it says so, protected from the OOM killer.
+/// The unit of an agent: this same binary with the `agent` subcommand, restarted when it
+/// fails (an agent that exits 0 has finished its job: binfmt once it registered, serial when
+/// the host chose vsock), ready when it says so, protected from the OOM killer.
 pub fn agent_unit(agent: &Agent, exe: &str) -> UnitSpec {
     let name = agent.kind.name().to_owned();
     let mut argv = vec!["/init".to_owned(), "agent".to_owned(), name.clone()];
@@ -123,8 +124,8 @@ pub fn agent_unit(agent: &Agent, exe: &str) -> UnitSpec {
         cwd: "/".to_owned(),
         uid: 0,
         gid: 0,
-        restart: Restart::Always,
-        after: Vec::new(),
+        restart: Restart::OnFailure,
+        after: agent.after.clone(),
         readiness: Readiness::Notify,
         exit_on_stop: false,
         oom_score_adj: Some(AGENT_OOM_SCORE_ADJ),
@@ -255,7 +256,8 @@ mod tests {
 
     const SAMPLE: &str = r#"{"name":"t","hostname":"h","modules":[],"sysctls":{"vm.swappiness":"0"},
       "rlimits":[{"resource":"nofile","soft":1024,"hard":null}],"disks":[],"onboot":[],
-      "agents":[{"kind":"control","port":1024},{"kind":"timesync"}],
+      "agents":[{"kind":"control","port":1024},{"kind":"timesync","after":["serial"]},
+        {"kind":"serial"}],
       "services":[{"name":"web","argv":["/bin/web","-p","80"],"env":{"PATH":"/opt/bin","X":"1"},
         "restart":"always","after":["control"],"readiness":"notify","oom_score_adj":500},
         {"name":"web","argv":["/bin/other"]},
@@ -268,7 +270,7 @@ mod tests {
         let cfg = parse("image.json", SAMPLE.as_bytes()).expect("sample parses");
         let (units, rejected) = units(&cfg, "/proc/self/exe");
         let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["control", "timesync", "web"]);
+        assert_eq!(names, ["control", "timesync", "serial", "web"]);
         assert_eq!(
             rejected,
             vec![
@@ -284,11 +286,13 @@ mod tests {
             ["/init", "agent", "control", "--port", "1024"]
         );
         assert_eq!(control.readiness, Readiness::Notify);
-        assert_eq!(control.restart, Restart::Always);
+        assert_eq!(control.restart, Restart::OnFailure);
         assert_eq!(control.oom_score_adj, Some(AGENT_OOM_SCORE_ADJ));
         assert!(control.agent);
         assert_eq!(units[1].argv, ["/init", "agent", "timesync"]);
-        let web = &units[2];
+        assert_eq!(units[1].after, ["serial"]);
+        assert_eq!(units[2].argv, ["/init", "agent", "serial"]);
+        let web = &units[3];
         assert_eq!(web.program, "/bin/web");
         assert_eq!(web.env["PATH"], "/opt/bin");
         assert_eq!(web.env["HOME"], "/root");
@@ -325,6 +329,7 @@ mod tests {
             &Agent {
                 kind: AgentKind::Binfmt,
                 port: None,
+                after: Vec::new(),
             },
             "/init",
         );

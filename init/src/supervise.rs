@@ -490,6 +490,7 @@ impl Supervisor {
             self.task_exit = Some(status);
             return;
         }
+        self.drain_notify(pid);
         let Some(i) = self
             .units
             .iter()
@@ -527,6 +528,22 @@ impl Supervisor {
             if u.spec.exit_on_stop {
                 log!("{} was marked exit_on_stop: powering off", u.spec.name);
                 self.requests.push(PowerAction::PowerOff);
+            }
+        }
+    }
+
+    /// Reads what an exited unit left in its readiness pipe while it still counts as running:
+    /// a unit may report ready and exit at once (an agent with nothing more to do), and its
+    /// exit can be reaped before the pipe is polled.
+    fn drain_notify(&mut self, pid: i32) {
+        for i in 0..self.pipes.len() {
+            if self
+                .pipes
+                .get(i)
+                .is_some_and(|p| p.kind == PipeKind::Notify { pid })
+            {
+                // End of file is noticed, and the pipe dropped, by the next poll.
+                let _ = self.read_pipe(i);
             }
         }
     }
@@ -896,6 +913,58 @@ mod tests {
             sup.pump(Some(now_ms() + 20));
         }
         assert!(sup.units.iter().all(|u| u.state == State::Stopped));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Regression: an agent that reports ready and exits 0 at once (the serial agent under
+    /// vsock) was never marked ready when its exit was reaped before its readiness pipe was
+    /// read, so the `ready` marker never came and units after it never started.
+    #[test]
+    fn ready_then_exit_counts_as_ready_whatever_is_seen_first() {
+        let _guard = crate::sys::CHILDREN_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join(format!("minke-init-notify-{}", std::process::id()));
+        let paths = Paths {
+            log_dir: dir.to_string_lossy().into_owned(),
+            cgroup_root: None,
+            console: false,
+        };
+        let mut quick = sh(
+            "quick",
+            "echo READY >&\"$MINKE_NOTIFY_FD\"; exit 0",
+            Restart::OnFailure,
+            &[],
+        );
+        quick.readiness = Readiness::Notify;
+        quick.agent = true;
+        let later = sh("later", "exit 0", Restart::No, &["quick"]);
+        let mut sup = Supervisor::new(vec![quick, later], None, Timeline::new(None), paths);
+        sup.start();
+        let State::Running { pid, .. } = sup.units[0].state else {
+            panic!("quick did not start: {:?}", sup.units[0].state);
+        };
+        // Wait until it has written and exited (a zombie), then reap before reading any pipe.
+        let deadline = now_ms() + 10_000;
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+        {
+            assert!(now_ms() < deadline, "quick never exited");
+            std::thread::yield_now();
+        }
+        sup.reap();
+        assert!(
+            sup.units[0].ready,
+            "the readiness line before the exit was lost"
+        );
+        assert_eq!(sup.units[0].state, State::Stopped);
+        sup.tick(now_ms());
+        assert_eq!(sup.units[1].starts, 1, "the unit after it starts");
+        let until = now_ms() + 5_000;
+        while sup.has_children() && now_ms() < until {
+            sup.pump(Some(now_ms() + 20));
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -198,6 +198,8 @@ pub enum AgentKind {
     Timesync,
     /// binfmt_misc registration of QEMU user emulators.
     Binfmt,
+    /// The guest end of the virtio-serial transport (see [`crate::mux`]); idle under vsock.
+    Serial,
 }
 
 impl AgentKind {
@@ -207,6 +209,7 @@ impl AgentKind {
             AgentKind::Control => "control",
             AgentKind::Timesync => "timesync",
             AgentKind::Binfmt => "binfmt",
+            AgentKind::Serial => "serial",
         }
     }
 }
@@ -220,6 +223,10 @@ pub struct Agent {
     /// vsock port it listens on (control) or connects to on the host (timesync).
     #[serde(default)]
     pub port: Option<u32>,
+    /// Agents that must be ready before this one starts (timesync after serial, whose socket
+    /// it connects through under the serial transport).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// One binfmt_misc registration, already in the kernel's terms.
@@ -277,6 +284,7 @@ mod tests {
             agents: vec![Agent {
                 kind: AgentKind::Control,
                 port: Some(1024),
+                after: vec!["serial".into()],
             }],
             services: vec![Service {
                 name: "s".into(),

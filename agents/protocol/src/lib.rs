@@ -3,6 +3,8 @@
 //!
 //! - [`wire`]: framing and the versioned handshake of the host↔guest protocol;
 //! - [`msg`]: the messages carried in those frames;
+//! - [`mux`]: the stream multiplexer that carries many such connections over the one
+//!   virtio-serial port of the serial transport;
 //! - [`config`]: the image config the builder writes to `/etc/minke/image.json` for the init,
 //!   and the boot timeline the init writes to `/run/minke/boot.json`.
 //!
@@ -12,6 +14,7 @@
 
 pub mod config;
 pub mod msg;
+pub mod mux;
 pub mod wire;
 
 pub use config::ImageConfig;

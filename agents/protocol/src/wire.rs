@@ -17,7 +17,8 @@
 //! accepting side answers `Welcome { version, .. }` when it speaks that version, or `Error` and
 //! closes. Each connection then carries exactly one request and its streams (one exec, one file
 //! transfer, one forwarded connection…); concurrency comes from opening more connections, and
-//! flow control is the transport's own (vsock credit, Unix socket buffers).
+//! flow control is the transport's own (vsock credit, Unix socket buffers, or the per-stream
+//! credit of the virtio-serial multiplexer, [`crate::mux`]).
 
 use std::io::{self, Read, Write};
 

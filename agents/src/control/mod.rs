@@ -1,4 +1,5 @@
-//! The control agent: listens on vsock, accepts connections from the host only (CID 2), runs
+//! The control agent: listens on vsock (or, under the serial transport, on the Unix socket the
+//! serial agent bridges to the host), accepts connections from the host only (CID 2), runs
 //! the handshake and then exactly one request per connection (exec, files, forward, info,
 //! logs, power), each on its own thread.
 //!
@@ -21,7 +22,7 @@ use minke_protocol::msg::{InfoReply, PowerAction};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK, PROTOCOL_VERSION};
 use minke_protocol::{GuestMsg, HostMsg};
 
-use crate::conn::{Conn, VsockListener};
+use crate::conn::{Conn, HostListener, Peer};
 
 /// Directory where PID1 keeps one log ring buffer file per service.
 pub const LOG_DIR: &str = "/run/minke/log";
@@ -83,21 +84,27 @@ fn signal_pid1(action: PowerAction) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs the control agent on vsock `port`; returns the process exit code (only on failure to
-/// listen: the accept loop runs for ever).
+/// Runs the control agent on `port` (vsock, or its Unix socket under the serial transport);
+/// returns the process exit code (only on failure to listen: the accept loop runs for ever).
 pub fn run(port: u32) -> i32 {
     let ctx = Arc::new(Ctx::guest());
-    let listener = match VsockListener::bind(port) {
+    let listener = match HostListener::bind(port) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("minke agent control: cannot listen on vsock port {port}: {e}");
+            eprintln!(
+                "minke agent control: cannot listen on port {port} over {}: {e}",
+                crate::conn::transport_name()
+            );
             return 1;
         }
     };
-    eprintln!("minke agent control: listening on vsock port {port}");
+    eprintln!(
+        "minke agent control: listening on {}",
+        listener.describe(port)
+    );
     crate::notify_ready("control");
     loop {
-        let (mut conn, cid) = match listener.accept() {
+        let (mut conn, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("minke agent control: accept failed: {e}");
@@ -105,7 +112,7 @@ pub fn run(port: u32) -> i32 {
                 continue;
             }
         };
-        if cid != minke_protocol::HOST_CID {
+        if let Peer::Cid(cid) = peer {
             eprintln!("minke agent control: refused a connection from cid {cid}: only the host may connect");
             let msg = format!(
                 "connection refused: only the host (cid {}) may use the control agent",
