@@ -26,6 +26,9 @@ pub const RUN_DIR: &str = "/run/minke";
 /// Where the serial agent takes `CONNECT <port>` requests for host ports.
 pub const HOST_SOCKET: &str = "/run/minke/host.sock";
 
+/// How long a connection to the host waits for the serial agent's socket to appear.
+const SERIAL_SOCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where an agent listening on `port` takes the host's streams under the serial transport.
 pub fn port_socket(port: u32) -> PathBuf {
     PathBuf::from(format!("{RUN_DIR}/port-{port}.sock"))
@@ -266,7 +269,22 @@ impl HostListener {
 /// Connects to the host's `port` over the transport of this boot.
 pub fn connect_host(port: u32) -> io::Result<HostConn> {
     if serial_transport() {
-        minke_mux::connect::connect_via(std::path::Path::new(HOST_SOCKET), port).map(HostConn::Unix)
+        // The serial agent starts beside this one and binds its socket once the host has
+        // welcomed its session: wait for that (bounded) instead of failing the first attempt.
+        let deadline = std::time::Instant::now() + SERIAL_SOCKET_WAIT;
+        loop {
+            match minke_mux::connect::connect_via(std::path::Path::new(HOST_SOCKET), port) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => return r.map(HostConn::Unix),
+            }
+        }
     } else {
         VsockStream::connect(minke_protocol::HOST_CID, port).map(HostConn::Vsock)
     }

@@ -883,7 +883,6 @@ pub fn image_config(
             oom_score_adj: s.oom_score_adj,
         })
         .collect();
-    let serial = spec.agents.iter().any(|(k, _)| *k == AgentKind::Serial);
     let agents = spec
         .agents
         .iter()
@@ -894,13 +893,9 @@ pub fn image_config(
                 AgentKind::Timesync => Some(minke_protocol::TIMESYNC_PORT),
                 AgentKind::Binfmt | AgentKind::Serial => None,
             }),
-            // Under the serial transport the time sync agent connects through the serial
-            // agent's socket.
-            after: if *kind == AgentKind::Timesync && serial {
-                vec![AgentKind::Serial.name().to_owned()]
-            } else {
-                Vec::new()
-            },
+            // Agents start together; under the serial transport the time sync agent waits
+            // for the serial agent's socket itself, so vsock boots don't wait for it.
+            after: Vec::new(),
         })
         .collect();
     let binfmt = raw

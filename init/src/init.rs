@@ -78,6 +78,7 @@ impl Init {
         let _ = std::fs::create_dir_all("/run/minke");
         let mut timeline = Timeline::new(Some(BOOT_TIMELINE_PATH));
         timeline.record_at(t0, "pid1");
+        timeline.record("mounts");
         let (cfg, ok) = match config::load(IMAGE_CONFIG_PATH) {
             Ok(cfg) => (cfg, true),
             Err(e) => {
@@ -113,6 +114,7 @@ impl Init {
                 self.stage = Stage::Modules;
                 setup::system(&self.cfg);
                 setup::cgroups();
+                self.sup.timeline.record("system");
             }
             Stage::Modules => {
                 self.stage = Stage::Disks;
