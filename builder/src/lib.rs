@@ -10,6 +10,7 @@ pub mod compress;
 pub mod cpio;
 pub mod deb;
 pub mod elf;
+pub mod fuzzing;
 pub mod hostdir;
 pub mod image;
 pub mod kbuild;

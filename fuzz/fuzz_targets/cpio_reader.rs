@@ -3,6 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = minke::cpio::read(data);
-});
+fuzz_target!(|data: &[u8]| minke::fuzzing::cpio_reader(data));

@@ -3,11 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(root) = tempfile::tempdir() else { return };
-    let bin = root.path().join("bin");
-    if std::fs::write(&bin, data).is_err() {
-        return;
-    }
-    let _ = minke::elf::closure(root.path(), &[bin], &minke::elf::Options::default());
-});
+fuzz_target!(|data: &[u8]| minke::fuzzing::elf_resolver(data));

@@ -4,9 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = minke::kconfig::ikconfig(data);
-    let text = String::from_utf8_lossy(data);
-    let _ = minke::kconfig::KernelConfig::parse(&text);
-    let _ = minke::kconfig::parse_fragment(std::path::Path::new("fuzz.config"), &text);
-});
+fuzz_target!(|data: &[u8]| minke::fuzzing::kernel_config(data));

@@ -1,0 +1,52 @@
+//! One entry point per decoder of untrusted input, shared by the cargo-fuzz targets in `fuzz/`
+//! (coverage-guided, `cargo xtask fuzz`) and the seeded mutation test that CI runs
+//! (`builder/tests/decoder_smoke.rs`). Each must return for any input, never panic.
+
+use std::path::Path;
+
+/// Spec YAML.
+pub fn spec_parser(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::spec::parse(text, "fuzz.yml", Path::new("/nonexistent"));
+    }
+}
+
+/// Package definition YAML.
+pub fn package_parser(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::package::parse("fuzz", Path::new("/nonexistent"), text);
+    }
+}
+
+/// `.modinfo` records, raw and from an ELF module's section.
+pub fn modinfo_parser(data: &[u8]) {
+    let _ = crate::kmod::parse_modinfo(data);
+    if let Ok(Some(section)) = crate::kmod::modinfo_section(data) {
+        let _ = crate::kmod::parse_modinfo(section);
+    }
+}
+
+/// The ELF dependency resolver on one (possibly mutated) binary in an empty root.
+pub fn elf_resolver(data: &[u8]) {
+    let Ok(root) = tempfile::tempdir() else {
+        return;
+    };
+    let bin = root.path().join("bin");
+    if std::fs::write(&bin, data).is_err() {
+        return;
+    }
+    let _ = crate::elf::closure(root.path(), &[bin], &crate::elf::Options::default());
+}
+
+/// The newc reader `minke inspect` uses.
+pub fn cpio_reader(data: &[u8]) {
+    let _ = crate::cpio::read(data);
+}
+
+/// A kernel's configuration: IKCONFIG in a bzImage or vmlinux, `.config` text, fragments.
+pub fn kernel_config(data: &[u8]) {
+    let _ = crate::kconfig::ikconfig(data);
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::kconfig::KernelConfig::parse(&text);
+    let _ = crate::kconfig::parse_fragment(Path::new("fuzz.config"), &text);
+}
