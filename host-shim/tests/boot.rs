@@ -717,16 +717,40 @@ fn serial_pause_and_resume_push_resync() {
     }
     vm.pause().unwrap();
     assert_eq!(vm.status().unwrap(), (false, "paused".to_string()));
+    // The scenario itself: the guest's clock stands still for 5 s.
+    std::thread::sleep(Duration::from_secs(5));
     assert_eq!(vm.resume().unwrap(), 1, "{:?}", vm.timesync_stats());
     assert_eq!(out(&vm, &["echo", "back"]), "back\n");
+    // After the resume the agent steps the clock back (about +5 s), and its next measurement
+    // finds it in sync.
     let end = Instant::now() + READY_TIMEOUT;
-    while !std::fs::read_to_string(vm.console_log())
-        .unwrap_or_default()
-        .contains("host reports a resume")
-    {
+    let (step, after) = loop {
+        let log = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+        let resumed = log.split("host reports a resume").nth(1).unwrap_or("");
+        let offsets: Vec<f64> = resumed
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l
+                    .split_once("timesync: step ")
+                    .or_else(|| l.split_once("timesync: slew offset "))?;
+                rest.split(" ms").next()?.trim().parse().ok()
+            })
+            .collect();
+        if offsets.len() >= 2 {
+            break (offsets[0], offsets[1]);
+        }
         assert!(Instant::now() < end, "no resync: {}", vm.console_tail());
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    eprintln!("after a 5 s pause: step {step:+.3} ms, then offset {after:+.3} ms");
+    assert!(
+        step.abs() > 1000.0,
+        "the pause left the clock behind: step {step} ms"
+    );
+    assert!(
+        after.abs() < 50.0,
+        "back in sync after the step: {after} ms"
+    );
 }
 
 /// Another process attaches to the serial VM through the booting shim's `vm.vsock`.
