@@ -1,6 +1,7 @@
 //! Every raw syscall and `unsafe` block of the agents: AF_VSOCK sockets, the readiness fd,
-//! pre-exec hooks of spawned processes (session, controlling tty, container namespaces) and
-//! adjtimex(2). Everything else in the crate is safe Rust on top of these functions.
+//! pre-exec hooks of spawned processes (oom_score_adj, session, controlling tty, container
+//! namespaces) and adjtimex(2). Everything else in the crate is safe Rust on top of these
+//! functions.
 
 use std::ffi::CString;
 use std::io;
@@ -130,6 +131,9 @@ pub struct ExecHooks {
     pub ctty: bool,
     /// Run the program inside container namespaces.
     pub container: Option<ContainerPlan>,
+    /// Set the child's oom_score_adj to 0: the agents run protected (-1000), and what they
+    /// start must not inherit that.
+    pub reset_oom_score_adj: bool,
 }
 
 /// Everything the container set-up needs, allocated before fork: between fork and exec the
@@ -159,10 +163,10 @@ pub fn install_hooks(cmd: &mut Command, hooks: ExecHooks) {
     let mut hooks = hooks;
     // SAFETY: the closure runs in the forked child of a possibly multi-threaded process, where
     // only async-signal-safe operations are allowed. It makes raw syscalls through rustix's
-    // linux_raw backend or libc syscall wrappers (setsid, ioctl, unshare, mount, pivot_root,
-    // fork, waitpid, sigprocmask, close_range, _exit) on strings allocated before the fork, and
-    // builds io::Error values only from raw errno numbers: it never allocates, locks or
-    // touches state shared with other threads.
+    // linux_raw backend or libc syscall wrappers (open and write of a static path, setsid, ioctl,
+    // unshare, mount, pivot_root, fork, waitpid, sigprocmask, close_range, _exit) on strings
+    // allocated before the fork, and builds io::Error values only from raw errno numbers: it
+    // never allocates, locks or touches state shared with other threads.
     unsafe {
         cmd.pre_exec(move || run_hooks(&mut hooks));
     }
@@ -173,6 +177,19 @@ fn errno() -> io::Error {
 }
 
 fn run_hooks(h: &mut ExecHooks) -> io::Result<()> {
+    if h.reset_oom_score_adj {
+        // Raising the value needs no privilege. This runs in a forked child with its own
+        // memory: the kernel applies oom_score_adj to every process sharing the memory, so a
+        // vfork-style child (posix_spawn) would reset the agent's own protection. Without
+        // /proc there is nothing to reset, and the program still runs.
+        if let Ok(fd) = rustix::fs::open(
+            c"/proc/self/oom_score_adj",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&fd, b"0");
+        }
+    }
     if h.setsid {
         rustix::process::setsid()?;
     }

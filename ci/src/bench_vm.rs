@@ -14,7 +14,7 @@ use xshell::{cmd, Shell};
 
 const RUNS: usize = 5;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
@@ -22,7 +22,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Builds the default image with the workspace's CLI (with another kernel when `kernel` is
 /// given, as `minke build --kernel`) into `target/bench-image[-SUFFIX]`; returns the image
 /// directory, kernel, initrd and cmdline.
-fn default_image(sh: &Shell, kernel: Option<&str>) -> Result<(PathBuf, PathBuf, PathBuf, String)> {
+pub(crate) fn default_image(
+    sh: &Shell,
+    kernel: Option<&str>,
+) -> Result<(PathBuf, PathBuf, PathBuf, String)> {
     let out = crate::workspace_root().join(match kernel {
         None => "target/bench-image".to_owned(),
         Some(k) => format!("target/bench-image-{}", k.replace([':', '/', ','], "-")),

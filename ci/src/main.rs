@@ -4,6 +4,7 @@
 //! `cargo xtask test` is exactly what CI runs.
 
 mod bench_build;
+mod bench_reliability;
 mod bench_vm;
 mod demo;
 mod fuzz;
@@ -41,6 +42,7 @@ fn main() -> Result<()> {
             Some("build") => bench_build::run(&sh),
             Some("boot") => bench_vm::boot(&sh),
             Some("agents") => bench_vm::agents(&sh),
+            Some("reliability") => bench_reliability::run(&sh),
             other => bail!("unknown benchmark {other:?}: build | boot | agents | reliability"),
         },
         Some("-h" | "--help" | "help") | None => {

@@ -24,6 +24,8 @@ pub enum Tool {
     VhostDeviceVsock,
     /// `mke2fs`.
     Mke2fs,
+    /// `e2fsck`.
+    E2fsck,
 }
 
 impl Tool {
@@ -34,6 +36,7 @@ impl Tool {
             Tool::QemuImg => "qemu-img",
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Mke2fs => "mke2fs",
+            Tool::E2fsck => "e2fsck",
         }
     }
 
@@ -42,7 +45,7 @@ impl Tool {
             Tool::QemuSystem => "apt-get install qemu-system-x86",
             Tool::QemuImg => "apt-get install qemu-utils",
             Tool::VhostDeviceVsock => "cargo install --locked vhost-device-vsock",
-            Tool::Mke2fs => "apt-get install e2fsprogs",
+            Tool::Mke2fs | Tool::E2fsck => "apt-get install e2fsprogs",
         }
     }
 }
@@ -56,7 +59,7 @@ pub fn qemu_system_name() -> &'static str {
 }
 
 /// Finds `tool` in `PATH` (then `~/.cargo/bin` for cargo-installed tools, and the sbin
-/// directories for mke2fs, which are often not in a user's `PATH`).
+/// directories for mke2fs and e2fsck, which are often not in a user's `PATH`).
 pub fn find(tool: Tool) -> Result<PathBuf, NotFound> {
     let name = tool.name();
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -71,7 +74,7 @@ pub fn find(tool: Tool) -> Result<PathBuf, NotFound> {
                 dirs.push(PathBuf::from(home).join(".cargo/bin"));
             }
         }
-        Tool::Mke2fs => dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from)),
+        Tool::Mke2fs | Tool::E2fsck => dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from)),
         _ => {}
     }
     dirs.iter()

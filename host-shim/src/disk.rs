@@ -122,6 +122,39 @@ pub fn ensure(d: &DiskSpec) -> Result<bool, DiskError> {
     res.map(|()| true)
 }
 
+/// What `e2fsck -fn` said about a disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fsck {
+    /// Exit code 0: no errors, nothing to fix.
+    pub clean: bool,
+    /// e2fsck's exit code.
+    pub code: i32,
+    /// Its stdout and stderr.
+    pub output: String,
+}
+
+/// Checks the ext4 image at `path` with `e2fsck -fn` (forced, read-only: it never changes the
+/// image). The image must not be in use by a running VM.
+pub fn check(path: &Path) -> Result<Fsck, DiskError> {
+    let e2fsck = binaries::find(Tool::E2fsck)?;
+    let mut c = Command::new(e2fsck);
+    c.arg("-fn").arg(path);
+    let out = c.output().map_err(|e| DiskError::Failed {
+        command: format!("{c:?}"),
+        stderr: e.to_string(),
+    })?;
+    let code = out.status.code().unwrap_or(-1);
+    Ok(Fsck {
+        clean: code == 0,
+        code,
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
 fn mkfs(path: &Path, label: &str) -> Result<(), DiskError> {
     let mke2fs = binaries::find(Tool::Mke2fs)?;
     let mut c = Command::new(mke2fs);
@@ -205,12 +238,20 @@ mod tests {
         };
         let (a, b) = (mk("a.img"), mk("b.img"));
         assert!(a == b, "same label, same size: same bytes");
-        let fsck = std::process::Command::new("e2fsck")
-            .arg("-fn")
-            .arg(dir.path().join("a.img"))
-            .output();
-        if let Ok(o) = fsck {
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        if binaries::find(Tool::E2fsck).is_ok() {
+            let fsck = check(&dir.path().join("a.img")).unwrap();
+            assert!(fsck.clean, "{}", fsck.output);
+            // A damaged superblock magic is found (read-only check: the image is unchanged).
+            let bad = dir.path().join("bad.img");
+            let mut bytes = a.clone();
+            bytes[1024 + 0x38] ^= 0xff;
+            std::fs::write(&bad, &bytes).unwrap();
+            let fsck = check(&bad).unwrap();
+            assert!(!fsck.clean, "{}", fsck.output);
+            assert!(
+                std::fs::read(&bad).unwrap() == bytes,
+                "e2fsck -n changed the image"
+            );
         }
     }
 }

@@ -16,6 +16,8 @@
 //! - [`forward`]: host listeners piped into the guest;
 //! - [`disk`]: reproducible ext4 data disks;
 //! - [`state`]: per-VM state directories and `minke ps`;
+//! - [`reliability`]: the reliability drills (power cuts, killed agents, memory and disk
+//!   pressure, boot cycles) the boot tests assert on and `cargo xtask bench reliability` prints;
 //! - [`chart`]: boot chart SVG;
 //! - [`binaries`]: finding host programs.
 
@@ -28,6 +30,7 @@ pub mod forward;
 mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod reliability;
 pub mod serial;
 pub mod state;
 mod sys;

@@ -6,12 +6,15 @@
 //! that lives as long as the process.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, test_kill_process, Pid, Signal};
+use rustix::process::{
+    kill_process_group, pidfd_open, pidfd_send_signal, test_kill_process, Pid, PidfdFlags, Signal,
+};
 
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 
@@ -36,6 +39,8 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
 pub(crate) struct Guarded {
     child: Child,
     status: Option<ExitStatus>,
+    /// Names this child and no other, even after it was reaped (`None` on kernels before 5.3).
+    pidfd: Option<OwnedFd>,
 }
 
 impl Guarded {
@@ -53,10 +58,28 @@ impl Guarded {
         let child = rx
             .recv()
             .map_err(|_| io::Error::other("spawner thread is gone"))??;
+        // Opened while the child cannot have been reaped yet, so it names this child.
+        let pidfd =
+            Pid::from_raw(child.id() as i32).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
         Ok(Guarded {
             child,
             status: None,
+            pidfd,
         })
+    }
+
+    /// Sends `sig` to the child, from any thread; never to a process that took its pid after
+    /// it was reaped.
+    pub(crate) fn signal(&self, sig: Signal) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = pidfd_send_signal(fd, sig);
+            }
+            None if self.status.is_none() => {
+                let _ = signal(self.child.id(), sig);
+            }
+            None => {}
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -129,4 +152,23 @@ fn is_zombie(pid: u32) -> bool {
 pub(crate) fn signal(pid: u32, sig: Signal) -> io::Result<()> {
     let p = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("invalid pid"))?;
     rustix::process::kill_process(p, sig).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn signal_reaches_the_child_and_nothing_after_it_was_reaped() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let mut g = Guarded::spawn(cmd).unwrap();
+        g.signal(Signal::KILL);
+        let status = g.wait_timeout(Duration::from_secs(10)).expect("killed");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: its pid may belong to someone else now; the signal goes nowhere.
+        assert!(g.pidfd.is_some(), "pidfd_open failed on this kernel");
+        g.signal(Signal::KILL);
+    }
 }

@@ -339,7 +339,8 @@ impl Vm {
 
     /// Waits until the guest's control agent completes a handshake, then sends the runtime
     /// config. On timeout or QEMU's death the error carries the console log tail. Under
-    /// `Accel::Auto`, a KVM boot that dies or stays silent is retried once with TCG.
+    /// `Accel::Auto`, a KVM boot that dies or stays silent is retried once with TCG. Calling it
+    /// again later waits for a restarted control agent to serve again.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
         let deadline = Instant::now() + timeout;
         let mut step = Duration::from_millis(5);
@@ -386,7 +387,8 @@ impl Vm {
             step = (step * 2).min(Duration::from_millis(50));
         }
         if let Some(o) = self.owned.as_mut() {
-            o.ready_after = Some(o.started.elapsed());
+            // A later call (after the control agent was restarted) keeps the boot's figure.
+            o.ready_after.get_or_insert_with(|| o.started.elapsed());
             o.kvm_probe = false;
         }
         let config = self
@@ -812,6 +814,18 @@ impl Vm {
             }
         }
         state::clean_stale(&self.state);
+    }
+
+    /// Cuts the power, from any thread: SIGKILL to QEMU and the vsock backend and nothing else
+    /// (an exec in progress then fails). [`Vm::kill`] or drop reaps them and cleans the state
+    /// directory. Does nothing on an attached handle.
+    pub fn power_cut(&self) {
+        if let Some(o) = &self.owned {
+            o.qemu.signal(rustix::process::Signal::KILL);
+            if let Some(b) = &o.backend {
+                b.signal(rustix::process::Signal::KILL);
+            }
+        }
     }
 
     /// Whether QEMU is still running.

@@ -1,164 +1,25 @@
-//! Boot tests: real guests under QEMU, driven through the `Vm` API. The one harness for every
-//! boot test of the project. Skipped (with a message saying what is missing) when QEMU,
-//! vhost-device-vsock or a test image is not available.
+//! Boot tests: real guests under QEMU, driven through the `Vm` API, on the one harness in
+//! `common/` (shared with `reliability.rs`). Skipped (with a message saying what is missing)
+//! when QEMU, vhost-device-vsock or a test image is not available.
 //!
 //! The image comes from [`test_image`]: `MINKE_TEST_IMAGE=DIR/NAME` names builder output
 //! (`NAME-kernel`, `NAME-initrd.img`, optional `NAME-cmdline`); otherwise the harness builds
 //! `tests/images/boot-test.yml` with this workspace's `minke build`.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 use minke_shim::binaries::{self, Tool};
 use minke_shim::{
     Accel, DiskFormat, DiskSpec, ExecRequest, ForwardListen, ForwardTarget, PowerOff, Stdin,
     Transport, Vm, VmConfig,
 };
-
-/// Generous: a loaded 2-core machine under TCG boots in ~3 s, allow ten times that.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A bootable image.
-#[derive(Debug, Clone)]
-struct TestImage {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    cmdline: Option<String>,
-}
-
-/// The image under test, or why there is none.
-fn test_image() -> Result<TestImage, String> {
-    static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
-    IMAGE.get_or_init(find_image).clone()
-}
-
-fn find_image() -> Result<TestImage, String> {
-    let prefix = match std::env::var_os("MINKE_TEST_IMAGE") {
-        Some(p) => PathBuf::from(p).to_string_lossy().into_owned(),
-        None => build_test_image()?,
-    };
-    let p = prefix;
-    let img = TestImage {
-        kernel: format!("{p}-kernel").into(),
-        initrd: format!("{p}-initrd.img").into(),
-        cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-            .ok()
-            .map(|s| s.trim().to_string()),
-    };
-    if img.kernel.exists() && img.initrd.exists() {
-        Ok(img)
-    } else {
-        Err(format!(
-            "{p}-kernel or {p}-initrd.img missing: build the image with `minke build`"
-        ))
-    }
-}
-
-/// Builds `tests/images/boot-test.yml` with the `minke` CLI of this workspace (through the
-/// layer cache, so only the first run pays) and returns its output prefix.
-fn build_test_image() -> Result<String, String> {
-    build_image("host-shim/tests/images/boot-test.yml", "boot-test")
-}
-
-/// The kernel the images boot instead of their spec's, from `MINKE_TEST_KERNEL` (a
-/// `minke build --kernel` value: `build` boots every test on a kernel built from
-/// kernel-config/, with no modules).
-fn test_kernel() -> Option<String> {
-    std::env::var("MINKE_TEST_KERNEL")
-        .ok()
-        .filter(|k| !k.is_empty())
-}
-
-/// Whether the images boot a kernel without modules: one built from kernel-config/, or a
-/// kernel image given by path (such as a bzImage built by `minke kernel build`).
-fn modules_built_in() -> bool {
-    test_kernel().is_some_and(|k| !k.starts_with("package:"))
-}
-
-/// Builds a spec of this workspace (path relative to the workspace root) with `minke build`;
-/// returns the output prefix `DIR/NAME`.
-fn build_image(spec: &str, name: &str) -> Result<String, String> {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace")?;
-    let spec = ws.join(spec);
-    let kernel = test_kernel();
-    let suffix = if kernel.is_some() {
-        "-other-kernel"
-    } else {
-        ""
-    };
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-image{suffix}"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.current_dir(ws)
-        .args(["run", "--quiet", "-p", "minke", "--", "build"])
-        .arg(&spec)
-        .arg("-o")
-        .arg(&out);
-    if let Some(k) = kernel {
-        c.arg("--kernel").arg(k);
-    }
-    run(&mut c).map_err(|e| format!("cannot build {}: {e}", spec.display()))?;
-    Ok(out.join(name).to_string_lossy().into_owned())
-}
-
-fn run(c: &mut Command) -> Result<String, String> {
-    let o = c.output().map_err(|e| format!("{c:?}: {e}"))?;
-    if !o.status.success() {
-        return Err(format!("{c:?}: {}", String::from_utf8_lossy(&o.stderr)));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-/// Why boot tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    for t in [Tool::QemuSystem, Tool::VhostDeviceVsock] {
-        if let Err(e) = binaries::find(t) {
-            return Some(e.to_string());
-        }
-    }
-    test_image().err()
-}
-
-macro_rules! require_boot {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-fn config(name: &str, state: &Path) -> VmConfig {
-    let img = test_image().expect("checked by require_boot");
-    let mut c = VmConfig::new(name, img.kernel, img.initrd);
-    if let Some(cl) = img.cmdline {
-        c.cmdline = cl;
-    }
-    c.state_dir = Some(state.to_path_buf());
-    c.transport = Transport::VhostUser;
-    c.accel = Accel::Tcg;
-    c
-}
-
-fn boot(c: VmConfig) -> Vm {
-    let t0 = Instant::now();
-    let mut vm = Vm::boot(c).unwrap_or_else(|e| panic!("boot failed: {e}"));
-    vm.wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "{}: QEMU start → agent ready {:?} (boot() call to ready {:?}, {:?})",
-        vm.name(),
-        vm.ready_after().unwrap(),
-        t0.elapsed(),
-        vm.accel()
-    );
-    vm
-}
 
 /// One VM shared by the tests that don't disturb it (with a data disk).
 fn shared() -> &'static Vm {
@@ -179,19 +40,6 @@ fn shared() -> &'static Vm {
         (dir, vm)
     })
     .1
-}
-
-fn out(vm: &Vm, argv: &[&str]) -> String {
-    let o = vm
-        .exec_output(argv)
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}\nconsole:\n{}", vm.console_tail()));
-    assert_eq!(
-        o.code,
-        0,
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 #[test]

@@ -106,21 +106,22 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
                 .stderr(Stdio::piped());
         }
     }
-    if pty.is_none() && plan.is_none() {
-        // Its own process group (signals go to the group) and nothing else between fork and
-        // exec: std then spawns with posix_spawn (a vfork-style clone), not a full fork of
-        // this multi-threaded agent — the difference is milliseconds per exec under TCG.
+    // A plain exec gets its own process group (signals go to the group), a pty or container
+    // exec its own session. In every case the child drops the OOM protection the agent has from
+    // PID1 before exec: what exec starts is the OOM killer's to pick, never the agent.
+    let session = pty.is_some() || plan.is_some();
+    if !session {
         cmd.process_group(0);
-    } else {
-        sys::install_hooks(
-            &mut cmd,
-            ExecHooks {
-                setsid: true,
-                ctty: pty.is_some(),
-                container: plan,
-            },
-        );
     }
+    sys::install_hooks(
+        &mut cmd,
+        ExecHooks {
+            setsid: session,
+            ctty: pty.is_some(),
+            container: plan,
+            reset_oom_score_adj: true,
+        },
+    );
 
     let spawned = cmd.spawn();
     drop(cmd);
@@ -413,6 +414,7 @@ mod tests {
     use minke_protocol::wire::write_frame;
     use std::os::unix::net::UnixStream;
 
+    #[derive(Debug)]
     struct Outcome {
         started: bool,
         stdout: Vec<u8>,
@@ -591,6 +593,40 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         panic!("process {pid} survived the host connection");
+    }
+
+    /// Regression: the agents run with oom_score_adj -1000 (set by PID1) and exec'd programs
+    /// inherited it, so the OOM killer could not end a memory hog started by exec and the
+    /// guest kernel panicked instead.
+    #[test]
+    fn exec_does_not_inherit_the_agents_oom_protection() {
+        // This process stands in for the agent with a value of its own: 500, as -1000 needs
+        // CAP_SYS_RESOURCE. Going back down to 0 needs no privilege when 0 was the value
+        // before (the kernel's floor for unprivileged writes is the last privileged value).
+        let own = || std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        if own().trim() != "0" {
+            eprintln!(
+                "skipped: this process runs with oom_score_adj {}",
+                own().trim()
+            );
+            return;
+        }
+        std::fs::write("/proc/self/oom_score_adj", "500").unwrap();
+        let o = run(&["cat", "/proc/self/oom_score_adj"], None);
+        let p = run_req(
+            ExecRequest {
+                argv: vec!["cat".into(), "/proc/self/oom_score_adj".into()],
+                tty: Some(WinSize { rows: 24, cols: 80 }),
+                ..Default::default()
+            },
+            None,
+        );
+        let after = own();
+        std::fs::write("/proc/self/oom_score_adj", "0").unwrap();
+        assert_eq!((o.exit, &o.stdout[..]), (Some(0), &b"0\n"[..]), "{o:?}");
+        assert_eq!(p.exit, Some(0), "{p:?}");
+        assert_eq!(String::from_utf8_lossy(&p.stdout).trim(), "0", "pty exec");
+        assert_eq!(after.trim(), "500", "the spawner's own value changed");
     }
 
     #[test]
