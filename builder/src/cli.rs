@@ -434,6 +434,9 @@ pub fn run() -> Result<u8> {
                 minke::layer::write_atomic(&o, &bytes)?;
             }
             writeln!(out, "{}", built.image.display())?;
+            if let Some(v) = &built.vmlinux {
+                writeln!(out, "{}", v.display())?;
+            }
             writeln!(
                 out,
                 "{} ({})",

@@ -346,7 +346,7 @@ pub fn resolve_kernel(
             let built = kbuild::build(&opts, cache, progress)
                 .map_err(|e| BuildError::Kernel(e.to_string()))?;
             Ok(ResolvedKernel {
-                image: built.image,
+                image: built.vmlinux.unwrap_or(built.image),
                 modules_dir: None,
                 config: Some(built.config),
                 version: built.release,

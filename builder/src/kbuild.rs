@@ -1,6 +1,8 @@
 //! Builds a kernel with no modules from `kernel-config/` fragments: `make tinyconfig`, the
 //! fragments merged with the kernel's own `scripts/kconfig/merge_config.sh`, `olddefconfig`,
-//! a check that every fragment line survived, then `make bzImage` out of tree.
+//! a check that every fragment line survived, then `make bzImage` out of tree. With
+//! CONFIG_PVH the stripped `vmlinux` is kept too: images boot it directly (PVH entry), which
+//! skips the bzImage's setup code and decompression.
 //!
 //! The result is cached under `kernels/built/KEY` where KEY hashes the source, the fragments,
 //! the toolchain and SOURCE_DATE_EPOCH. The build is reproducible: the timestamp, user, host
@@ -18,7 +20,7 @@ use crate::kconfig::{self, KernelConfig};
 use crate::layer::Cache;
 
 /// Bumped when the recipe changes, so old cache entries are not reused.
-const RECIPE: &str = "minke kernel build 1";
+const RECIPE: &str = "minke kernel build 2";
 
 /// Where the Linux source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct Options {
 pub struct Built {
     /// The bzImage.
     pub image: PathBuf,
+    /// The uncompressed kernel, stripped, when it has a PVH entry: QEMU boots it directly,
+    /// skipping the bzImage's real-mode setup and decompression.
+    pub vmlinux: Option<PathBuf>,
     /// Its final `.config`.
     pub config: PathBuf,
     /// `make kernelrelease`.
@@ -187,6 +192,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     if let Ok(release) = std::fs::read_to_string(&record) {
         return Ok(Built {
             image: out.join("bzImage"),
+            vmlinux: Some(out.join("vmlinux")).filter(|p| p.is_file()),
             config: out.join("config"),
             release: release.trim().to_owned(),
             key,
@@ -267,6 +273,14 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
         let f = build.join(from);
         std::fs::copy(&f, tmp.join(to)).map_err(io(&f))?;
     }
+    if cfg.get("CONFIG_PVH") == "y" {
+        let mut strip = Command::new("objcopy");
+        strip
+            .arg("--strip-all")
+            .arg(build.join("vmlinux"))
+            .arg(tmp.join("vmlinux"));
+        run(strip, "objcopy --strip-all vmlinux", &|_| {})?;
+    }
     std::fs::write(tmp.join("release"), &release).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&out);
     std::fs::rename(&tmp, &out).map_err(io(&out))?;
@@ -274,6 +288,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let _ = std::fs::remove_dir_all(&build);
     Ok(Built {
         image: out.join("bzImage"),
+        vmlinux: Some(out.join("vmlinux")).filter(|p| p.is_file()),
         config: out.join("config"),
         release: release.trim().to_owned(),
         key,

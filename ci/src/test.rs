@@ -38,38 +38,37 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
 fn built_kernel(sh: &Shell) -> Result<()> {
     cmd!(sh, "cargo build --quiet --release -p minke").run()?;
     let minke = crate::workspace_root().join("target/release/minke");
-    let t = Instant::now();
-    let first = cmd!(sh, "{minke} kernel build").read()?;
-    let first_time = t.elapsed();
-    let image = first
-        .lines()
-        .next()
-        .context("minke kernel build printed nothing")?
-        .to_owned();
-
-    let fresh = tempfile::tempdir()?;
-    let t = Instant::now();
-    let second = {
-        let _env = sh.push_env("MINKE_CACHE", fresh.path());
-        cmd!(sh, "{minke} kernel build").read()?
+    // `minke kernel build` prints the bzImage, the PVH vmlinux when there is one, then the
+    // release: every line but the last is an output path.
+    let build = |cache: Option<&std::path::Path>| -> Result<(Vec<String>, f64)> {
+        let _env = cache.map(|c| sh.push_env("MINKE_CACHE", c));
+        let t = Instant::now();
+        let out = cmd!(sh, "{minke} kernel build").read()?;
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        let paths = lines[..lines.len().saturating_sub(1)].to_vec();
+        if paths.is_empty() {
+            bail!("minke kernel build printed no output path");
+        }
+        Ok((paths, t.elapsed().as_secs_f64()))
     };
-    let second_time = t.elapsed();
-    let image2 = second
-        .lines()
-        .next()
-        .context("minke kernel build printed nothing")?
-        .to_owned();
-    let (a, b) = (std::fs::read(&image)?, std::fs::read(&image2)?);
-    if a != b {
-        bail!("the kernel is not reproducible: {image} and {image2} differ");
+    let (first, first_time) = build(None)?;
+    let fresh = tempfile::tempdir()?;
+    let (second, second_time) = build(Some(fresh.path()))?;
+    if first.len() != second.len() {
+        bail!("the two kernel builds produced different outputs: {first:?} vs {second:?}");
+    }
+    for (x, y) in first.iter().zip(&second) {
+        if std::fs::read(x)? != std::fs::read(y)? {
+            bail!("the kernel is not reproducible: {x} and {y} differ");
+        }
     }
     eprintln!(
-        "xtask test: kernel built twice, same {} bytes ({:.0} s cached-or-first, {:.0} s from scratch)",
-        a.len(),
-        first_time.as_secs_f64(),
-        second_time.as_secs_f64()
+        "xtask test: kernel built twice, same bytes for {} ({first_time:.0} s cached-or-first, \
+         {second_time:.0} s from scratch)",
+        first.join(", ")
     );
     // The checker reads the built kernel's own embedded config (IKCONFIG inside the bzImage).
+    let image = &first[0];
     cmd!(sh, "{minke} kernel check {image}").run()?;
 
     let _env = sh.push_env("MINKE_TEST_KERNEL", "build");
