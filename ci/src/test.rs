@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
