@@ -146,3 +146,55 @@ fn kvm_attempt_falls_back_to_tcg() {
         "{err}"
     );
 }
+
+/// `minke run` killed with SIGKILL (no chance to clean up) leaves no QEMU and no vsock backend
+/// behind: they are in their own process group and get SIGKILL when the shim dies.
+#[test]
+fn killing_the_shim_leaves_no_children() {
+    if !can_boot() {
+        return;
+    }
+    use std::io::BufRead;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .args(["run", "--name", "shimkill", "--accel", "tcg", "--"])
+        .args(["sh", "-c", "echo started; exec sleep 600"])
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Explicit readiness: the guest command runs once it prints.
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let run: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.path().join("minke/shimkill/run.json")).unwrap(),
+    )
+    .unwrap();
+    let pids: Vec<u64> = [&run["qemu_pid"], &run["backend_pid"]]
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert!(!pids.is_empty(), "{run}");
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
+    };
+    assert!(pids.iter().all(|p| alive(*p)));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The kernel delivers the parent-death signal at once; allow a slow machine 30 s.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            std::time::Instant::now() < end,
+            "still running 30 s after the shim was killed: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
