@@ -198,3 +198,103 @@ fn killing_the_shim_leaves_no_children() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `minke run NAME --publish` without CMD serves a guest TCP port on the host until
+/// `minke stop NAME` powers the guest off cleanly; the data disk is then consistent.
+#[test]
+fn publish_then_stop_leaves_a_clean_disk() {
+    if !can_boot() {
+        return;
+    }
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = dir.path().join("image");
+    let st = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .arg("build")
+        .arg(ws.join("host-shim/tests/images/boot-test.yml"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    // A free host port: bind port 0, read it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let disk = dir.path().join("var.img");
+    let env = |c: &mut Command| {
+        c.env("XDG_STATE_HOME", dir.path().join("state"));
+    };
+    let mut run = Command::new(env!("CARGO_BIN_EXE_minke"));
+    run.arg("run")
+        .arg(&out)
+        .args(["--name", "pubstop", "--accel", "tcg", "--publish"])
+        .arg(format!("{port}:8080"))
+        .arg("--disk")
+        .arg(format!("var={},size=64M", disk.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    env(&mut run);
+    let mut child = run.spawn().unwrap();
+    // Explicit readiness: the published port answers with the guest's page.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let page = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            use std::io::Write;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match got {
+            Ok(body) if body.contains("hello from the guest") => break body,
+            _ => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    panic!("minke run ended early ({status}): {err}");
+                }
+                assert!(
+                    std::time::Instant::now() < end,
+                    "the published port never answered"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(page.starts_with("HTTP/1."), "{page}");
+
+    let mut stop = Command::new(env!("CARGO_BIN_EXE_minke"));
+    stop.args(["stop", "pubstop"]);
+    env(&mut stop);
+    let o = stop.output().unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && said.contains("powered off"), "{said}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "minke run: {status}");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
