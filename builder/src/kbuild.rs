@@ -137,7 +137,19 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
             opts.arch
         )));
     }
-    let reqs = kconfig::requirements(&opts.fragments)?;
+    // Each fragment is read once: the same bytes are hashed, checked and merged, so an edit
+    // during a build cannot slip in under the old key.
+    let fragments: Vec<(PathBuf, Vec<u8>)> = opts
+        .fragments
+        .iter()
+        .map(|f| std::fs::read(f).map(|b| (f.clone(), b)).map_err(io(f)))
+        .collect::<Result<_, _>>()?;
+    let reqs = kconfig::requirements_of(
+        &fragments
+            .iter()
+            .map(|(p, b)| (p.clone(), String::from_utf8_lossy(b).into_owned()))
+            .collect::<Vec<_>>(),
+    )?;
     progress("kernel: hashing the source");
     let (source_id, tree) = match &opts.source {
         Source::Debian => {
@@ -174,14 +186,13 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let mut h = Sha256::new();
     h.update(format!("{RECIPE}\n{}\n{}\n", opts.arch, opts.epoch));
     h.update(source_id.split(' ').next_back().unwrap_or_default());
-    for f in &opts.fragments {
-        let text = std::fs::read(f).map_err(io(f))?;
+    for (f, text) in &fragments {
         h.update(format!(
             "\nfragment {} {}\n",
             f.file_name().unwrap_or_default().to_string_lossy(),
             text.len()
         ));
-        h.update(&text);
+        h.update(text);
     }
     for tool in ["gcc", "ld", "make"] {
         h.update(format!("\n{}", tool_version(tool)));
@@ -221,13 +232,22 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     progress("kernel: make tinyconfig");
     run(make(&["tinyconfig"]), "make tinyconfig", &|_| {})?;
     progress("kernel: merging fragments");
+    let frag_dir = build.join("minke-fragments");
+    std::fs::create_dir_all(&frag_dir).map_err(io(&frag_dir))?;
+    let mut copies = Vec::new();
+    for (i, (f, text)) in fragments.iter().enumerate() {
+        let name = f.file_name().unwrap_or_default().to_string_lossy();
+        let copy = frag_dir.join(format!("{i:02}-{name}"));
+        std::fs::write(&copy, text).map_err(io(&copy))?;
+        copies.push(copy);
+    }
     let mut merge = Command::new(src.join("scripts/kconfig/merge_config.sh"));
     merge
         .arg("-m")
         .arg("-O")
         .arg(&build)
         .arg(build.join(".config"))
-        .args(&opts.fragments);
+        .args(&copies);
     merge.current_dir(&build);
     reproducible_env(&mut merge, opts.epoch);
     run(merge, "merge_config.sh", &|_| {})?;

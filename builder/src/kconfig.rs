@@ -279,9 +279,25 @@ pub fn fragment_paths(
 /// Reads and concatenates the requirements of several fragments; an option named by two
 /// fragments must want the same value.
 pub fn requirements(paths: &[PathBuf]) -> Result<Vec<Requirement>, KconfigError> {
+    let texts = paths
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|t| (p.clone(), t))
+                .map_err(|source| KconfigError::Io {
+                    path: p.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    requirements_of(&texts)
+}
+
+/// [`requirements`] of fragments already read: (path for messages, text).
+pub fn requirements_of(fragments: &[(PathBuf, String)]) -> Result<Vec<Requirement>, KconfigError> {
     let mut all: Vec<Requirement> = Vec::new();
-    for p in paths {
-        for r in read_fragment(p)? {
+    for (p, text) in fragments {
+        for r in parse_fragment(p, text)? {
             if let Some(prev) = all.iter().find(|x| x.option == r.option) {
                 if prev.want != r.want {
                     return Err(KconfigError::Fragment {

@@ -165,7 +165,11 @@ pub fn boot(sh: &Shell) -> Result<()> {
             if i + 1 == RUNS {
                 // smaps_rollup walks the page tables; VmRSS in status is a per-thread cached
                 // approximation that reads far too low for idle processes.
-                let rss = vm.exec_output(&["sh", "-c", "grep -E '^(Rss|Pss):' /proc/1/smaps_rollup | tr -s ' \\n' ' '"])?;
+                let rss = vm.exec_output(&[
+                    "sh",
+                    "-c",
+                    "grep -E '^(Rss|Pss):' /proc/1/smaps_rollup | tr -s ' \\n' ' '",
+                ])?;
                 last[k] = (
                     Some(tl),
                     String::from_utf8_lossy(&rss.stdout).trim().to_owned(),
