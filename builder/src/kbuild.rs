@@ -10,7 +10,7 @@
 //! build directory's path depends only on KEY.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -406,9 +406,16 @@ fn run(mut cmd: Command, step: &str, line: &dyn Fn(&str)) -> Result<(), KbuildEr
     // stderr on its own thread into the same tail, so neither pipe fills up.
     let stderr = child.stderr.take().map(|e| {
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(e).take(1 << 20).read_to_string(&mut s);
-            s
+            // Drain it all (a full pipe would stall make), keeping the last lines.
+            let mut last: VecDeque<String> = VecDeque::new();
+            for l in BufReader::new(e).lines() {
+                let Ok(l) = l else { break };
+                if last.len() == 40 {
+                    last.pop_front();
+                }
+                last.push_back(l);
+            }
+            last.into_iter().collect::<Vec<_>>().join("\n")
         })
     });
     let mut tail: VecDeque<String> = VecDeque::new();
@@ -545,6 +552,30 @@ mod tests {
         ];
         v.sort_by_key(|s| version_key(s));
         assert_eq!(v[2], "linux-source-6.10.tar.xz");
+    }
+
+    #[test]
+    fn a_step_with_lots_of_stderr_neither_stalls_nor_loses_its_tail() {
+        let mut ok = Command::new("sh");
+        ok.args([
+            "-c",
+            "i=0; while [ $i -lt 200000 ]; do echo warning-line >&2; i=$((i+1)); done; echo done",
+        ]);
+        let seen = std::cell::Cell::new(0);
+        run(ok, "noisy", &|_| seen.set(seen.get() + 1)).unwrap();
+        assert_eq!(seen.get(), 1);
+        let mut bad = Command::new("sh");
+        bad.args(["-c", "echo compiling; echo 'error: it broke' >&2; exit 2"]);
+        match run(bad, "broken", &|_| {}) {
+            Err(KbuildError::Step { step, tail, .. }) => {
+                assert_eq!(step, "broken");
+                assert!(
+                    tail.contains("compiling") && tail.contains("error: it broke"),
+                    "{tail}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
