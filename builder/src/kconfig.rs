@@ -154,15 +154,6 @@ pub struct Requirement {
     pub line: usize,
 }
 
-/// Parses a fragment file into its requirements.
-pub fn read_fragment(path: &Path) -> Result<Vec<Requirement>, KconfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KconfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_fragment(path, &text)
-}
-
 /// Parses fragment text (`path` names it in errors and findings).
 pub fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Requirement>, KconfigError> {
     let mut out = Vec::new();
