@@ -8,61 +8,42 @@ use std::path::{Path, PathBuf};
 
 use minke::fuzzing;
 
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 /// One mutation of `seed` (and sometimes a splice with `other`).
-fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut fastrand::Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     let mut v = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..1 + below(rng, 4) {
         let len = v.len();
-        match rng.below(7) {
+        match below(rng, 7) {
             0 if len > 0 => {
-                let i = rng.below(len);
-                v[i] ^= 1 << rng.below(8);
+                let i = below(rng, len);
+                v[i] ^= 1 << below(rng, 8);
             }
             1 if len > 0 => {
-                let i = rng.below(len);
-                v[i] = [0, 0xff, 0x7f, 0x80, b'\n', b':', b'-'][rng.below(7)];
+                let i = below(rng, len);
+                v[i] = [0, 0xff, 0x7f, 0x80, b'\n', b':', b'-'][below(rng, 7)];
             }
             2 => {
-                let i = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let i = below(rng, len + 1);
+                let n = 1 + below(rng, 16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.u8(..)).collect();
                 v.splice(i..i, bytes);
             }
             3 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(64));
+                let i = below(rng, len);
+                let n = 1 + below(rng, (len - i).min(64));
                 v.drain(i..i + n);
             }
             4 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(64));
+                let i = below(rng, len);
+                let n = 1 + below(rng, (len - i).min(64));
                 let chunk = v[i..i + n].to_vec();
-                let at = rng.below(len + 1);
+                let at = below(rng, len + 1);
                 v.splice(at..at, chunk);
             }
-            5 => v.truncate(rng.below(len + 1)),
+            5 => v.truncate(below(rng, len + 1)),
             _ if !other.is_empty() => {
-                let cut = rng.below(len + 1);
-                let from = rng.below(other.len());
+                let cut = below(rng, len + 1);
+                let from = below(rng, other.len());
                 v.truncate(cut);
                 v.extend_from_slice(&other[from..]);
             }
@@ -70,6 +51,15 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
         }
     }
     v
+}
+
+/// A uniform index below `n` (0 when `n` is 0).
+fn below(rng: &mut fastrand::Rng, n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        rng.usize(..n)
+    }
 }
 
 fn seed() -> u64 {
@@ -81,7 +71,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
-                | 1
         })
 }
 
@@ -89,13 +78,13 @@ fn run(name: &str, seeds: &[Vec<u8>], iterations: usize, target: fn(&[u8])) {
     assert!(!seeds.is_empty(), "{name}: no seeds");
     let s = seed();
     eprintln!("{name}: {iterations} mutations, MINKE_SMOKE_SEED={s}");
-    let mut rng = Rng(s);
+    let mut rng = fastrand::Rng::with_seed(s);
     for seed in seeds {
         target(seed);
     }
     for _ in 0..iterations {
-        let a = &seeds[rng.below(seeds.len())];
-        let b = &seeds[rng.below(seeds.len())];
+        let a = &seeds[below(&mut rng, seeds.len())];
+        let b = &seeds[below(&mut rng, seeds.len())];
         let input = mutate(&mut rng, a, b);
         target(&input);
     }
