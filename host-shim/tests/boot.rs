@@ -66,75 +66,21 @@ fn exec_streams_stdin_both_ways() {
     require_boot!();
     let vm = shared();
     let input: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let (mut so, mut se) = (Vec::new(), Vec::new());
-    let req = ExecRequest {
-        argv: vec!["cat".into()],
-        ..Default::default()
-    };
-    let code = vm
-        .exec(
-            req,
-            Stdin::Reader(Box::new(std::io::Cursor::new(input.clone()))),
-            &mut so,
-            &mut se,
-        )
-        .unwrap();
-    assert_eq!(code, 0);
-    assert!(
-        so == input,
-        "cat echoed {} of {} bytes",
-        so.len(),
-        input.len()
-    );
+    assert_cat_echoes(vm, &input);
 }
 
 #[test]
 fn concurrent_execs() {
     require_boot!();
     let vm = shared();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|i| s.spawn(move || out(vm, &["sh", "-c", &format!("sleep 0.3; echo {i}")])))
-            .collect();
-        for (i, h) in hs.into_iter().enumerate() {
-            assert_eq!(h.join().unwrap(), format!("{i}\n"));
-        }
-    });
+    assert_concurrent_execs(vm, 4);
 }
 
 #[test]
 fn files_and_trees_round_trip() {
     require_boot!();
     let vm = shared();
-    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-    vm.put_bytes(&big, "/tmp/big", 0o640).unwrap();
-    assert!(vm.read_file("/tmp/big").unwrap() == big);
-    assert_eq!(out(vm, &["stat", "-c", "%a", "/tmp/big"]).trim(), "640");
-    let tmp = tempfile::tempdir().unwrap();
-    let f = tmp.path().join("f");
-    vm.get_file("/tmp/big", &f).unwrap();
-    assert!(std::fs::read(&f).unwrap() == big);
-    vm.put_file(&f, "/tmp/f2").unwrap();
-    assert_eq!(
-        out(vm, &["sha256sum", "/tmp/f2"])[..64],
-        out(vm, &["sha256sum", "/tmp/big"])[..64]
-    );
-
-    let src = tmp.path().join("tree");
-    std::fs::create_dir_all(src.join("a/b")).unwrap();
-    std::fs::write(src.join("a/b/c.txt"), "deep").unwrap();
-    std::fs::write(src.join("top"), "top").unwrap();
-    vm.put_tree(&src, "/tmp/tree").unwrap();
-    assert_eq!(out(vm, &["cat", "/tmp/tree/a/b/c.txt"]), "deep");
-    let back = tmp.path().join("back");
-    vm.get_tree("/tmp/tree", &back).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(back.join("a/b/c.txt")).unwrap(),
-        "deep"
-    );
-    assert_eq!(std::fs::read_to_string(back.join("top")).unwrap(), "top");
-    let e = vm.read_file("/nope").unwrap_err();
-    assert!(e.to_string().contains("guest agent said"), "{e}");
+    assert_files_and_trees_round_trip(vm);
 }
 
 /// Only the host may use the control agent: a guest process reaching it over vsock loopback
@@ -463,52 +409,21 @@ fn serial_exec_exit_codes_and_stdin() {
     assert_eq!(out(vm, &["cat", "/run/config/env"]), "OVER=serial\n");
     // More than the multiplexer's window each way, so credits must flow back.
     let input: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let (mut so, mut se) = (Vec::new(), Vec::new());
-    let req = ExecRequest {
-        argv: vec!["cat".into()],
-        ..Default::default()
-    };
-    let code = vm
-        .exec(
-            req,
-            Stdin::Reader(Box::new(std::io::Cursor::new(input.clone()))),
-            &mut so,
-            &mut se,
-        )
-        .unwrap();
-    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&se));
-    assert!(
-        so == input,
-        "cat echoed {} of {} bytes",
-        so.len(),
-        input.len()
-    );
+    assert_cat_echoes(vm, &input);
 }
 
 #[test]
 fn serial_concurrent_execs() {
     require_serial_boot!();
     let vm = shared_serial();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..6)
-            .map(|i| s.spawn(move || out(vm, &["sh", "-c", &format!("sleep 0.3; echo {i}")])))
-            .collect();
-        for (i, h) in hs.into_iter().enumerate() {
-            assert_eq!(h.join().unwrap(), format!("{i}\n"));
-        }
-    });
+    assert_concurrent_execs(vm, 6);
 }
 
 #[test]
 fn serial_files_round_trip() {
     require_serial_boot!();
     let vm = shared_serial();
-    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-    vm.put_bytes(&big, "/tmp/big", 0o640).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let f = tmp.path().join("f");
-    vm.get_file("/tmp/big", &f).unwrap();
-    assert!(std::fs::read(&f).unwrap() == big);
+    assert_files_and_trees_round_trip(vm);
     assert_eq!(
         out(vm, &["stat", "-c", "%a %s", "/tmp/big"]).trim(),
         "640 800000"
@@ -846,4 +761,76 @@ fn foreign_binaries_and_an_arm64_container() {
         "{root}"
     );
     assert_eq!(in_container(&["hostname"]).trim(), "arm64");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks shared by the vsock and the virtio-serial tests.
+
+/// `cat` echoes `input` (stdin streamed in, stdout streamed back, flow control both ways).
+fn assert_cat_echoes(vm: &Vm, input: &[u8]) {
+    let (mut so, mut se) = (Vec::new(), Vec::new());
+    let req = ExecRequest {
+        argv: vec!["cat".into()],
+        ..Default::default()
+    };
+    let code = vm
+        .exec(
+            req,
+            Stdin::Reader(Box::new(std::io::Cursor::new(input.to_vec()))),
+            &mut so,
+            &mut se,
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&se));
+    assert!(
+        so == input,
+        "cat echoed {} of {} bytes",
+        so.len(),
+        input.len()
+    );
+}
+
+/// `n` execs at once each get their own output.
+fn assert_concurrent_execs(vm: &Vm, n: usize) {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| s.spawn(move || out(vm, &["sh", "-c", &format!("sleep 0.3; echo {i}")])))
+            .collect();
+        for (i, h) in hs.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), format!("{i}\n"));
+        }
+    });
+}
+
+/// Files and trees go in and come back with their bytes and modes.
+fn assert_files_and_trees_round_trip(vm: &Vm) {
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    vm.put_bytes(&big, "/tmp/big", 0o640).unwrap();
+    assert!(vm.read_file("/tmp/big").unwrap() == big);
+    assert_eq!(out(vm, &["stat", "-c", "%a", "/tmp/big"]).trim(), "640");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    vm.get_file("/tmp/big", &f).unwrap();
+    assert!(std::fs::read(&f).unwrap() == big);
+    vm.put_file(&f, "/tmp/f2").unwrap();
+    assert_eq!(
+        out(vm, &["sha256sum", "/tmp/f2"])[..64],
+        out(vm, &["sha256sum", "/tmp/big"])[..64]
+    );
+
+    let src = tmp.path().join("tree");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/c.txt"), "deep").unwrap();
+    std::fs::write(src.join("top"), "top").unwrap();
+    vm.put_tree(&src, "/tmp/tree").unwrap();
+    assert_eq!(out(vm, &["cat", "/tmp/tree/a/b/c.txt"]), "deep");
+    let back = tmp.path().join("back");
+    vm.get_tree("/tmp/tree", &back).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back.join("a/b/c.txt")).unwrap(),
+        "deep"
+    );
+    assert_eq!(std::fs::read_to_string(back.join("top")).unwrap(), "top");
+    let e = vm.read_file("/nope").unwrap_err();
+    assert!(e.to_string().contains("guest agent said"), "{e}");
 }
