@@ -18,13 +18,12 @@ use crate::conn::Conn;
 pub fn forward<C: Conn>(conn: &mut C, target: &ForwardTarget) -> Result<(), ControlError> {
     match target {
         ForwardTarget::Tcp(port) => {
-            let s = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
-                .map_err(|e| {
-                    ControlError::Refused(format!(
-                        "cannot connect to 127.0.0.1:{port}: {}",
-                        crate::os_msg(&e)
-                    ))
-                })?;
+            let s = connect_loopback(*port).map_err(|e| {
+                ControlError::Refused(format!(
+                    "cannot connect to 127.0.0.1:{port}: {}",
+                    crate::os_msg(&e)
+                ))
+            })?;
             let _ = s.set_nodelay(true);
             write_frame(conn, &GuestMsg::Ok)?;
             splice(conn, s)?;
@@ -41,6 +40,24 @@ pub fn forward<C: Conn>(conn: &mut C, target: &ForwardTarget) -> Result<(), Cont
         }
     }
     Ok(())
+}
+
+/// Connects to 127.0.0.1:`port`. Through rustix rather than `TcpStream::connect`, whose
+/// generic address resolution keeps glibc's resolver, NSS and dynamic loader in the static
+/// binary (about 200 KB) even for a literal address.
+fn connect_loopback(port: u16) -> io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(
+        &fd,
+        &std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port),
+    )?;
+    Ok(TcpStream::from(fd))
 }
 
 /// Copies `a` → `b` on a thread and `b` → `a` here. Host → target ends with a write shutdown
