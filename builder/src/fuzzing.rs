@@ -31,11 +31,17 @@ pub fn elf_resolver(data: &[u8]) {
     let Ok(root) = tempfile::tempdir() else {
         return;
     };
-    let bin = root.path().join("bin");
+    elf_resolver_in(root.path(), data);
+}
+
+/// [`elf_resolver`] in a root the caller keeps across runs (a fuzzer saves a directory
+/// creation and removal per input). Only `ROOT/bin` is written.
+pub fn elf_resolver_in(root: &Path, data: &[u8]) {
+    let bin = root.join("bin");
     if std::fs::write(&bin, data).is_err() {
         return;
     }
-    let _ = crate::elf::closure(root.path(), &[bin], &crate::elf::Options::default());
+    let _ = crate::elf::closure(root, &[bin], &crate::elf::Options::default());
 }
 
 /// The newc reader `minke inspect` uses.
