@@ -24,7 +24,7 @@ const TREE_BYTES: u64 = 120 << 20;
 /// Number of regular files in the generated tree.
 const TREE_FILES: usize = 1300;
 /// Bumped whenever the generator changes, so an old tree is regenerated.
-const TREE_VERSION: &str = "5";
+const TREE_VERSION: &str = "6";
 
 /// A tool to time: name, output file, index of the peer row, and the run itself.
 type Job = (String, PathBuf, Option<usize>, Box<dyn Fn() -> Result<()>>);
@@ -250,24 +250,10 @@ fn cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// Below `n`, small values more likely.
-    fn skewed(&mut self, n: u64) -> u64 {
-        let bound = 1 + self.below(n);
-        self.below(bound)
-    }
+/// Below `n`, small values more likely.
+fn skewed(rng: &mut fastrand::Rng, n: u64) -> u64 {
+    let bound = 1 + rng.u64(..n.max(1));
+    rng.u64(..bound)
 }
 
 /// Makes the benchmark tree in `dir` unless a complete one of this version is there.
@@ -297,21 +283,21 @@ fn generate_tree(dir: &Path) -> Result<()> {
         "uct", "vo", "id", "er", "ror", "dev", "ice", "vir", "tio", "buf", "fer", "mem", "ory",
         "pa", "ge", "lo", "ck", "que", "ue",
     ];
-    let mut rng = Rng(0x6D69_6E6B_6521_0001);
+    let mut rng = fastrand::Rng::with_seed(0x6D69_6E6B_6521_0001);
     // A 4096-word vocabulary, drawn with a skew towards the first words (like real text).
     let words: Vec<String> = (0..4096)
         .map(|_| {
-            (0..1 + rng.below(3))
-                .map(|_| SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize])
+            (0..1 + rng.u64(..3))
+                .map(|_| SYLLABLES[rng.u64(..SYLLABLES.len() as u64) as usize])
                 .collect()
         })
         .collect();
     // Sizes: a long-tailed distribution scaled to the target total.
     let raw: Vec<u64> = (0..TREE_FILES)
         .map(|i| match i % 100 {
-            0 => 4_000_000 + rng.below(4_000_000),
-            1..=9 => 300_000 + rng.below(700_000),
-            _ => 1_000 + rng.below(60_000),
+            0 => 4_000_000 + rng.u64(..4_000_000),
+            1..=9 => 300_000 + rng.u64(..700_000),
+            _ => 1_000 + rng.u64(..60_000),
         })
         .collect();
     let total: u64 = raw.iter().sum();
@@ -326,16 +312,16 @@ fn generate_tree(dir: &Path) -> Result<()> {
     ];
     let lines: Vec<String> = (0..600)
         .map(|_| {
-            let n = 2 + rng.below(10);
+            let n = 2 + rng.u64(..10);
             let mut line: Vec<&str> = (0..n)
-                .map(|_| words[rng.skewed(words.len() as u64) as usize].as_str())
+                .map(|_| words[skewed(&mut rng, words.len() as u64) as usize].as_str())
                 .collect();
             line.push("\n");
             line.join(" ")
         })
         .collect();
     let funcs: Vec<Vec<u8>> = (0..300)
-        .map(|_| (0..16 + rng.below(80)).map(|_| rng.next() as u8).collect())
+        .map(|_| (0..16 + rng.u64(..80)).map(|_| rng.u8(..)).collect())
         .collect();
     let mut paths = Vec::new();
     let mut buf = Vec::new();
@@ -350,34 +336,34 @@ fn generate_tree(dir: &Path) -> Result<()> {
         if i % 3 == 2 {
             // Binary-like: recurring "functions" with patched operands, and some random data.
             while buf.len() < size {
-                let v = rng.next();
+                let v = rng.u64(..);
                 let kind = v % 4;
                 if kind == 0 {
-                    buf.extend((0..16).map(|_| rng.next() as u8));
+                    buf.extend((0..16).map(|_| rng.u8(..)));
                 } else {
                     let start = buf.len();
-                    buf.extend_from_slice(&funcs[rng.skewed(funcs.len() as u64) as usize]);
+                    buf.extend_from_slice(&funcs[skewed(&mut rng, funcs.len() as u64) as usize]);
                     for _ in 0..2 {
-                        let at = start + rng.below((buf.len() - start) as u64) as usize;
-                        buf[at] = rng.next() as u8;
+                        let at = start + rng.u64(..(buf.len() - start) as u64) as usize;
+                        buf[at] = rng.u8(..);
                     }
                 }
             }
         } else {
             // Text-like: recurring lines, and some fresh ones.
             while buf.len() < size {
-                let v = rng.next();
+                let v = rng.u64(..);
                 let kind = v % 5;
                 if kind == 0 {
                     for _ in 0..3 + v % 8 {
-                        let w = rng.skewed(words.len() as u64) as usize;
+                        let w = skewed(&mut rng, words.len() as u64) as usize;
                         buf.extend_from_slice(words[w].as_bytes());
                         buf.push(b' ');
                     }
                     buf.push(b'\n');
                 } else {
                     buf.extend_from_slice(
-                        lines[rng.skewed(lines.len() as u64) as usize].as_bytes(),
+                        lines[skewed(&mut rng, lines.len() as u64) as usize].as_bytes(),
                     );
                 }
             }

@@ -24,7 +24,7 @@ tasks:
   setup              install what the project needs (apt packages, cargo tools, default kernel)
   test               setup, then formatting, lints and the whole test suite (what CI runs)
   demo               build the default image, boot it, run commands in it
-  bench <what>       benchmarks: build | boot | agents | reliability
+  bench <what>       benchmarks: build | boot | agents | reliability [DRILL…]
   fuzz [--time N]    run every fuzz target for N seconds (default 10)
 ";
 
@@ -42,7 +42,7 @@ fn main() -> Result<()> {
             Some("build") => bench_build::run(&sh),
             Some("boot") => bench_vm::boot(&sh),
             Some("agents") => bench_vm::agents(&sh),
-            Some("reliability") => bench_reliability::run(&sh),
+            Some("reliability") => bench_reliability::run(&sh, &rest[1..]),
             other => bail!("unknown benchmark {other:?}: build | boot | agents | reliability"),
         },
         Some("-h" | "--help" | "help") | None => {

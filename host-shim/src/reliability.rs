@@ -85,32 +85,6 @@ fn guest_err(vm: &Vm, what: impl Into<String>) -> DrillError {
     }
 }
 
-/// A small, seedable random number generator (SplitMix64): the drills' random moments are
-/// replayable from the seed they print.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
 /// The seed named by the environment variable `var` (to replay a run), or a fresh one.
 pub fn seed_from_env(var: &str) -> u64 {
     if let Some(s) = std::env::var(var).ok().and_then(|v| v.trim().parse().ok()) {
@@ -120,7 +94,7 @@ pub fn seed_from_env(var: &str) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    Rng::new(now ^ u64::from(std::process::id()) << 32).next_u64()
+    fastrand::Rng::with_seed(now ^ u64::from(std::process::id()) << 32).u64(..)
 }
 
 /// Runs `sh -c script` in the guest; its stdout if it exits 0.
@@ -139,6 +113,81 @@ fn sh(vm: &Vm, script: &str) -> Result<String, DrillError> {
         ));
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash loop
+
+/// What the crash-loop drill measured.
+#[derive(Debug, Clone)]
+pub struct CrashLoopReport {
+    /// Median `exec true` round trip in the VM without crashes.
+    pub rtt_quiet: Duration,
+    /// Median `exec true` round trip in the VM whose service crash-loops.
+    pub rtt_crashing: Duration,
+    /// Round trips measured on each side.
+    pub execs: usize,
+    /// Restart delays PID1 announced for the crashing service during the measurement, in
+    /// order (from the console: `NAME exited … restarting in N ms`).
+    pub restart_delays_ms: Vec<u64>,
+}
+
+/// The restart delays PID1 announced for `service` in console text.
+pub fn restart_delays(console: &str, service: &str) -> Vec<u64> {
+    let exited = format!("{service} exited");
+    console
+        .lines()
+        .filter(|l| l.contains(&exited))
+        .filter_map(|l| {
+            l.rsplit_once("restarting in ")?
+                .1
+                .trim()
+                .trim_end_matches("ms")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Measures `exec true` round trips for `window`, alternating between `quiet` and `crashing`
+/// (two VMs of one image, where `service` crash-loops in the second only), so load drift
+/// affects both alike.
+pub fn crash_loop(
+    quiet: &Vm,
+    crashing: &Vm,
+    service: &str,
+    window: Duration,
+) -> Result<CrashLoopReport, DrillError> {
+    let console_at = std::fs::read_to_string(crashing.console_log())
+        .map(|s| s.len())
+        .unwrap_or(0);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        for (vm, rtts) in [(quiet, &mut a), (crashing, &mut b)] {
+            let t = Instant::now();
+            let o = vm
+                .exec_output(&["true"])
+                .map_err(vm_err(vm, "exec `true`"))?;
+            rtts.push(t.elapsed());
+            if o.code != 0 {
+                return Err(guest_err(vm, format!("`true` exited with {}", o.code)));
+            }
+        }
+    }
+    let console = std::fs::read_to_string(crashing.console_log()).unwrap_or_default();
+    let during = console.get(console_at..).unwrap_or_default();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    Ok(CrashLoopReport {
+        execs: a.len(),
+        rtt_quiet: median(a),
+        rtt_crashing: median(b),
+        restart_delays_ms: restart_delays(during, service),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +384,8 @@ pub fn power_loss(
     seed: u64,
     progress: &mut dyn FnMut(usize, &PowerCut),
 ) -> Result<PowerLossReport, DrillError> {
-    let mut rng = Rng::new(seed);
+    // Seeded, so the cut moments replay from the printed seed.
+    let mut rng = fastrand::Rng::with_seed(seed);
     let disk = DiskSpec {
         label: "var".into(),
         path: dir.join("var.img"),
@@ -355,7 +405,7 @@ pub fn power_loss(
     let (mut len, mut next) = (0usize, 0u64);
     let mut vm = boot_no(0)?;
     for n in 1..=cycles {
-        let delay = Duration::from_millis(rng.below(1500));
+        let delay = Duration::from_millis(rng.u64(..1500));
         let (acks, cut_after) = write_until_cut(&mut vm, len, next, delay)?;
         let mut expect = next;
         for a in &acks {
@@ -1056,19 +1106,14 @@ mod tests {
     }
 
     #[test]
-    fn rng_is_replayable_and_spread() {
-        let a: Vec<u64> = {
-            let mut r = Rng::new(7);
-            (0..100).map(|_| r.below(1500)).collect()
-        };
-        let b: Vec<u64> = {
-            let mut r = Rng::new(7);
-            (0..100).map(|_| r.below(1500)).collect()
-        };
-        assert_eq!(a, b);
-        assert!(a.iter().all(|&x| x < 1500));
-        assert!(a.iter().any(|&x| x < 500) && a.iter().any(|&x| x >= 1000));
-        assert_ne!(Rng::new(8).next_u64(), Rng::new(7).next_u64());
+    fn restart_delays_come_from_the_console_lines_of_that_service() {
+        let console =
+            "[    2.1] minke: crasher exited with code 1 after 612 ms; restarting in 100 ms\n\
+                       ticker: tick\n\
+                       minke: other exited with code 1 after 3 ms; restarting in 100 ms\n\
+                       minke: crasher exited with code 1 after 601 ms; restarting in 200 ms\n\
+                       minke: crasher exited with code 1 after 1 ms; restarting in garbage\n";
+        assert_eq!(restart_delays(console, "crasher"), vec![100, 200]);
     }
 
     #[test]
