@@ -55,7 +55,7 @@ pub fn transport_name() -> &'static str {
 }
 
 /// A full-duplex byte stream one conversation runs on.
-pub trait Conn: Read + Write + Send + Sized + 'static {
+pub trait Conn: Read + Write + AsFd + Send + Sized + 'static {
     /// A second handle on the same stream (for a reader and a writer thread).
     fn try_clone(&self) -> io::Result<Self>;
     /// Half- or fully closes the stream.

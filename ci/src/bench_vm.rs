@@ -290,8 +290,8 @@ pub fn agents(sh: &Shell) -> Result<()> {
         }
     }
     // Where an exec's time goes: a control connection with a small request (connect,
-    // handshake, Info), and an exec of a program that does not exist (the whole conversation
-    // but the process).
+    // handshake, Info), and an exec whose program does not exist (the whole conversation and
+    // the fork, but no program runs).
     let mut info_rt = Vec::new();
     let mut missing_rt = Vec::new();
     for _ in 0..50 {
@@ -358,7 +358,7 @@ pub fn agents(sh: &Shell) -> Result<()> {
             median(rt.clone()).as_secs_f64() * 1e3
         );
         println!(
-            "    of which: connect + handshake + Info {:>7.1} ms; exec of a missing program {:>7.1} ms",
+            "    of which: connect + handshake + Info {:>7.1} ms; exec whose program cannot start (fork, failed execve) {:>7.1} ms",
             median(info_rt.clone()).as_secs_f64() * 1e3,
             median(missing_rt.clone()).as_secs_f64() * 1e3
         );

@@ -2,23 +2,21 @@
 //! container), stream stdin in and stdout/stderr out, forward signals and window sizes, and
 //! report the exit code after all output was sent.
 //!
-//! Threads per exec: the caller's thread waits for the process; one thread reads host frames;
-//! one writes stdin; one or two pump output into frames through a shared writer. Flow control
-//! is the transport's: output threads block on the stream when the host reads slowly, and the
-//! process then blocks on its pipe. The process is the leader of its own session, so signals
-//! go to its whole process group; if the host connection drops before the process ended, the
+//! One thread per exec, the connection's: after the spawn, a `poll` loop (see [`pump`]) moves
+//! host frames to the process's stdin and its output to frames, and notices the exit through
+//! a pidfd; no thread is started per exec. Flow control is the transport's: output is written
+//! to the host blocking, so a host that reads slowly stalls the process on its pipe. The
+//! process leads its own process group (its own session with a pty or in a container), so
+//! signals go to the whole group; if the host connection drops before the process ended, the
 //! group is killed with SIGKILL.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 use minke_protocol::msg::{ExecRequest, WinSize};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK};
@@ -134,88 +132,245 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
     let pid = child.id();
     write_frame(conn, &GuestMsg::Started { pid })?;
 
-    let proc_state = Arc::new(ProcState {
-        pgid: Pid::from_child(&child),
-        reaped: Mutex::new(false),
-    });
-    let writer = Arc::new(Mutex::new(conn.try_clone()?));
-
-    // Output pumps.
-    let mut pumps = Vec::new();
-    let stdin_sink: Box<dyn Write + Send>;
-    let mut master_for_resize = None;
-    match master {
-        Some(m) => {
-            let out = File::from(m.try_clone()?);
-            pumps.push(spawn_pump(out, Arc::clone(&writer), GuestMsg::Stdout));
-            master_for_resize = Some(m.try_clone()?);
-            stdin_sink = Box::new(File::from(m));
-        }
-        None => {
-            if let Some(out) = child.stdout.take() {
-                pumps.push(spawn_pump(out, Arc::clone(&writer), GuestMsg::Stdout));
-            }
-            if let Some(err) = child.stderr.take() {
-                pumps.push(spawn_pump(err, Arc::clone(&writer), GuestMsg::Stderr));
-            }
-            stdin_sink = match child.stdin.take() {
-                Some(s) => Box::new(s),
-                None => Box::new(io::sink()),
-            };
-        }
-    }
-    let is_tty = master_for_resize.is_some();
-
-    // Stdin writer and host frame reader.
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(STDIN_QUEUE);
-    std::thread::spawn(move || stdin_writer(stdin_sink, rx));
-    let reader_conn = conn.try_clone()?;
-    let st = Arc::clone(&proc_state);
-    std::thread::spawn(move || host_reader(reader_conn, tx, st, master_for_resize, is_tty));
-
-    // Wait without reaping, so the reader never signals a recycled pid, then reap.
-    let _ = rustix::process::waitid(
-        rustix::process::WaitId::Pid(proc_state.pgid),
-        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
-    );
-    let status = {
-        let mut reaped = proc_state.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        let status = child.wait();
-        *reaped = true;
-        status
+    let streams = match master {
+        Some(m) => Streams {
+            out: Some(m.try_clone()?),
+            err: None,
+            tty: Some(m.try_clone()?),
+            stdin: Some(m),
+        },
+        None => Streams {
+            out: child.stdout.take().map(OwnedFd::from),
+            err: child.stderr.take().map(OwnedFd::from),
+            stdin: child.stdin.take().map(OwnedFd::from),
+            tty: None,
+        },
     };
-    let code = match status {
-        Ok(s) => exit_code(s),
-        Err(e) => {
-            eprintln!("minke agent control: wait for pid {pid} failed: {e}");
-            -1
-        }
-    };
-    for p in pumps {
-        let _ = p.join();
-    }
-    {
-        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *w, &GuestMsg::Exit { code })?;
-        let _ = w.shutdown(Shutdown::Both);
+    let code = pump(conn, &mut child, streams)?;
+    if let Some(code) = code {
+        write_frame(conn, &GuestMsg::Exit { code })?;
+        let _ = conn.shutdown(Shutdown::Both);
     }
     Ok(())
 }
 
-/// The process as seen by the thread that signals it.
-struct ProcState {
-    pgid: Pid,
-    /// Set once the leader was reaped; held while signalling.
-    reaped: Mutex<bool>,
+/// The process's ends of its stdio: pipes, or the pty master (`stdin`, `out` and `tty` are
+/// then handles on the master).
+struct Streams {
+    stdin: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    tty: Option<OwnedFd>,
 }
 
-impl ProcState {
-    fn signal_group(&self, sig: Signal) {
-        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        if !*reaped {
-            let _ = rustix::process::kill_process_group(self.pgid, sig);
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// Moves bytes between the host connection and the process on this one thread until the
+/// process has exited and both output streams reached their end; returns the exit code, or
+/// `None` when the host is gone.
+///
+/// One `poll` covers the host connection, the process's output, its stdin (while bytes wait
+/// for it) and a pidfd of the process. Flow control: output is written to the host blocking,
+/// so a slow host stalls the process on its full pipe; at most [`STDIN_QUEUE`] chunks wait
+/// for a process that does not read, then the host connection is no longer read, so the
+/// host's writes block. The process is only signalled before it is reaped, so a signal never
+/// reaches a recycled pid; if the host connection ends first, the whole group gets SIGKILL.
+fn pump<C: Conn>(
+    conn: &mut C,
+    child: &mut std::process::Child,
+    mut s: Streams,
+) -> Result<Option<i32>, ControlError> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::collections::VecDeque;
+
+    let pgid = Pid::from_child(child);
+    for fd in [&s.stdin, &s.out, &s.err].into_iter().flatten() {
+        set_nonblocking(fd)?;
+    }
+    let is_tty = s.tty.is_some();
+    // Without pidfds (Linux < 5.3) the exit is noticed by polling with a timeout.
+    let mut pidfd = rustix::process::pidfd_open(pgid, rustix::process::PidfdFlags::empty()).ok();
+    let idle = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut queued_at = 0usize;
+    let mut stdin_eof = false;
+    let mut host_open = true;
+    let mut host_gone = false;
+    let mut code: Option<i32> = None;
+    let mut buf = vec![0u8; MAX_CHUNK];
+    while code.is_none() || s.out.is_some() || s.err.is_some() {
+        if stdin_eof && queue.is_empty() {
+            s.stdin = None;
+        }
+        let read_host = host_open && queue.len() < STDIN_QUEUE;
+        let want_stdin = s.stdin.is_some() && !queue.is_empty();
+        let (host_ev, stdin_ev, out_ev, err_ev, exit_ev);
+        {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
+            fn add<'a>(fds: &mut Vec<PollFd<'a>>, fd: Option<PollFd<'a>>) -> Option<usize> {
+                fd.map(|fd| {
+                    fds.push(fd);
+                    fds.len() - 1
+                })
+            }
+            let h = add(
+                &mut fds,
+                read_host.then(|| PollFd::new(&*conn, PollFlags::IN)),
+            );
+            let i = add(
+                &mut fds,
+                s.stdin
+                    .as_ref()
+                    .filter(|_| want_stdin)
+                    .map(|fd| PollFd::new(fd, PollFlags::OUT)),
+            );
+            let o = add(
+                &mut fds,
+                s.out.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN)),
+            );
+            let e = add(
+                &mut fds,
+                s.err.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN)),
+            );
+            let x = add(
+                &mut fds,
+                pidfd
+                    .as_ref()
+                    .filter(|_| code.is_none())
+                    .map(|fd| PollFd::new(fd, PollFlags::IN)),
+            );
+            let timeout = (pidfd.is_none() && code.is_none()).then_some(&idle);
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ControlError::Frame(FrameError::Io(e.into()))),
+            }
+            let ready = |k: Option<usize>| k.is_some_and(|k| !fds[k].revents().is_empty());
+            host_ev = ready(h);
+            stdin_ev = ready(i);
+            out_ev = ready(o);
+            err_ev = ready(e);
+            exit_ev = ready(x) || (pidfd.is_none() && code.is_none());
+        }
+        if host_ev {
+            match read_frame::<_, HostMsg>(conn) {
+                Ok(HostMsg::Stdin(data)) => {
+                    if s.stdin.is_some() && !stdin_eof && !data.is_empty() {
+                        queue.push_back(data);
+                    }
+                }
+                Ok(HostMsg::StdinEof) if is_tty => {
+                    // End of input on a terminal is the VEOF character at the start of a line.
+                    queue.push_back(vec![0x04]);
+                }
+                Ok(HostMsg::StdinEof) => stdin_eof = true,
+                Ok(HostMsg::Signal(n)) => match Signal::from_named_raw(n) {
+                    Some(sig) if code.is_none() => {
+                        let _ = rustix::process::kill_process_group(pgid, sig);
+                    }
+                    Some(_) => {}
+                    None => eprintln!("minke agent control: ignoring unknown signal number {n}"),
+                },
+                Ok(HostMsg::Resize(ws)) => {
+                    if let Some(m) = &s.tty {
+                        let _ = rustix::termios::tcsetwinsize(m, winsize(ws));
+                    }
+                }
+                Ok(other) => eprintln!(
+                    "minke agent control: ignoring {} during an exec",
+                    super::msg_name(&other)
+                ),
+                Err(e) => {
+                    host_open = false;
+                    host_gone = true;
+                    if !matches!(e, FrameError::Closed) {
+                        eprintln!("minke agent control: exec connection failed: {e}");
+                    }
+                    if code.is_none() {
+                        eprintln!(
+                            "minke agent control: host connection dropped, killing process group {}",
+                            pgid.as_raw_nonzero()
+                        );
+                        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+                    }
+                    // Nothing more comes from the host: close the process's stdin.
+                    queue.clear();
+                    queued_at = 0;
+                    stdin_eof = true;
+                }
+            }
+        }
+        if stdin_ev {
+            if let (Some(fd), Some(chunk)) = (&s.stdin, queue.front()) {
+                match rustix::io::write(fd, &chunk[queued_at..]) {
+                    Ok(n) => {
+                        queued_at += n;
+                        if queued_at == chunk.len() {
+                            queue.pop_front();
+                            queued_at = 0;
+                        }
+                    }
+                    Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                    Err(_) => {
+                        // The process closed its stdin: what else arrives is dropped.
+                        s.stdin = None;
+                        queue.clear();
+                        queued_at = 0;
+                    }
+                }
+            }
+        }
+        let wraps: [fn(Vec<u8>) -> GuestMsg; 2] = [GuestMsg::Stdout, GuestMsg::Stderr];
+        for ((ev, slot), wrap) in [(out_ev, &mut s.out), (err_ev, &mut s.err)]
+            .into_iter()
+            .zip(wraps)
+        {
+            let Some(fd) = slot.as_ref().filter(|_| ev) else {
+                continue;
+            };
+            match rustix::io::read(fd, &mut buf[..]) {
+                Ok(0) => *slot = None,
+                Ok(n) => {
+                    // Keep draining after the host is gone, so the process never blocks.
+                    if !host_gone && write_frame(conn, &wrap(buf[..n].to_vec())).is_err() {
+                        host_gone = true;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                // A pty master reads EIO once every slave side is closed.
+                Err(_) => *slot = None,
+            }
+        }
+        if exit_ev && code.is_none() {
+            let status = if pidfd.is_some() {
+                child.wait().map(Some)
+            } else {
+                child.try_wait()
+            };
+            match status {
+                Ok(Some(st)) => {
+                    code = Some(exit_code(st));
+                    pidfd = None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!(
+                        "minke agent control: wait for pid {} failed: {e}",
+                        child.id()
+                    );
+                    code = Some(-1);
+                    pidfd = None;
+                }
+            }
         }
     }
+    Ok(if host_gone { None } else { code })
 }
 
 /// Exit code of a finished process: its status, or 128 + the signal that killed it.
@@ -224,105 +379,6 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,
         (None, None) => -1,
-    }
-}
-
-fn spawn_pump<R: Read + Send + 'static>(
-    mut r: R,
-    writer: Arc<Mutex<impl Write + Send + 'static>>,
-    wrap: fn(Vec<u8>) -> GuestMsg,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; MAX_CHUNK];
-        let mut host_gone = false;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A pty master reads EIO once every slave side is closed.
-                Err(_) => return,
-            };
-            if host_gone {
-                continue; // keep draining so the process never blocks on a full pipe
-            }
-            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-            if write_frame(&mut *w, &wrap(buf[..n].to_vec())).is_err() {
-                host_gone = true;
-            }
-        }
-    })
-}
-
-fn stdin_writer(mut sink: Box<dyn Write + Send>, rx: mpsc::Receiver<Vec<u8>>) {
-    for chunk in rx {
-        if sink.write_all(&chunk).is_err() {
-            // The process closed its stdin; drop what else arrives.
-            break;
-        }
-    }
-    // Dropping the sink closes the pipe (or this pty master handle).
-}
-
-fn host_reader<C: Conn>(
-    mut conn: C,
-    tx: mpsc::SyncSender<Vec<u8>>,
-    st: Arc<ProcState>,
-    master: Option<OwnedFd>,
-    is_tty: bool,
-) {
-    let mut tx = Some(tx);
-    loop {
-        let msg = match read_frame::<_, HostMsg>(&mut conn) {
-            Ok(m) => m,
-            Err(e) => {
-                if !matches!(e, FrameError::Closed) {
-                    eprintln!("minke agent control: exec connection failed: {e}");
-                }
-                // Host gone (or speaking nonsense) before the process ended: kill the group.
-                let reaped = *st.reaped.lock().unwrap_or_else(|p| p.into_inner());
-                if !reaped {
-                    eprintln!(
-                        "minke agent control: host connection dropped, killing process group {}",
-                        st.pgid.as_raw_nonzero()
-                    );
-                    st.signal_group(Signal::KILL);
-                }
-                return;
-            }
-        };
-        match msg {
-            HostMsg::Stdin(data) => {
-                if let Some(t) = &tx {
-                    if t.send(data).is_err() {
-                        tx = None;
-                    }
-                }
-            }
-            HostMsg::StdinEof => {
-                if is_tty {
-                    // End of input on a terminal is the VEOF character at the start of a line.
-                    if let Some(t) = &tx {
-                        let _ = t.send(vec![0x04]);
-                    }
-                } else {
-                    tx = None;
-                }
-            }
-            HostMsg::Signal(n) => match Signal::from_named_raw(n) {
-                Some(sig) => st.signal_group(sig),
-                None => eprintln!("minke agent control: ignoring unknown signal number {n}"),
-            },
-            HostMsg::Resize(ws) => {
-                if let Some(m) = &master {
-                    let _ = rustix::termios::tcsetwinsize(m.as_fd(), winsize(ws));
-                }
-            }
-            other => eprintln!(
-                "minke agent control: ignoring {} during an exec",
-                super::msg_name(&other)
-            ),
-        }
     }
 }
 
@@ -413,6 +469,7 @@ mod tests {
     use crate::control::tests::{connect, test_ctx, tmpdir};
     use minke_protocol::wire::write_frame;
     use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
 
     #[derive(Debug)]
     struct Outcome {
