@@ -107,8 +107,14 @@ pub(crate) fn notify_ready(agent: &str) {
         eprintln!("minke agent {agent}: {NOTIFY_FD_ENV}={fd} is not an open descriptor");
         return;
     };
+    // The moment, so the boot timeline shows when the agent was ready even if PID1 was busy
+    // with a boot stage when the line arrived.
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ns = (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64);
     let mut file = std::fs::File::from(fd);
-    if let Err(e) = file.write_all(b"READY\n") {
+    if let Err(e) = file.write_all(format!("READY {ns}\n").as_bytes()) {
         eprintln!("minke agent {agent}: cannot write readiness to fd {val}: {e}");
     }
 }

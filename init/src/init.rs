@@ -1,4 +1,4 @@
-//! PID1's life: early set-up, the boot stages (system, modules, disks, onboot), supervision,
+//! PID1's life: early set-up, the boot stages (modules and agents, system, disks, onboot), supervision,
 //! and the shutdown sequence — each turn guarded so that a panic is logged and the init goes on,
 //! and the guest is powered off cleanly if nothing else works.
 
@@ -22,8 +22,10 @@ const PANIC_WINDOW_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    System,
+    /// Kernel modules, then the agents (which need the vsock modules).
     Modules,
+    /// Hostname, loopback, sysctls, rlimits, cgroup controllers: beside the starting agents.
+    System,
     Disks,
     Onboot(usize),
     Start,
@@ -101,7 +103,7 @@ impl Init {
             sup,
             mounted: Vec::new(),
             shutdown,
-            stage: Stage::System,
+            stage: Stage::Modules,
         }
     }
 
@@ -110,14 +112,8 @@ impl Init {
         // Each boot stage names its successor before doing its work, so a panic in it moves on
         // instead of retrying the same step.
         match self.stage {
-            Stage::System => {
-                self.stage = Stage::Modules;
-                setup::system(&self.cfg);
-                setup::cgroups();
-                self.sup.timeline.record("system");
-            }
             Stage::Modules => {
-                self.stage = Stage::Disks;
+                self.stage = Stage::System;
                 let res = modules::load_all(&self.cfg.modules);
                 let failed = res
                     .iter()
@@ -130,6 +126,12 @@ impl Init {
                 if !self.sup.has_request() {
                     self.sup.start_agents();
                 }
+            }
+            Stage::System => {
+                self.stage = Stage::Disks;
+                setup::system(&self.cfg);
+                setup::cgroups();
+                self.sup.timeline.record("system");
             }
             Stage::Disks => {
                 self.stage = Stage::Onboot(0);

@@ -14,7 +14,8 @@
 //!   reboot(2) is `minke: powering off` or `minke: rebooting`.
 //! - **Readiness**: an agent (and a service with `readiness: notify`) finds the number of an
 //!   inherited pipe descriptor in `MINKE_NOTIFY_FD`; it writes one line (`READY\n`) there once it
-//!   serves, then closes it. Any complete line counts. `minke: ready` is printed once every
+//!   serves, then closes it. Any complete line counts; `READY <ns>` also gives the moment
+//!   (CLOCK_BOOTTIME), which the boot timeline then records instead of when PID1 read it. `minke: ready` is printed once every
 //!   agent has been ready.
 //! - **Children**: each unit runs in its own session and in cgroup `/sys/fs/cgroup/minke/NAME`,
 //!   stdin on /dev/null, stdout and stderr on a pipe that PID1 copies line by line to the

@@ -16,6 +16,7 @@ use crate::logring::{LineSplitter, LogFile, LOG_DIR, LOG_MAX};
 use crate::order;
 use crate::setup::CGROUP_ROOT;
 use crate::shutdown::PowerAction;
+use crate::timeline::boottime_ns;
 use crate::timeline::{now_ms, Timeline};
 use minke_protocol::config::{Readiness, Restart, Task};
 
@@ -449,13 +450,18 @@ impl Supervisor {
                         && matches!(u.state, State::Running { pid: p, .. } if p == pid)
                 });
                 if let Some(i) = current {
-                    self.mark_ready(i);
+                    self.mark_ready_at(i, ready_moment(line, boottime_ns()));
                 }
             }
         }
     }
 
     fn mark_ready(&mut self, i: usize) {
+        self.mark_ready_at(i, boottime_ns());
+    }
+
+    /// Marks unit `i` ready as of `at` (CLOCK_BOOTTIME ns).
+    fn mark_ready_at(&mut self, i: usize, at: u64) {
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
@@ -464,7 +470,7 @@ impl Supervisor {
         }
         u.ready = true;
         let name = u.spec.name.clone();
-        self.timeline.record(&format!("ready:{name}"));
+        self.timeline.record_at(at, &format!("ready:{name}"));
     }
 
     /// Reaps every exited child; orphans are reaped and forgotten.
@@ -801,9 +807,32 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// When a readiness line says the unit was ready: `READY <CLOCK_BOOTTIME ns>` gives the moment
+/// itself (PID1 may read the line later, after a boot stage); any other line, or a moment not
+/// in the past, counts as `now`.
+fn ready_moment(line: &[u8], now: u64) -> u64 {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.trim().strip_prefix("READY "))
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|&t| t <= now)
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_lines_may_carry_their_moment() {
+        assert_eq!(ready_moment(b"READY 1234", 5000), 1234);
+        assert_eq!(ready_moment(b"READY 1234\r", 5000), 1234);
+        assert_eq!(ready_moment(b"READY", 5000), 5000);
+        assert_eq!(ready_moment(b"ready now", 5000), 5000);
+        // A moment in the future is not believed.
+        assert_eq!(ready_moment(b"READY 9999", 5000), 5000);
+        assert_eq!(ready_moment(b"READY -1", 5000), 5000);
+    }
 
     #[test]
     #[allow(clippy::zombie_processes)] // reaped by reap_next, which is what is tested

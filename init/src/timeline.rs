@@ -35,12 +35,18 @@ impl Timeline {
         }
     }
 
-    /// Records `what` at `boottime_ns` and rewrites the file.
+    /// Records `what` at `boottime_ns` (in time order: a moment reported late goes before the
+    /// later events) and rewrites the file.
     pub fn record_at(&mut self, boottime_ns: u64, what: &str) {
-        self.timeline.events.push(BootEvent {
-            boottime_ns,
-            what: what.to_owned(),
-        });
+        let events = &mut self.timeline.events;
+        let at = events.partition_point(|e| e.boottime_ns <= boottime_ns);
+        events.insert(
+            at,
+            BootEvent {
+                boottime_ns,
+                what: what.to_owned(),
+            },
+        );
         self.write();
     }
 
