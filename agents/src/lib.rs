@@ -3,8 +3,10 @@
 //! virtio-serial transport). They are linked into the one in-guest binary
 //! (`minke-init`) and run as processes supervised by PID1.
 //!
-//! Entry point: [`agent_main`], called by `minke-init agent KIND [--port N]`. Each agent reads
-//! the image config from [`minke_protocol::IMAGE_CONFIG_PATH`] itself and reports readiness
+//! Entry points: [`agent_main`], called by `minke-init agent KIND [--port N]`, and
+//! [`agent_main_forked`], which PID1 calls in a forked copy of itself (no exec) and which takes
+//! the image config PID1 already parsed. Otherwise an agent reads the image config from
+//! [`minke_protocol::IMAGE_CONFIG_PATH`] itself. Each agent reports readiness
 //! by writing `READY\n` to the descriptor named in `MINKE_NOTIFY_FD`, then closing it. An
 //! agent that has nothing (more) to do exits 0; PID1 restarts only agents that fail.
 //!
@@ -24,6 +26,7 @@ pub mod timesync;
 pub mod vsockcat;
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use minke_protocol::ImageConfig;
 
@@ -68,9 +71,22 @@ pub fn agent_main(args: &[String]) -> i32 {
     }
 }
 
-/// Reads the image config; an unreadable config is logged and replaced by an empty one so
-/// the agents still serve what does not depend on it.
+/// The image config handed over by PID1 to a forked agent.
+static HANDED_OVER: OnceLock<ImageConfig> = OnceLock::new();
+
+/// [`agent_main`] in a process PID1 forked without exec: `config` is the image config PID1
+/// parsed, so the agent does not read it again.
+pub fn agent_main_forked(args: &[String], config: ImageConfig) -> i32 {
+    let _ = HANDED_OVER.set(config);
+    agent_main(args)
+}
+
+/// The image config: the one PID1 handed over, else read from its file. An unreadable config
+/// is logged and replaced by an empty one so the agents still serve what does not depend on it.
 pub(crate) fn load_config(agent: &str) -> ImageConfig {
+    if let Some(cfg) = HANDED_OVER.get() {
+        return cfg.clone();
+    }
     match std::fs::read_to_string(minke_protocol::IMAGE_CONFIG_PATH) {
         Ok(text) => match serde_json::from_str(&text) {
             Ok(cfg) => cfg,

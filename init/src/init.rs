@@ -15,7 +15,7 @@ use crate::timeline::{boottime_ns, now_ms, Timeline};
 use crate::{config, disks, modules, setup, sys};
 
 /// Program agents are started from: this very binary.
-const SELF_EXE: &str = "/proc/self/exe";
+pub const SELF_EXE: &str = "/proc/self/exe";
 /// More panics than this within [`PANIC_WINDOW_MS`] and the init gives up (powers off).
 const PANIC_LIMIT: usize = 20;
 const PANIC_WINDOW_MS: u64 = 10_000;
@@ -94,6 +94,7 @@ impl Init {
             log!("{name} not started: {why}");
         }
         let mut sup = Supervisor::new(units, sigfd, timeline, Paths::default());
+        sup.fork_agents(cfg.clone());
         if !ok {
             sup.request(PowerAction::PowerOff);
         }
@@ -121,7 +122,6 @@ impl Init {
                     .count();
                 log!("{} modules loaded, {failed} failed", res.len() - failed);
                 setup::mount_binfmt_misc();
-                self.sup.watch_power_buttons();
                 self.sup.timeline.record("modules");
                 if !self.sup.has_request() {
                     self.sup.start_agents();
@@ -131,6 +131,7 @@ impl Init {
                 self.stage = Stage::Disks;
                 setup::system(&self.cfg);
                 setup::cgroups();
+                self.sup.watch_power_buttons();
                 self.sup.timeline.record("system");
             }
             Stage::Disks => {

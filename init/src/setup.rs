@@ -80,11 +80,7 @@ fn early_mounts() -> [Mnt; 8] {
             target: "/sys/fs/cgroup",
             fstype: "cgroup2",
             flags: NOSUID.union(NODEV).union(NOEXEC),
-            // favordynmods (Linux 6.0+): moving a process between cgroups and enabling
-            // controllers no longer wait for an RCU grace period, which under TCG cost ~20 ms
-            // per unit started and ~35 ms for the controllers. Older kernels refuse the
-            // option; the mount is then retried without it.
-            data: c"nsdelegate,favordynmods",
+            data: c"nsdelegate",
         },
     ]
 }
@@ -95,10 +91,7 @@ pub fn mount_early() {
     let mounts = early_mounts();
     for (i, m) in mounts.iter().enumerate() {
         let _ = std::fs::create_dir_all(m.target);
-        let mut res = rustix::mount::mount(m.src, m.target, m.fstype, m.flags, m.data);
-        if res == Err(rustix::io::Errno::INVAL) && m.fstype == "cgroup2" {
-            res = rustix::mount::mount(m.src, m.target, m.fstype, m.flags, c"nsdelegate");
-        }
+        let res = rustix::mount::mount(m.src, m.target, m.fstype, m.flags, m.data);
         if i == 0 {
             console_on_stdio();
         }

@@ -154,6 +154,8 @@ pub struct Supervisor {
     started: bool,
     stopping: bool,
     ready_announced: bool,
+    /// Set: agents of this binary run as forked copies of PID1 (no exec), handed this config.
+    agent_config: Option<minke_protocol::ImageConfig>,
 }
 
 impl Supervisor {
@@ -211,6 +213,7 @@ impl Supervisor {
             started: false,
             stopping: false,
             ready_announced: false,
+            agent_config: None,
         }
     }
 
@@ -248,6 +251,13 @@ impl Supervisor {
             self.buttons.push((n, fd));
         }
         self.next_button_scan = now + BUTTON_SCAN_EVERY_MS;
+    }
+
+    /// Runs the agents of this binary as forked copies of PID1 that call the agent's entry
+    /// point, instead of exec'ing the binary again: no program load, no new translation under
+    /// an emulator, no second parse of the image config (`cfg` is handed over).
+    pub fn fork_agents(&mut self, cfg: minke_protocol::ImageConfig) {
+        self.agent_config = Some(cfg);
     }
 
     /// Lets the agents start now, while the init goes on with disks and onboot tasks: they
@@ -636,6 +646,9 @@ impl Supervisor {
         use rustix::pipe::{pipe_with, PipeFlags};
         let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
         set_nonblock(&out_r)?;
+        if spec.agent && spec.program == crate::init::SELF_EXE && self.agent_config.is_some() {
+            return self.fork_agent(spec, notify, out_r, out_w);
+        }
         let mut cmd = Command::new(&spec.program);
         {
             use std::os::unix::process::CommandExt;
@@ -696,6 +709,83 @@ impl Supervisor {
             });
         }
         Ok(pid)
+    }
+
+    /// Starts agent `spec` in a forked copy of PID1 (see [`Supervisor::fork_agents`]); the
+    /// child gets what a spawned unit gets: its cgroup, session, oom_score_adj, environment,
+    /// stdin on /dev/null, output on `out_w`, the readiness pipe as fd 3.
+    fn fork_agent(
+        &mut self,
+        spec: &UnitSpec,
+        notify: bool,
+        out_r: OwnedFd,
+        out_w: OwnedFd,
+    ) -> std::io::Result<i32> {
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let devnull = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let notify_pipe = if notify {
+            let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
+            set_nonblock(&r)?;
+            Some((r, w))
+        } else {
+            None
+        };
+        let setup = crate::sys::ChildSetup {
+            cgroup_procs: self
+                .paths
+                .cgroup_root
+                .as_deref()
+                .and_then(|root| crate::setup::unit_cgroup(root, &spec.name)),
+            oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
+            keep_fd: notify_pipe.as_ref().map(|(_, w)| w.as_raw_fd()),
+        };
+        let args: Vec<String> = spec.argv.iter().skip(2).cloned().collect();
+        let cfg = self.agent_config.clone().unwrap_or_default();
+        match crate::sys::fork()? {
+            crate::sys::Forked::Child => {
+                let kept = crate::sys::become_forked_child(setup, &devnull, &out_w, &spec.argv);
+                for (k, _) in std::env::vars_os() {
+                    std::env::remove_var(k);
+                }
+                for (k, v) in &spec.env {
+                    std::env::set_var(k, v);
+                }
+                if let Some(fd) = kept {
+                    std::env::set_var(NOTIFY_ENV, fd.to_string());
+                }
+                let _ = std::env::set_current_dir(&spec.cwd);
+                // Never back into PID1's loop, not even by a panic (the loop would catch it
+                // and this copy would carry on as a second init).
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    minke_agents::agent_main_forked(&args, cfg)
+                }))
+                .unwrap_or(101);
+                std::process::exit(code)
+            }
+            crate::sys::Forked::Parent(pid) => {
+                drop(out_w);
+                self.pipes.push(Pipe {
+                    fd: out_r,
+                    name: spec.name.clone(),
+                    kind: PipeKind::Output,
+                    lines: LineSplitter::default(),
+                });
+                if let Some((r, w)) = notify_pipe {
+                    drop(w);
+                    self.pipes.push(Pipe {
+                        fd: r,
+                        name: spec.name.clone(),
+                        kind: PipeKind::Notify { pid },
+                        lines: LineSplitter::default(),
+                    });
+                }
+                Ok(pid)
+            }
+        }
     }
 
     /// Runs a task to completion (honouring its timeout). With `abortable`, a shutdown request

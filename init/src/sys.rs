@@ -1,5 +1,6 @@
 //! Every `unsafe` of the init: signal mask and signalfd, the child set-up between fork and exec,
-//! and the interface-flags ioctl that brings loopback up. Everything else is safe Rust.
+//! the fork of an agent that runs without exec (and its command line), and the
+//! interface-flags ioctl that brings loopback up. Everything else is safe Rust.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -140,6 +141,119 @@ pub fn kill_all(sig: i32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which side of a [`fork`] this is.
+pub enum Forked {
+    /// The parent, with the child's pid.
+    Parent(i32),
+    /// The child.
+    Child,
+}
+
+/// fork(2). Only for PID1, which never starts a thread: the child then gets a consistent copy
+/// of every lock and of the allocator, and may run ordinary Rust code.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; what makes using the child
+    // sound is that the init is single-threaded (no lock can be held by a thread that does not
+    // exist in the child), which the caller relies on and `init.rs` keeps.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// In a child forked by [`fork`] that will not exec: applies `setup` (signal mask, session,
+/// cgroup, oom_score_adj), puts `stdin` and `out` on fds 0, 1 and 2 and the kept descriptor on
+/// fd 3, closes every other descriptor PID1 had open, and names the process after `argv`
+/// (comm and /proc/PID/cmdline). Returns 3 when a descriptor was kept.
+pub fn become_forked_child(
+    setup: ChildSetup,
+    stdin: &OwnedFd,
+    out: &OwnedFd,
+    argv: &[String],
+) -> Option<RawFd> {
+    let ChildSetup {
+        cgroup_procs,
+        oom_score_adj,
+        keep_fd,
+    } = setup;
+    if let Some(set) = empty_sigset() {
+        // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    }
+    let _ = rustix::process::setsid();
+    if let Some(fd) = &cgroup_procs {
+        let _ = rustix::io::write(fd, b"0");
+    }
+    if let Some(v) = &oom_score_adj {
+        let _ = std::fs::write("/proc/self/oom_score_adj", v);
+    }
+    // SAFETY: dup2 onto the standard descriptors and fd 3 only replaces what those numbers
+    // referred to; `stdin`, `out` and `keep_fd` are open descriptors of this process, and
+    // nothing in the child uses the old fds 0-3 afterwards (they were the console and PID1's
+    // own descriptors, which this child never touches again).
+    let kept = unsafe {
+        libc::dup2(stdin.as_raw_fd(), 0);
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(out.as_raw_fd(), 2);
+        keep_fd.map(|fd| {
+            if fd != 3 {
+                libc::dup2(fd, 3);
+            }
+            3
+        })
+    };
+    let first_closed = if kept.is_some() { 4u32 } else { 3u32 };
+    // SAFETY: close_range only closes descriptors; everything from `first_closed` up belongs to
+    // PID1's state (signalfd, pipes of other units, log files), which this child never uses.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32);
+    }
+    set_process_name(argv);
+    kept
+}
+
+/// Sets comm to the agent's name and /proc/self/cmdline to `argv`, so `ps` shows
+/// `/init agent control` rather than PID1's command line. Best effort.
+fn set_process_name(argv: &[String]) {
+    if let Some(name) = argv.get(2).or(argv.first()) {
+        if let Ok(c) = std::ffi::CString::new(name.as_str()) {
+            let _ = rustix::thread::set_name(&c);
+        }
+    }
+    let mut block = Vec::new();
+    for a in argv {
+        block.extend_from_slice(a.as_bytes());
+        block.push(0);
+    }
+    // The kernel reads the command line from this memory for the rest of the process's life.
+    let block: &'static [u8] = Vec::leak(block);
+    let start = block.as_ptr() as libc::c_ulong;
+    let end = start + block.len() as libc::c_ulong;
+    // The kernel keeps start < end at every step: a block below the old one (the heap lies
+    // below the stack) needs the start moved first, one above it the end.
+    for order in [
+        [libc::PR_SET_MM_ARG_START, libc::PR_SET_MM_ARG_END],
+        [libc::PR_SET_MM_ARG_END, libc::PR_SET_MM_ARG_START],
+    ] {
+        let mut ok = true;
+        for opt in order {
+            let addr = if opt == libc::PR_SET_MM_ARG_START {
+                start
+            } else {
+                end
+            };
+            // SAFETY: PR_SET_MM only records the address of memory this process owns
+            // (`block`, leaked so it lives as long as the process); no memory is written.
+            let rc = unsafe { libc::prctl(libc::PR_SET_MM, opt as libc::c_ulong, addr, 0, 0) };
+            ok &= rc == 0;
+        }
+        if ok {
+            return;
+        }
+    }
 }
 
 /// Sets IFF_UP (and IFF_RUNNING) on the loopback interface.
