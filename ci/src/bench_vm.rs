@@ -385,9 +385,142 @@ pub fn agents(sh: &Shell) -> Result<()> {
         Ok(tp)
     })?;
     let rss = vm.exec_output(&["sh", "-c", "for p in $(cd /proc && ls -d [0-9]*); do c=$(tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null); case \"$c\" in '/init agent'*) echo \"    $c: $(grep -E '^(Rss|Pss):' /proc/$p/smaps_rollup | tr -s ' \\n' ' ')\";; esac; done"])?;
-    println!("  agents' RSS:\n{}", String::from_utf8_lossy(&rss.stdout));
+    let rss = String::from_utf8_lossy(&rss.stdout).into_owned();
+    let kib = |key: &str| -> u64 {
+        rss.lines()
+            .filter_map(|l| {
+                l.split(key)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    println!(
+        "  agents' memory: Rss {} kB, Pss {} kB together (target <= 4096 kB; forked from PID1, so Rss counts pages shared with it):\n{rss}",
+        kib("Rss:"),
+        kib("Pss:")
+    );
+
+    // Time sync: the steady offsets the agent measures, then a 5 s QMP pause.
+    let steady = steady_offsets(&vm, 6)?;
+    let worst = steady.iter().fold(0f64, |m, o| m.max(o.abs()));
+    println!(
+        "  timesync steady offsets (last {} polls): {} ms; max |offset| {worst:.3} ms (target <= 1 ms)",
+        steady.len(),
+        steady
+            .iter()
+            .map(|o| format!("{o:+.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    match pause_resync(&vm) {
+        Ok(r) => print_resync("vhost-user vsock", &r),
+        Err(e) => println!("  timesync after a 5 s pause over vhost-user vsock: FAILED ({e})"),
+    }
     vm.poweroff(Duration::from_secs(15))?;
+    let mut scfg = VmConfig::new("bench-agents-serial", &kernel, &initrd);
+    scfg.cmdline = std::fs::read_to_string(
+        kernel
+            .parent()
+            .context("image dir")?
+            .join("default-cmdline"),
+    )?
+    .trim()
+    .to_string();
+    scfg.state_dir = Some(tmp.path().join("serial"));
+    scfg.transport = minke_shim::Transport::Serial;
+    let mut svm = Vm::boot(scfg)?;
+    svm.wait_ready(Duration::from_secs(120))?;
+    match pause_resync(&svm) {
+        Ok(r) => print_resync("virtio-serial", &r),
+        Err(e) => println!("  timesync after a 5 s pause over virtio-serial: FAILED ({e})"),
+    }
+    svm.poweroff(Duration::from_secs(15))?;
     Ok(())
+}
+
+/// Offsets (ms) the time sync agent logged, `timesync: step X ms` or `slew offset X ms`, in
+/// console text.
+fn logged_offsets(console: &str) -> Vec<f64> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l
+                .split_once("timesync: step ")
+                .or_else(|| l.split_once("timesync: slew offset "))?;
+            rest.split(" ms").next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
+/// The last `n` offsets the agent measured once it runs steadily (its first measurement, the
+/// boot step, is left out); waits for them.
+fn steady_offsets(vm: &Vm, n: usize) -> Result<Vec<f64>> {
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = logged_offsets(&std::fs::read_to_string(vm.console_log())?);
+        if all.len() > n {
+            return Ok(all[all.len() - n..].to_vec());
+        }
+        if Instant::now() > end {
+            bail!("only {} time sync measurements in 90 s", all.len());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the agent did after a 5 s pause.
+struct Resync {
+    /// The step right after the resume (ms).
+    step: f64,
+    /// Its next measurement (ms) and when the host saw it, after `cont`.
+    after: f64,
+    seen_after: Duration,
+}
+
+fn print_resync(transport: &str, r: &Resync) {
+    println!(
+        "  timesync after a 5 s pause over {transport}: stepped {:+.3} ms, then offset {:+.3} ms, \
+         logged {:.2} s after the resume (target |offset| <= 5 ms within 3 s)",
+        r.step,
+        r.after,
+        r.seen_after.as_secs_f64()
+    );
+}
+
+/// Pauses the VM for 5 s (QMP stop/cont) and waits for the agent's step and next measurement.
+fn pause_resync(vm: &Vm) -> Result<Resync> {
+    let marker = "host reports a resume";
+    let before = std::fs::read_to_string(vm.console_log())?
+        .matches(marker)
+        .count();
+    vm.pause()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let resumed = Instant::now();
+    let pushed = vm.resume()?;
+    if pushed == 0 {
+        bail!("the host had no time sync connection to tell");
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(vm.console_log())?;
+        let tail = log.split(marker).nth(before + 1).unwrap_or("");
+        let offs = logged_offsets(tail);
+        if offs.len() >= 2 {
+            return Ok(Resync {
+                step: offs[0],
+                after: offs[1],
+                seen_after: resumed.elapsed(),
+            });
+        }
+        if Instant::now() > end {
+            bail!("no resync within 30 s of the resume");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 struct Counter(u64);

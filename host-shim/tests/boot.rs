@@ -73,7 +73,7 @@ fn exec_streams_stdin_both_ways() {
 fn concurrent_execs() {
     require_boot!();
     let vm = shared();
-    assert_concurrent_execs(vm, 4);
+    assert_concurrent_execs(vm, 20);
 }
 
 #[test]
