@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, then formatting, lints and the whole test suite — what CI runs.
+//! `cargo xtask test`: setup, then formatting, lints, the whole test suite and a few seconds of
+//! every fuzz target — what CI runs.
 //! `--kernel` adds the built-kernel stage: a kernel built from kernel-config/ (twice, compared
 //! byte for byte), checked, and the boot tests run again on it.
 
@@ -26,6 +27,22 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     )
     .run()?;
     cmd!(sh, "cargo test --workspace -- --test-threads=2").run()?;
+    // Every cargo-fuzz target, briefly: the coverage-guided runs start from the repository's
+    // seeds, so even a few seconds exercise each decoder past its headers.
+    if cmd!(sh, "cargo +nightly --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+    {
+        crate::fuzz::run(sh, &["--time".to_owned(), "5".to_owned()])?;
+    } else {
+        eprintln!(
+            "xtask test: SKIPPED the fuzz targets: no nightly toolchain (cargo-fuzz needs one; \
+             `rustup toolchain install nightly`)"
+        );
+    }
     if kernel {
         built_kernel(sh)?;
     }

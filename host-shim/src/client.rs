@@ -71,14 +71,30 @@ pub struct Output {
 }
 
 /// Sends `Hello` and expects `Welcome`; returns the agent's version string.
-pub fn handshake(mut s: &mut dyn Duplex, client: &str) -> Result<String, AgentError> {
+pub fn handshake(s: &mut dyn Duplex, client: &str) -> Result<String, AgentError> {
+    handshake_with(s, client, None)
+}
+
+/// Like [`handshake`], with `request` sent right behind `Hello` (in the same write) instead of
+/// after `Welcome`: the agent reads it once it has answered, and the host saves a round trip.
+/// If the agent refuses the `Hello`, it closes the connection without reading the request.
+pub fn handshake_with(
+    mut s: &mut dyn Duplex,
+    client: &str,
+    request: Option<&HostMsg>,
+) -> Result<String, AgentError> {
+    let mut out = Vec::new();
     write_frame(
-        &mut s,
+        &mut out,
         &HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: client.into(),
         },
     )?;
+    if let Some(r) = request {
+        write_frame(&mut out, r)?;
+    }
+    s.write_all(&out).map_err(FrameError::Io)?;
     match read_frame::<_, GuestMsg>(&mut s)? {
         GuestMsg::Welcome { version, agent } if version == PROTOCOL_VERSION => Ok(agent),
         GuestMsg::Welcome { version, .. } => Err(AgentError::Guest(format!(
@@ -98,6 +114,16 @@ pub fn exec(
     stderr: &mut dyn Write,
 ) -> Result<i32, AgentError> {
     write_frame(&mut s, &HostMsg::Exec(req))?;
+    exec_sent(s, stdin, stdout, stderr)
+}
+
+/// [`exec`] once the `Exec` request is sent (with [`handshake_with`]).
+pub fn exec_sent(
+    mut s: Box<dyn Duplex>,
+    stdin: Stdin,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<i32, AgentError> {
     match read_frame::<_, GuestMsg>(&mut s)? {
         GuestMsg::Started { .. } => {}
         m => return Err(unexpected("Started", &m)),

@@ -515,13 +515,23 @@ impl Vm {
         client_name: &str,
         timeout: Duration,
     ) -> Result<Box<dyn Duplex>, VmError> {
+        self.agent_sending(client_name, timeout, None)
+    }
+
+    /// Like [`Vm::agent_within`], with `request` sent right behind the `Hello`.
+    fn agent_sending(
+        &self,
+        client_name: &str,
+        timeout: Duration,
+        request: Option<&HostMsg>,
+    ) -> Result<Box<dyn Duplex>, VmError> {
         let mut s = self.connector.connect(CONTROL_PORT, timeout)?;
         let setup = |source| VmError::Io {
             what: "cannot set a socket timeout".into(),
             source,
         };
         s.set_read_timeout(Some(timeout)).map_err(setup)?;
-        client::handshake(s.as_mut(), client_name)?;
+        client::handshake_with(s.as_mut(), client_name, request)?;
         s.set_read_timeout(None).map_err(setup)?;
         Ok(s)
     }
@@ -535,8 +545,8 @@ impl Vm {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<i32, VmError> {
-        let s = self.agent("minke-exec")?;
-        Ok(client::exec(s, req, stdin, stdout, stderr)?)
+        let s = self.agent_sending("minke-exec", HANDSHAKE_TIMEOUT, Some(&HostMsg::Exec(req)))?;
+        Ok(client::exec_sent(s, stdin, stdout, stderr)?)
     }
 
     /// Runs `argv` with no stdin and collects its output.
