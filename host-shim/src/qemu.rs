@@ -155,9 +155,12 @@ pub(crate) fn qemu_args(
     a
 }
 
+/// A data disk. `cache=writeback` (QEMU's default, spelled out because durability rests on it):
+/// a guest flush becomes fdatasync(2) of the image file, so what the guest acknowledged after
+/// fsync is on the host's storage too, not only in its page cache.
 fn drive_arg(i: usize, d: &DiskSpec) -> String {
     format!(
-        "file={},if=none,id=d{i},format={}",
+        "file={},if=none,id=d{i},format={},cache=writeback",
         path_arg(&d.path).replace(',', ",,"),
         d.format.qemu_name()
     )
@@ -212,7 +215,7 @@ mod tests {
     const BOOT: &str = "-kernel /img/k -initrd /img/i -append console=ttyS0 quiet panic=-1 \
         -chardev file,id=con,path=/s/console.log -serial chardev:con \
         -chardev socket,id=qmp,path=/s/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control";
-    const DISK: &str = "-drive file=/d/var.img,if=none,id=d0,format=raw \
+    const DISK: &str = "-drive file=/d/var.img,if=none,id=d0,format=raw,cache=writeback \
         -device virtio-blk-pci,drive=d0,serial=var";
 
     #[test]
