@@ -5,8 +5,8 @@
 //!
 //! Entry points: [`agent_main`], called by `minke-init agent KIND [--port N]`, and
 //! [`agent_main_forked`], which PID1 calls in a forked copy of itself (no exec) and which takes
-//! the image config PID1 already parsed. Otherwise an agent reads the image config from
-//! [`minke_protocol::IMAGE_CONFIG_PATH`] itself. Each agent reports readiness
+//! the image config PID1 already decoded. Otherwise an agent reads the image config from
+//! [`minke_protocol::IMAGE_CONFIG_BIN_PATH`] itself. Each agent reports readiness
 //! by writing `READY\n` to the descriptor named in `MINKE_NOTIFY_FD`, then closing it. An
 //! agent that has nothing (more) to do exits 0; PID1 restarts only agents that fail.
 //!
@@ -87,22 +87,17 @@ pub(crate) fn load_config(agent: &str) -> ImageConfig {
     if let Some(cfg) = HANDED_OVER.get() {
         return cfg.clone();
     }
-    match std::fs::read_to_string(minke_protocol::IMAGE_CONFIG_PATH) {
-        Ok(text) => match serde_json::from_str(&text) {
+    let path = minke_protocol::IMAGE_CONFIG_BIN_PATH;
+    match std::fs::read(path) {
+        Ok(bytes) => match ImageConfig::decode(&bytes) {
             Ok(cfg) => cfg,
             Err(e) => {
-                eprintln!(
-                    "minke agent {agent}: {} is not a valid image config: {e}",
-                    minke_protocol::IMAGE_CONFIG_PATH
-                );
+                eprintln!("minke agent {agent}: {path}: {e}");
                 ImageConfig::default()
             }
         },
         Err(e) => {
-            eprintln!(
-                "minke agent {agent}: cannot read {}: {e}",
-                minke_protocol::IMAGE_CONFIG_PATH
-            );
+            eprintln!("minke agent {agent}: cannot read {path}: {e}");
             ImageConfig::default()
         }
     }

@@ -56,3 +56,8 @@ pub fn kernel_config(data: &[u8]) {
     let _ = crate::kconfig::KernelConfig::parse(&text);
     let _ = crate::kconfig::parse_fragment(Path::new("fuzz.config"), &text);
 }
+
+/// The image config the guest's init and agents decode (`/etc/minke/image.cfg`).
+pub fn image_config(data: &[u8]) {
+    let _ = minke_protocol::ImageConfig::decode(data);
+}

@@ -776,8 +776,13 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         }
     }
     let config = image_config(&spec, module_list, containers);
+    // The init and agents read the compact form; the JSON copy is for people and `Info`.
     let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Other(e.to_string()))?;
     own.insert(minke_protocol::IMAGE_CONFIG_PATH, Node::file(0o644, json))?;
+    own.insert(
+        minke_protocol::IMAGE_CONFIG_BIN_PATH,
+        Node::file(0o644, config.encode()),
+    )?;
     let recs =
         records_of(&own).map_err(|e| BuildError::Other(format!("hashing spec files: {e}")))?;
     // The spec's files may deliberately replace package files.

@@ -200,3 +200,16 @@ fn kernel_config() {
     seeds.push(bz);
     run("kernel_config", &seeds, 4000, fuzzing::kernel_config);
 }
+
+#[test]
+fn image_config() {
+    let json = r#"{"name":"t","hostname":"t","modules":[{"name":"vsock","path":"/m/vsock.ko"}],
+      "sysctls":{"a.b":"1"},"rlimits":[{"resource":"nofile","soft":8,"hard":null}],
+      "disks":[{"label":"var","mountpoint":"/var","fstype":"ext4"}],"onboot":[],
+      "agents":[{"kind":"control","port":1024},{"kind":"timesync","after":["serial"]}],
+      "services":[{"name":"s","command":{"argv":["/bin/s"],"env":{"K":"V"}},"restart":"always"}],
+      "onshutdown":[],"binfmt":[],"containers":[{"name":"c","rootfs":"/c"}],
+      "shutdown_grace_ms":1000}"#;
+    let cfg: minke_protocol::ImageConfig = serde_json::from_str(json).expect("seed parses");
+    run("image_config", &[cfg.encode()], 4000, fuzzing::image_config);
+}

@@ -14,6 +14,7 @@ pub const TARGETS: &[&str] = &[
     "elf_resolver",
     "cpio_reader",
     "kernel_config",
+    "image_config",
 ];
 
 pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
@@ -119,6 +120,16 @@ fn seed(sh: &Shell, root: &std::path::Path, target: &str, corpus: &str) -> Resul
         "spec_parser" => files.extend(ls("examples", "yml")),
         "package_parser" => files.extend(ls("packages", "yml")),
         "kernel_config" => files.extend(ls("kernel-config", "config")),
+        "image_config" => {
+            // A config with every kind of entry, as the builder encodes it.
+            let dest = root.join("fuzz").join(corpus).join("seed-image.cfg");
+            if !dest.exists() {
+                let cfg: minke_protocol::ImageConfig = serde_json::from_str(SEED_CONFIG)
+                    .context("the image_config seed is not an image config")?;
+                std::fs::write(&dest, cfg.encode())
+                    .with_context(|| format!("writing {}", dest.display()))?;
+            }
+        }
         // A small static executable and a small shared library with a DT_NEEDED entry.
         "elf_resolver" => files.extend(
             ["/usr/bin/true", "/usr/lib/x86_64-linux-gnu/libattr.so.1"]
@@ -144,4 +155,30 @@ fn seed(sh: &Shell, root: &std::path::Path, target: &str, corpus: &str) -> Resul
         }
     }
     Ok(())
+}
+
+/// The `image_config` seed (JSON of `minke_protocol::ImageConfig`, encoded before use).
+const SEED_CONFIG: &str = r#"{"name":"seed","hostname":"seed","modules":[{"name":"vsock","path":"/lib/modules/vsock.ko"},{"name":"vmw_vsock_virtio_transport","path":"/lib/modules/t.ko","params":"x=1"}],
+  "sysctls":{"vm.swappiness":"0"},"rlimits":[{"resource":"nofile","soft":1024,"hard":4096}],
+  "disks":[{"label":"var","mountpoint":"/var","fstype":"ext4"}],
+  "onboot":[{"name":"prep","command":{"argv":["/bin/sh","-c","true"],"env":{"A":"1"}},"on_failure":"poweroff","timeout_ms":5000}],
+  "agents":[{"kind":"control","port":1024},{"kind":"timesync","after":["serial"]},{"kind":"serial"},{"kind":"binfmt"}],
+  "services":[{"name":"web","command":{"argv":["/bin/httpd","-f"],"cwd":"/www","uid":1,"gid":1},
+    "restart":"always","after":["control"],"readiness":"notify","exit_on_stop":true,"oom_score_adj":100}],
+  "onshutdown":[],"binfmt":[{"name":"qemu-aarch64","interpreter":"/usr/bin/qemu-aarch64-static",
+    "magic":[127,69,76,70],"mask":[255,255,255,255],"flags":"F"}],
+  "containers":[{"name":"arm64","rootfs":"/containers/arm64"}],"shutdown_grace_ms":3000}"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_image_config_seed_is_an_image_config() {
+        let cfg: minke_protocol::ImageConfig =
+            serde_json::from_str(super::SEED_CONFIG).expect("seed parses");
+        assert_eq!(
+            minke_protocol::ImageConfig::decode(&cfg.encode()).unwrap(),
+            cfg
+        );
+        assert!(!cfg.services.is_empty() && !cfg.binfmt.is_empty());
+    }
 }

@@ -1,5 +1,6 @@
-//! Reads `/etc/minke/image.json` and turns it into what the init acts on: unit specs for agents
-//! and services (argv, env, cgroup, readiness), sysctl paths and rlimit resources.
+//! Reads the image config (`/etc/minke/image.cfg`, see [`ImageConfig::decode`]) and turns it
+//! into what the init acts on: unit specs for agents and services (argv, env, cgroup,
+//! readiness), sysctl paths and rlimit resources.
 
 use std::collections::BTreeMap;
 
@@ -32,35 +33,29 @@ pub enum ConfigError {
         /// OS error.
         source: std::io::Error,
     },
-    /// The JSON does not match the schema.
-    #[error("{path}:{line}:{column}: {source}")]
-    Parse {
+    /// The bytes are not an image config of this init.
+    #[error("{path}: {source}")]
+    Decode {
         /// Path read.
         path: String,
-        /// Line of the error.
-        line: usize,
-        /// Column of the error.
-        column: usize,
-        /// Parser error.
-        source: serde_json::Error,
+        /// Decoder error.
+        source: minke_protocol::config::ConfigDecodeError,
     },
 }
 
-/// Loads and parses the image config at `path`.
+/// Loads and decodes the image config at `path`.
 pub fn load(path: &str) -> Result<ImageConfig, ConfigError> {
-    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(path, &text)
+    parse(path, &bytes)
 }
 
-/// Parses image config JSON; `path` only names the file in errors.
-pub fn parse(path: &str, text: &[u8]) -> Result<ImageConfig, ConfigError> {
-    serde_json::from_slice(text).map_err(|source| ConfigError::Parse {
+/// Decodes image config bytes; `path` only names the file in errors.
+pub fn parse(path: &str, bytes: &[u8]) -> Result<ImageConfig, ConfigError> {
+    ImageConfig::decode(bytes).map_err(|source| ConfigError::Decode {
         path: path.to_owned(),
-        line: source.line(),
-        column: source.column(),
         source,
     })
 }
@@ -258,16 +253,23 @@ mod tests {
       "rlimits":[{"resource":"nofile","soft":1024,"hard":null}],"disks":[],"onboot":[],
       "agents":[{"kind":"control","port":1024},{"kind":"timesync","after":["serial"]},
         {"kind":"serial"}],
-      "services":[{"name":"web","argv":["/bin/web","-p","80"],"env":{"PATH":"/opt/bin","X":"1"},
+      "services":[{"name":"web","command":{"argv":["/bin/web","-p","80"],
+          "env":{"PATH":"/opt/bin","X":"1"}},
         "restart":"always","after":["control"],"readiness":"notify","oom_score_adj":500},
-        {"name":"web","argv":["/bin/other"]},
-        {"name":"../x","argv":["/bin/x"]},
-        {"name":"empty","argv":[]}],
+        {"name":"web","command":{"argv":["/bin/other"]}},
+        {"name":"../x","command":{"argv":["/bin/x"]}},
+        {"name":"empty","command":{"argv":[]}}],
       "onshutdown":[],"binfmt":[],"containers":[],"shutdown_grace_ms":3000}"#;
+
+    /// SAMPLE in the form the builder writes for the init.
+    fn sample() -> Vec<u8> {
+        let cfg: ImageConfig = serde_json::from_str(SAMPLE).expect("sample is an image config");
+        cfg.encode()
+    }
 
     #[test]
     fn sample_config_becomes_units() {
-        let cfg = parse("image.json", SAMPLE.as_bytes()).expect("sample parses");
+        let cfg = parse("image.cfg", &sample()).expect("sample decodes");
         let (units, rejected) = units(&cfg, "/proc/self/exe");
         let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["control", "timesync", "serial", "web"]);
@@ -304,15 +306,17 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_carry_file_line_and_column() {
-        let err = parse("image.json", b"{\n \"name\": 3 }").expect_err("bad type");
-        let msg = err.to_string();
-        assert!(msg.starts_with("image.json:2:"), "{msg}");
-        let err = parse(
-            "image.json",
-            SAMPLE.replace("hostname", "hostnme").as_bytes(),
-        );
-        assert!(err.is_err());
+    fn bytes_that_are_no_config_get_a_clear_error() {
+        let msg = parse("image.cfg", b"{\"name\": 3}")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("image.cfg: not an image config"), "{msg}");
+        assert!(msg.contains("rebuild the image"), "{msg}");
+        let good = sample();
+        let msg = parse("image.cfg", &good[..good.len() - 3])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("image.cfg: corrupt image config"), "{msg}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use minke_protocol::config::{ImageConfig, OnFailure};
-use minke_protocol::{BOOT_TIMELINE_PATH, IMAGE_CONFIG_PATH};
+use minke_protocol::{BOOT_TIMELINE_PATH, IMAGE_CONFIG_BIN_PATH};
 use rustix::system::RebootCommand;
 
 use crate::console::{self, log};
@@ -81,7 +81,7 @@ impl Init {
         let mut timeline = Timeline::new(Some(BOOT_TIMELINE_PATH));
         timeline.record_at(t0, "pid1");
         timeline.record("mounts");
-        let (cfg, ok) = match config::load(IMAGE_CONFIG_PATH) {
+        let (cfg, ok) = match config::load(IMAGE_CONFIG_BIN_PATH) {
             Ok(cfg) => (cfg, true),
             Err(e) => {
                 console::loud(format_args!("image config: {e}"));

@@ -126,7 +126,6 @@ pub struct Task {
     /// Name for logs and the boot timeline.
     pub name: String,
     /// What to run.
-    #[serde(flatten)]
     pub command: Command,
     /// What a non-zero exit does.
     #[serde(default)]
@@ -168,7 +167,6 @@ pub struct Service {
     /// Unique name (also the cgroup name).
     pub name: String,
     /// What to run.
-    #[serde(flatten)]
     pub command: Command,
     /// Restart policy.
     #[serde(default)]
@@ -225,7 +223,7 @@ pub struct Agent {
     pub port: Option<u32>,
     /// Agents that must be ready before this one starts (timesync after serial, whose socket
     /// it connects through under the serial transport).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub after: Vec<String>,
 }
 
@@ -253,6 +251,50 @@ pub struct Container {
     pub name: String,
     /// Directory holding its root filesystem.
     pub rootfs: String,
+}
+
+/// First bytes of [`crate::IMAGE_CONFIG_BIN_PATH`]; the last byte is the encoding's version,
+/// raised whenever [`ImageConfig`] changes shape.
+pub const CONFIG_MAGIC: &[u8; 8] = b"MINKECF\x01";
+
+/// Why [`ImageConfig::decode`] refused some bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigDecodeError {
+    /// Not an image config of this encoding version.
+    #[error(
+        "not an image config of this minke-init (no `MINKECF` header of encoding version {}): \
+         rebuild the image with the matching minke",
+        CONFIG_MAGIC[7]
+    )]
+    Magic,
+    /// The bytes after the header do not decode.
+    #[error("corrupt image config: {0}; rebuild the image")]
+    Body(#[from] postcard::Error),
+}
+
+impl ImageConfig {
+    /// The compact form the guest reads ([`crate::IMAGE_CONFIG_BIN_PATH`]): [`CONFIG_MAGIC`]
+    /// then postcard. Cheap to decode, and the guest binary needs no JSON parser.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = CONFIG_MAGIC.to_vec();
+        // Serialising plain data to a Vec cannot fail.
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decodes [`ImageConfig::encode`]'s output; never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<ImageConfig, ConfigDecodeError> {
+        let body = bytes
+            .strip_prefix(CONFIG_MAGIC.as_slice())
+            .ok_or(ConfigDecodeError::Magic)?;
+        let (cfg, rest) = postcard::take_from_bytes(body)?;
+        if !rest.is_empty() {
+            return Err(ConfigDecodeError::Body(
+                postcard::Error::DeserializeBadEncoding,
+            ));
+        }
+        Ok(cfg)
+    }
 }
 
 /// The boot timeline the init writes to [`crate::BOOT_TIMELINE_PATH`].
@@ -304,5 +346,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<ImageConfig>(&s).unwrap(), cfg);
         let bad = s.replacen("\"hostname\"", "\"hostnme\"", 1);
         assert!(serde_json::from_str::<ImageConfig>(&bad).is_err());
+        // The compact form the guest reads.
+        let bin = cfg.encode();
+        assert_eq!(ImageConfig::decode(&bin).unwrap(), cfg);
+        assert!(matches!(
+            ImageConfig::decode(b"{}"),
+            Err(ConfigDecodeError::Magic)
+        ));
+        for cut in CONFIG_MAGIC.len()..bin.len() {
+            assert!(ImageConfig::decode(&bin[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bin.clone();
+        longer.push(0);
+        assert!(ImageConfig::decode(&longer).is_err());
     }
 }

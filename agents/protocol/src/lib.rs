@@ -5,8 +5,9 @@
 //! - [`msg`]: the messages carried in those frames;
 //! - [`mux`]: the stream multiplexer that carries many such connections over the one
 //!   virtio-serial port of the serial transport;
-//! - [`config`]: the image config the builder writes to `/etc/minke/image.json` for the init,
-//!   and the boot timeline the init writes to `/run/minke/boot.json`.
+//! - [`config`]: the image config the builder writes for the init (`/etc/minke/image.cfg`, with
+//!   a JSON copy at `/etc/minke/image.json` for people), and the boot timeline the init
+//!   writes to `/run/minke/boot.json`.
 //!
 //! **Invariant:** this crate does no I/O of its own. It encodes and decodes bytes, and its frame
 //! helpers are generic over `std::io::Read`/`Write` so callers choose the transport (vsock,
@@ -27,7 +28,10 @@ pub const CONTROL_PORT: u32 = 1024;
 pub const TIMESYNC_PORT: u32 = 1025;
 /// vsock CID of the host, the only peer the control agent accepts.
 pub const HOST_CID: u32 = 2;
-/// Where the builder puts the image config inside the initramfs.
+/// Where the builder puts the image config the init and agents read (see
+/// [`ImageConfig::encode`]).
+pub const IMAGE_CONFIG_BIN_PATH: &str = "/etc/minke/image.cfg";
+/// Where the builder puts the same image config as JSON, for people and `Info`.
 pub const IMAGE_CONFIG_PATH: &str = "/etc/minke/image.json";
 /// Where the init records the boot timeline.
 pub const BOOT_TIMELINE_PATH: &str = "/run/minke/boot.json";
