@@ -139,7 +139,7 @@ fn main() {
         }
         "timesync" => {
             let secs: u64 = args[3].parse().unwrap();
-            let path = format!("{uds}_1025");
+            let path = format!("{uds}_{}", minke_protocol::TIMESYNC_PORT);
             let _ = std::fs::remove_file(&path);
             let l = UnixListener::bind(&path).unwrap();
             let end = Instant::now() + Duration::from_secs(secs);

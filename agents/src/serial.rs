@@ -9,7 +9,7 @@
 //! - a stream the host opens to port N is bridged to [`crate::conn::port_socket`]`(N)`, where
 //!   the agent serving that port listens under this transport (the control agent, 1024);
 //! - a guest process reaches host port N by sending `CONNECT N` on
-//!   [`crate::conn::HOST_SOCKET`] (the time sync agent, 1025).
+//!   [`crate::conn::HOST_SOCKET`] (the time sync agent, [`minke_protocol::TIMESYNC_PORT`]).
 //!
 //! It reports ready once the host has welcomed its session, so `minke: ready` on the console
 //! still means the host can connect. Under vsock it has nothing to do: it reports ready and

@@ -1,4 +1,4 @@
-//! Host side of time sync: the guest's timesync agent connects to host port 1025, says
+//! Host side of time sync: the guest's timesync agent connects to host port [`minke_protocol::TIMESYNC_PORT`], says
 //! `Hello`, and asks `TimeRequest { seq, t1 }`; the host answers `TimeReply { seq, t1, t2, t3 }`
 //! with its CLOCK_REALTIME receive and send times, and pushes `Resumed` after a pause.
 //!
@@ -100,7 +100,7 @@ impl TimeServer {
         Ok(())
     }
 
-    /// Listens on the hybrid vsock socket `path` (`vm.vsock_1025`).
+    /// Listens on the hybrid vsock socket `path` (`vm.vsock_PORT`).
     pub fn listen_unix(path: &Path) -> io::Result<TimeServer> {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;

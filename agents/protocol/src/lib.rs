@@ -24,8 +24,14 @@ pub use wire::{read_frame, write_frame, FrameError, MAX_FRAME, PROTOCOL_VERSION}
 
 /// Default vsock port of the control agent (host connects to the guest).
 pub const CONTROL_PORT: u32 = 1024;
-/// Default vsock port of the time sync service (guest connects to the host).
-pub const TIMESYNC_PORT: u32 = 1025;
+/// Default vsock port of the time sync service (guest connects to the host): 2^31 + 1025.
+///
+/// High on purpose. vhost-device-vsock (0.3.0, the newest) numbers the host end of each
+/// host-initiated connection 0, 1, 2, … and, once that counter meets the host port of a
+/// guest-initiated connection that is still open, refuses every later connection for good
+/// (`NoFreeLocalPort`). With the time sync connection on port 1025, a VM stopped answering
+/// after about a thousand execs; this port is two billion connections away.
+pub const TIMESYNC_PORT: u32 = 0x8000_0401;
 /// vsock CID of the host, the only peer the control agent accepts.
 pub const HOST_CID: u32 = 2;
 /// Where the builder puts the image config the init and agents read (see

@@ -44,7 +44,7 @@
 //! # Streams
 //!
 //! Either side opens a stream to a port of the other: the host to the guest's control agent
-//! (port 1024), the guest to the host's time server (port 1025). Stream ids are chosen by the
+//! (port 1024), the guest to the host's time server ([`crate::TIMESYNC_PORT`]). Stream ids are chosen by the
 //! opener, odd for the host and even (non-zero) for the guest, and never reused within a
 //! session.
 //!

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -149,7 +148,6 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
     let code = pump(conn, &mut child, streams)?;
     if let Some(code) = code {
         write_frame(conn, &GuestMsg::Exit { code })?;
-        let _ = conn.shutdown(Shutdown::Both);
     }
     Ok(())
 }

@@ -226,6 +226,41 @@ pub fn serve<C: Conn>(mut conn: C, ctx: &Ctx) {
             }
         }
     }
+    finish(&mut conn);
+}
+
+/// How long a finished conversation waits for the host to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a conversation: closes this side for writing, then reads (and drops) what the host
+/// still sends until it closes too, for at most [`LINGER`]. Closing both ways at once would
+/// race late host frames (a `StdinEof` after a short exec's `Exit`): the serial transport's
+/// bridge then meets a closed socket and may drop the stream with the reply still queued.
+pub(crate) fn finish<C: Conn>(conn: &mut C) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let _ = conn.shutdown(Shutdown::Write);
+    let end = std::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let timeout = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&*conn, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => break,
+            Ok(_) => match conn.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
     let _ = conn.shutdown(Shutdown::Both);
 }
 
