@@ -120,6 +120,8 @@ struct BootFigures {
     ready: Duration,
     pid1_wall: Duration,
     pid1_to_ready: Option<Duration>,
+    /// PID1 start → the last agent's own readiness moment.
+    pid1_to_agents: Option<Duration>,
     timeline: Option<BootTimeline>,
     pid1_rss: String,
 }
@@ -140,6 +142,7 @@ pub fn boot(sh: &Shell) -> Result<()> {
     let minke_bin = crate::workspace_root().join("target/release/minke");
     let mut samples: Vec<[Vec<Duration>; 4]> = images.iter().map(|_| Default::default()).collect();
     let mut pid1_to_ready: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
+    let mut pid1_to_agents: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut last: Vec<(Option<BootTimeline>, String)> =
         images.iter().map(|_| (None, String::new())).collect();
     for i in 0..RUNS {
@@ -172,6 +175,17 @@ pub fn boot(sh: &Shell) -> Result<()> {
                     .find(|e| e.what == w)
                     .map(|e| e.boottime_ns)
             };
+            // The agents' own readiness moments (the last of them), as opposed to `ready`,
+            // which also waits for the boot stages.
+            let agents_ready = tl
+                .events
+                .iter()
+                .filter(|e| e.what.starts_with("ready:"))
+                .map(|e| e.boottime_ns)
+                .max();
+            if let (Some(a), Some(b)) = (at("pid1"), agents_ready) {
+                pid1_to_agents[k].push(Duration::from_nanos(b.saturating_sub(a)));
+            }
             if let (Some(a), Some(b)) = (at("pid1"), at("ready")) {
                 let d = Duration::from_nanos(b.saturating_sub(a));
                 pid1_to_ready[k].push(d);
@@ -198,9 +212,10 @@ pub fn boot(sh: &Shell) -> Result<()> {
     let figures: Vec<BootFigures> = samples
         .into_iter()
         .zip(pid1_to_ready)
+        .zip(pid1_to_agents)
         .zip(last)
         .map(
-            |(([bare, run, ready, pid1], p2r), (timeline, pid1_rss))| BootFigures {
+            |((([bare, run, ready, pid1], p2r), p2a), (timeline, pid1_rss))| BootFigures {
                 bare: median(bare),
                 run: median(run),
                 ready: median(ready),
@@ -210,6 +225,7 @@ pub fn boot(sh: &Shell) -> Result<()> {
                     median(pid1)
                 },
                 pid1_to_ready: (!p2r.is_empty()).then(|| median(p2r)),
+                pid1_to_agents: (!p2a.is_empty()).then(|| median(p2a)),
                 timeline,
                 pid1_rss,
             },
@@ -235,8 +251,14 @@ pub fn boot(sh: &Shell) -> Result<()> {
             "  QEMU start -> agent ready                               {:>8.3} s",
             f.ready.as_secs_f64()
         );
-        if let Some(d) = f.pid1_to_ready {
+        if let Some(d) = f.pid1_to_agents {
             println!("  PID1 start -> all agents ready (boot.json)              {:>8.1} ms  (target <= 30 ms)", d.as_secs_f64() * 1e3);
+        }
+        if let Some(d) = f.pid1_to_ready {
+            println!(
+                "  PID1 start -> booted (agents and boot stages)           {:>8.1} ms",
+                d.as_secs_f64() * 1e3
+            );
         }
         println!("  PID1 {}", f.pid1_rss);
     }
