@@ -464,26 +464,12 @@ pub fn agents(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-/// Offsets (ms) the time sync agent logged, `timesync: step X ms` or `slew offset X ms`, in
-/// console text.
-fn logged_offsets(console: &str) -> Vec<f64> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l
-                .split_once("timesync: step ")
-                .or_else(|| l.split_once("timesync: slew offset "))?;
-            rest.split(" ms").next()?.trim().parse().ok()
-        })
-        .collect()
-}
-
 /// The last `n` offsets the agent measured once it runs steadily (its first measurement, the
 /// boot step, is left out); waits for them.
 fn steady_offsets(vm: &Vm, n: usize) -> Result<Vec<f64>> {
     let end = Instant::now() + Duration::from_secs(90);
     loop {
-        let all = logged_offsets(&std::fs::read_to_string(vm.console_log())?);
+        let all = minke_shim::timesync::logged_offsets(&std::fs::read_to_string(vm.console_log())?);
         if all.len() > n {
             return Ok(all[all.len() - n..].to_vec());
         }
@@ -530,7 +516,7 @@ fn pause_resync(vm: &Vm) -> Result<Resync> {
     loop {
         let log = std::fs::read_to_string(vm.console_log())?;
         let tail = log.split(marker).nth(before + 1).unwrap_or("");
-        let offs = logged_offsets(tail);
+        let offs = minke_shim::timesync::logged_offsets(tail);
         if offs.len() >= 2 {
             return Ok(Resync {
                 step: offs[0],

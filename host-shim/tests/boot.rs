@@ -506,15 +506,7 @@ fn serial_pause_and_resume_push_resync() {
     let (step, after) = loop {
         let log = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
         let resumed = log.split("host reports a resume").nth(1).unwrap_or("");
-        let offsets: Vec<f64> = resumed
-            .lines()
-            .filter_map(|l| {
-                let (_, rest) = l
-                    .split_once("timesync: step ")
-                    .or_else(|| l.split_once("timesync: slew offset "))?;
-                rest.split(" ms").next()?.trim().parse().ok()
-            })
-            .collect();
+        let offsets = minke_shim::timesync::logged_offsets(resumed);
         if offsets.len() >= 2 {
             break (offsets[0], offsets[1]);
         }

@@ -643,11 +643,9 @@ impl Supervisor {
 
     /// Spawns `spec` with its output on a pipe (and a readiness pipe if `notify`).
     fn spawn(&mut self, spec: &UnitSpec, notify: bool) -> std::io::Result<i32> {
-        use rustix::pipe::{pipe_with, PipeFlags};
-        let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        set_nonblock(&out_r)?;
+        let io = UnitIo::new(self.child_setup(spec), notify)?;
         if spec.agent && spec.program == crate::init::SELF_EXE && self.agent_config.is_some() {
-            return self.fork_agent(spec, notify, out_r, out_w);
+            return self.fork_agent(spec, io);
         }
         let mut cmd = Command::new(&spec.program);
         {
@@ -667,9 +665,32 @@ impl Supervisor {
             .envs(&spec.env)
             .current_dir(&spec.cwd)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w.try_clone()?))
-            .stderr(Stdio::from(out_w));
-        let mut setup = crate::sys::ChildSetup {
+            .stdout(Stdio::from(io.out_w.try_clone()?))
+            .stderr(Stdio::from(io.out_w.try_clone()?));
+        let UnitIo {
+            out_r,
+            out_w,
+            notify,
+            setup,
+        } = io;
+        if let Some((_, w)) = &notify {
+            cmd.env(NOTIFY_ENV, w.as_raw_fd().to_string());
+        }
+        crate::sys::child_setup(&mut cmd, setup);
+        let child = cmd.spawn();
+        drop(cmd);
+        drop(out_w);
+        let pid = i32::try_from(child?.id()).unwrap_or(-1);
+        if let Some(v) = spec.oom_score_adj {
+            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string());
+        }
+        self.watch_pipes(&spec.name, pid, out_r, notify.map(|(r, _)| r));
+        Ok(pid)
+    }
+
+    /// What a child gets set up with before it runs: its cgroup and oom_score_adj.
+    fn child_setup(&self, spec: &UnitSpec) -> crate::sys::ChildSetup {
+        crate::sys::ChildSetup {
             cgroup_procs: self
                 .paths
                 .cgroup_root
@@ -677,72 +698,42 @@ impl Supervisor {
                 .and_then(|root| crate::setup::unit_cgroup(root, &spec.name)),
             oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
             keep_fd: None,
-        };
-        let mut notify_pipe = None;
-        if notify {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
-            set_nonblock(&r)?;
-            cmd.env(NOTIFY_ENV, w.as_raw_fd().to_string());
-            setup.keep_fd = Some(w.as_raw_fd());
-            notify_pipe = Some((r, w));
         }
-        crate::sys::child_setup(&mut cmd, setup);
-        let child = cmd.spawn()?;
-        drop(cmd);
-        let pid = i32::try_from(child.id()).unwrap_or(-1);
-        if let Some(v) = spec.oom_score_adj {
-            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string());
-        }
+    }
+
+    /// Reads the output pipe (and the readiness pipe) of the unit just started as `pid`.
+    fn watch_pipes(&mut self, name: &str, pid: i32, out_r: OwnedFd, notify_r: Option<OwnedFd>) {
         self.pipes.push(Pipe {
             fd: out_r,
-            name: spec.name.clone(),
+            name: name.to_owned(),
             kind: PipeKind::Output,
             lines: LineSplitter::default(),
         });
-        if let Some((r, w)) = notify_pipe {
-            drop(w);
+        if let Some(r) = notify_r {
             self.pipes.push(Pipe {
                 fd: r,
-                name: spec.name.clone(),
+                name: name.to_owned(),
                 kind: PipeKind::Notify { pid },
                 lines: LineSplitter::default(),
             });
         }
-        Ok(pid)
     }
 
     /// Starts agent `spec` in a forked copy of PID1 (see [`Supervisor::fork_agents`]); the
     /// child gets what a spawned unit gets: its cgroup, session, oom_score_adj, environment,
-    /// stdin on /dev/null, output on `out_w`, the readiness pipe as fd 3.
-    fn fork_agent(
-        &mut self,
-        spec: &UnitSpec,
-        notify: bool,
-        out_r: OwnedFd,
-        out_w: OwnedFd,
-    ) -> std::io::Result<i32> {
-        use rustix::pipe::{pipe_with, PipeFlags};
+    /// stdin on /dev/null, output on the unit's pipe, the readiness pipe as fd 3.
+    fn fork_agent(&mut self, spec: &UnitSpec, io: UnitIo) -> std::io::Result<i32> {
         let devnull = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
-        let notify_pipe = if notify {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
-            set_nonblock(&r)?;
-            Some((r, w))
-        } else {
-            None
-        };
-        let setup = crate::sys::ChildSetup {
-            cgroup_procs: self
-                .paths
-                .cgroup_root
-                .as_deref()
-                .and_then(|root| crate::setup::unit_cgroup(root, &spec.name)),
-            oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
-            keep_fd: notify_pipe.as_ref().map(|(_, w)| w.as_raw_fd()),
-        };
+        let UnitIo {
+            out_r,
+            out_w,
+            notify,
+            setup,
+        } = io;
         let args: Vec<String> = spec.argv.iter().skip(2).cloned().collect();
         let cfg = self.agent_config.clone().unwrap_or_default();
         match crate::sys::fork()? {
@@ -768,21 +759,7 @@ impl Supervisor {
             }
             crate::sys::Forked::Parent(pid) => {
                 drop(out_w);
-                self.pipes.push(Pipe {
-                    fd: out_r,
-                    name: spec.name.clone(),
-                    kind: PipeKind::Output,
-                    lines: LineSplitter::default(),
-                });
-                if let Some((r, w)) = notify_pipe {
-                    drop(w);
-                    self.pipes.push(Pipe {
-                        fd: r,
-                        name: spec.name.clone(),
-                        kind: PipeKind::Notify { pid },
-                        lines: LineSplitter::default(),
-                    });
-                }
+                self.watch_pipes(&spec.name, pid, out_r, notify.map(|(r, _)| r));
                 Ok(pid)
             }
         }
@@ -894,6 +871,37 @@ impl std::fmt::Display for Exit {
             Exit::Code(c) => write!(f, "exited with status {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
         }
+    }
+}
+
+/// A unit's pipes as it starts: output (read end for PID1, write end for the child), the
+/// readiness pipe if it has one, and the child's set-up, which keeps the readiness write end.
+struct UnitIo {
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    notify: Option<(OwnedFd, OwnedFd)>,
+    setup: crate::sys::ChildSetup,
+}
+
+impl UnitIo {
+    fn new(mut setup: crate::sys::ChildSetup, notify: bool) -> std::io::Result<UnitIo> {
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        set_nonblock(&out_r)?;
+        let notify = if notify {
+            let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
+            set_nonblock(&r)?;
+            setup.keep_fd = Some(w.as_raw_fd());
+            Some((r, w))
+        } else {
+            None
+        };
+        Ok(UnitIo {
+            out_r,
+            out_w,
+            notify,
+            setup,
+        })
     }
 }
 
