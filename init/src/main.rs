@@ -1,7 +1,7 @@
 //! minke-init: PID1 of a minke guest and, under the `agent` subcommand, each in-guest agent.
 //!
 //! # One binary, several faces
-//! - As PID1 (`/init`): brings the guest up from `/etc/minke/image.json` and supervises it; it
+//! - As PID1 (`/init`): brings the guest up from `/etc/minke/image.cfg` and supervises it; it
 //!   never exits and never panics out (see [`init`]).
 //! - `minke-init agent KIND [--port N]`, or argv\[0\] basename `minke-agent-KIND`: runs that agent
 //!   (`minke_agents::agent_main`) as an ordinary process.
