@@ -106,8 +106,8 @@ fn serve(dev: &Path) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         }
     }
-    eprintln!("minke agent serial: session with the host is up");
     crate::notify_ready("serial");
+    eprintln!("minke agent serial: session with the host is up");
     mux.wait_closed();
     drop(server);
     let why = mux.stats().last_error.unwrap_or_default();

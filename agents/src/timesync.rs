@@ -462,6 +462,10 @@ fn session(
         let best = s.burst()?;
         let d = disc.update(now(ClockId::Monotonic), best.offset_ns, resync);
         apply(&d)?;
+        if !*ready {
+            crate::notify_ready("timesync");
+            *ready = true;
+        }
         jumps = JumpWatch::new();
         match d.action {
             Action::Step { offset_ns } => eprintln!(
@@ -478,10 +482,6 @@ fn session(
                 disc.freq_ppm(),
                 d.next_poll.as_secs()
             ),
-        }
-        if !*ready {
-            crate::notify_ready("timesync");
-            *ready = true;
         }
         resync = false;
         next_poll = now(ClockId::Monotonic) + d.next_poll.as_nanos() as i64;

@@ -311,6 +311,8 @@ impl Supervisor {
             }
         });
 
+        // About to wait: the timeline file catches up with what happened since the last wait.
+        self.timeline.flush();
         use rustix::event::{PollFd, PollFlags};
         let ready: Vec<(usize, PollFlags)> = {
             let mut fds: Vec<PollFd<'_>> =
@@ -594,6 +596,8 @@ impl Supervisor {
         {
             self.ready_announced = true;
             self.timeline.record("ready");
+            // The host reads the timeline as soon as it sees the marker.
+            self.timeline.flush();
             console::marker(minke_protocol::READY_MARKER);
         }
     }

@@ -1,5 +1,5 @@
 //! The boot timeline: events stamped with CLOCK_BOOTTIME, rewritten atomically to
-//! `/run/minke/boot.json` after each event.
+//! `/run/minke/boot.json` whenever the init goes idle with new events.
 
 use minke_protocol::config::{BootEvent, BootTimeline};
 
@@ -24,6 +24,8 @@ pub fn now_ms() -> u64 {
 pub struct Timeline {
     timeline: BootTimeline,
     path: Option<String>,
+    /// Events recorded since the file was last written.
+    dirty: bool,
 }
 
 impl Timeline {
@@ -32,6 +34,7 @@ impl Timeline {
         Timeline {
             timeline: BootTimeline::default(),
             path: path.map(str::to_owned),
+            dirty: false,
         }
     }
 
@@ -47,7 +50,7 @@ impl Timeline {
                 what: what.to_owned(),
             },
         );
-        self.write();
+        self.dirty = true;
     }
 
     /// Records `what` now.
@@ -61,7 +64,15 @@ impl Timeline {
         self.timeline.events.iter().any(|e| e.what == what)
     }
 
-    fn write(&self) {
+    /// Writes the file (whole, atomically) if events were recorded since the last write.
+    ///
+    /// Called when the init is about to wait and before the `ready` marker, not per event:
+    /// during boot, events come in bursts, and under emulation each write costs PID1 as much as
+    /// a boot stage.
+    pub fn flush(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
         let Some(path) = &self.path else { return };
         let Ok(json) = serde_json::to_vec(&self.timeline) else {
             return;
@@ -79,14 +90,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_is_rewritten_whole_after_each_event() {
+    fn file_is_rewritten_whole_on_flush() {
         let dir = std::env::temp_dir().join(format!("minke-init-tl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("boot.json");
         let path_s = path.to_str().expect("utf-8 tmp path");
         let mut t = Timeline::new(Some(path_s));
         t.record_at(5, "pid1");
+        t.flush();
+        assert!(path.exists());
         t.record_at(9, "ready:control");
+        assert_eq!(
+            serde_json::from_slice::<BootTimeline>(&std::fs::read(&path).expect("written"))
+                .expect("json")
+                .events
+                .len(),
+            1,
+            "not rewritten before the flush"
+        );
+        t.flush();
         let back: BootTimeline =
             serde_json::from_slice(&std::fs::read(&path).expect("written")).expect("json");
         assert_eq!(back.events.len(), 2);

@@ -101,11 +101,11 @@ pub fn run(port: u32) -> i32 {
             return 1;
         }
     };
+    crate::notify_ready("control");
     eprintln!(
         "minke agent control: listening on {}",
         listener.describe(port)
     );
-    crate::notify_ready("control");
     let workers = Workers::new(Arc::clone(&ctx));
     workers.ensure_idle();
     loop {
