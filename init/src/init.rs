@@ -24,7 +24,7 @@ const PANIC_WINDOW_MS: u64 = 10_000;
 enum Stage {
     /// Kernel modules, then the agents (which need the vsock modules).
     Modules,
-    /// Hostname, loopback, sysctls, rlimits: beside the starting agents.
+    /// Hostname, loopback, sysctls, rlimits, cgroup controllers: beside the starting agents.
     System,
     Disks,
     Onboot(usize),
@@ -68,9 +68,6 @@ pub fn pid1() -> ! {
 impl Init {
     fn early(t0: u64) -> Self {
         setup::mount_early();
-        // Before any unit's cgroup exists: enabling controllers later would move every process
-        // already in a cgroup over to the new controllers' state.
-        setup::cgroups();
         let sigfd = match sys::signalfd() {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -133,6 +130,7 @@ impl Init {
             Stage::System => {
                 self.stage = Stage::Disks;
                 setup::system(&self.cfg);
+                setup::cgroups();
                 self.sup.watch_power_buttons();
                 self.sup.timeline.record("system");
             }
