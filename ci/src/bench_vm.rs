@@ -283,9 +283,31 @@ pub fn boot(sh: &Shell) -> Result<()> {
     }
     for ((name, _), f) in kernels.iter().zip(&figures) {
         if let Some(tl) = &f.timeline {
-            println!("boot timeline, {name} (CLOCK_BOOTTIME):");
+            println!("boot timeline, {name} (last run; CLOCK_BOOTTIME, and from PID1's start):");
+            let t0 = tl
+                .events
+                .iter()
+                .find(|e| e.what == "pid1")
+                .map_or(0, |e| e.boottime_ns);
+            let ms = |ns: u64| ns as f64 / 1e6;
             for e in &tl.events {
-                println!("    {:>10.1} ms  {}", e.boottime_ns as f64 / 1e6, e.what);
+                // An agent's own start-up: from its start to its readiness.
+                let own = e.what.strip_prefix("ready:").and_then(|unit| {
+                    let started = format!("started:{unit}");
+                    tl.events.iter().find(|s| s.what == started).map(|s| {
+                        format!(
+                            "  ({:.1} ms after its start)",
+                            ms(e.boottime_ns.saturating_sub(s.boottime_ns))
+                        )
+                    })
+                });
+                println!(
+                    "    {:>10.1} ms  {:>+8.1} ms  {}{}",
+                    ms(e.boottime_ns),
+                    ms(e.boottime_ns.saturating_sub(t0)),
+                    e.what,
+                    own.unwrap_or_default()
+                );
             }
         }
     }
