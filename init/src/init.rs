@@ -39,6 +39,8 @@ struct Init {
     mounted: Vec<String>,
     shutdown: Shutdown,
     stage: Stage,
+    /// The RCU setting to restore once booted (see [`setup::expedite_rcu`]).
+    rcu_after_boot: Option<Vec<u8>>,
 }
 
 /// PID1's entry point; never returns.
@@ -67,7 +69,7 @@ pub fn pid1() -> ! {
 
 impl Init {
     fn early(t0: u64) -> Self {
-        setup::mount_early();
+        let rcu_after_boot = setup::mount_early();
         let sigfd = match sys::signalfd() {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -105,6 +107,7 @@ impl Init {
             mounted: Vec::new(),
             shutdown,
             stage: Stage::Modules,
+            rcu_after_boot,
         }
     }
 
@@ -146,10 +149,17 @@ impl Init {
                     self.sup.start();
                 }
             }
-            Stage::Running => match self.sup.take_request() {
-                Some(action) => self.begin_shutdown(action),
-                None => self.sup.pump(None),
-            },
+            Stage::Running => {
+                if self.sup.booted() {
+                    if let Some(old) = self.rcu_after_boot.take() {
+                        setup::restore_rcu(&old);
+                    }
+                }
+                match self.sup.take_request() {
+                    Some(action) => self.begin_shutdown(action),
+                    None => self.sup.pump(None),
+                }
+            }
             Stage::Shutdown(step) => self.shutdown_turn(step),
         }
     }

@@ -274,6 +274,11 @@ impl Supervisor {
         self.tick(now_ms());
     }
 
+    /// Booted: every agent was ready once the boot stages were done (`minke: ready` printed).
+    pub fn booted(&self) -> bool {
+        self.ready_announced
+    }
+
     /// Stops supervising: nothing starts or restarts any more; pending restarts are dropped.
     pub fn stop_all(&mut self) {
         self.stopping = true;
