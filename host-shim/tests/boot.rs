@@ -583,6 +583,8 @@ fn init_mounts_and_loads_modules() {
             "{w} missing from the boot timeline {whats:?}"
         );
     }
+    // Expedited RCU grace periods are for the boot only: the kernel's setting is back.
+    assert_eq!(out(vm, &["cat", "/sys/kernel/rcu_expedited"]).trim(), "0");
 }
 
 /// The crasher service exits at once; PID1 restarts it with growing delays while the ticker
