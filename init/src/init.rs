@@ -39,8 +39,6 @@ struct Init {
     mounted: Vec<String>,
     shutdown: Shutdown,
     stage: Stage,
-    /// The RCU setting to restore once booted (see [`setup::expedite_rcu`]).
-    rcu_after_boot: Option<Vec<u8>>,
 }
 
 /// PID1's entry point; never returns.
@@ -96,6 +94,9 @@ impl Init {
             log!("{name} not started: {why}");
         }
         let mut sup = Supervisor::new(units, sigfd, timeline, Paths::default());
+        if let Some(old) = rcu_after_boot {
+            sup.when_booted(Box::new(move || setup::restore_rcu(&old)));
+        }
         sup.fork_agents(cfg.clone());
         if !ok {
             sup.request(PowerAction::PowerOff);
@@ -107,7 +108,6 @@ impl Init {
             mounted: Vec::new(),
             shutdown,
             stage: Stage::Modules,
-            rcu_after_boot,
         }
     }
 
@@ -149,17 +149,10 @@ impl Init {
                     self.sup.start();
                 }
             }
-            Stage::Running => {
-                if self.sup.booted() {
-                    if let Some(old) = self.rcu_after_boot.take() {
-                        setup::restore_rcu(&old);
-                    }
-                }
-                match self.sup.take_request() {
-                    Some(action) => self.begin_shutdown(action),
-                    None => self.sup.pump(None),
-                }
-            }
+            Stage::Running => match self.sup.take_request() {
+                Some(action) => self.begin_shutdown(action),
+                None => self.sup.pump(None),
+            },
             Stage::Shutdown(step) => self.shutdown_turn(step),
         }
     }

@@ -128,6 +128,15 @@ impl Default for Paths {
     }
 }
 
+/// What to do once booted (see [`Supervisor::when_booted`]).
+struct WhenBooted(Box<dyn FnOnce()>);
+
+impl std::fmt::Debug for WhenBooted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhenBooted")
+    }
+}
+
 /// The supervisor.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -154,6 +163,8 @@ pub struct Supervisor {
     started: bool,
     stopping: bool,
     ready_announced: bool,
+    /// Run once booted, before the marker.
+    when_booted: Option<WhenBooted>,
     /// Set: agents of this binary run as forked copies of PID1 (no exec), handed this config.
     agent_config: Option<minke_protocol::ImageConfig>,
 }
@@ -213,6 +224,7 @@ impl Supervisor {
             started: false,
             stopping: false,
             ready_announced: false,
+            when_booted: None,
             agent_config: None,
         }
     }
@@ -274,9 +286,9 @@ impl Supervisor {
         self.tick(now_ms());
     }
 
-    /// Booted: every agent was ready once the boot stages were done (`minke: ready` printed).
-    pub fn booted(&self) -> bool {
-        self.ready_announced
+    /// Runs `f` once booted, right before `minke: ready` is printed.
+    pub fn when_booted(&mut self, f: Box<dyn FnOnce()>) {
+        self.when_booted = Some(WhenBooted(f));
     }
 
     /// Stops supervising: nothing starts or restarts any more; pending restarts are dropped.
@@ -603,6 +615,9 @@ impl Supervisor {
             self.timeline.record("ready");
             // The host reads the timeline as soon as it sees the marker.
             self.timeline.flush();
+            if let Some(WhenBooted(f)) = self.when_booted.take() {
+                f();
+            }
             console::marker(minke_protocol::READY_MARKER);
         }
     }
@@ -1119,6 +1134,9 @@ mod tests {
         agent.agent = true;
         let units = vec![sh("svc", "exec sleep 30", Restart::Always, &[]), agent];
         let mut sup = Supervisor::new(units, None, Timeline::new(None), paths);
+        let booted = std::rc::Rc::new(std::cell::Cell::new(0));
+        let seen = std::rc::Rc::clone(&booted);
+        sup.when_booted(Box::new(move || seen.set(seen.get() + 1)));
         sup.start_agents();
         assert!(
             matches!(sup.units[1].state, State::Running { .. }),
@@ -1134,9 +1152,12 @@ mod tests {
             !sup.ready_announced,
             "not ready before the boot stages are done"
         );
+        assert_eq!(booted.get(), 0);
         sup.start();
         assert!(matches!(sup.units[0].state, State::Running { .. }));
         assert!(sup.ready_announced);
+        sup.tick(now_ms());
+        assert_eq!(booted.get(), 1, "run once, when booted");
 
         sup.stop_all();
         for u in &sup.units {
