@@ -1,10 +1,12 @@
 //! The time sync agent: keeps the guest's CLOCK_REALTIME on the host's.
 //!
 //! It connects to the host (CID 2, or through the serial agent under the serial transport; see
-//! [`crate::conn::connect_host`]) on the time port, sends `GuestMsg::Hello` and expects
-//! `HostMsg::Welcome`. Then, at each poll, it sends a burst of [`BURST`] `TimeRequest { seq,
-//! t1 }` (one at a time, each waiting for its `TimeReply`), computes offset and delay of each
-//! four-timestamp exchange and keeps the sample with the smallest delay.
+//! [`crate::conn::connect_host`]) on the time port and sends `GuestMsg::Hello`; the first
+//! request follows without waiting for `HostMsg::Welcome` (one round trip less before the
+//! first sync), and no reply counts before the Welcome. At each poll it sends a burst of
+//! [`BURST`] `TimeRequest { seq, t1 }` (one at a time, each waiting for its `TimeReply`),
+//! computes offset and delay of each four-timestamp exchange and keeps the sample with the
+//! smallest delay.
 //!
 //! Discipline ([`Discipline`]): the first sample, any offset above [`STEP_THRESHOLD_NS`] and,
 //! after a resume or a detected clock jump, any offset above [`RESYNC_STEP_THRESHOLD_NS`]
@@ -286,6 +288,8 @@ struct Session {
     dec: FrameDecoder,
     seq: u64,
     resumed: bool,
+    /// The host's `Welcome` arrived.
+    welcomed: bool,
 }
 
 impl Session {
@@ -333,7 +337,14 @@ impl Session {
                 Ok(())
             }
             HostMsg::Error(e) => Err(SyncError::Protocol(e)),
-            HostMsg::TimeReply { .. } => Ok(()), // late reply to an abandoned request
+            HostMsg::Welcome { version } if !self.welcomed && version == PROTOCOL_VERSION => {
+                self.welcomed = true;
+                Ok(())
+            }
+            HostMsg::Welcome { version } if !self.welcomed => Err(SyncError::Protocol(format!(
+                "protocol version mismatch: guest {PROTOCOL_VERSION}, host {version}"
+            ))),
+            HostMsg::TimeReply { .. } if self.welcomed => Ok(()), // late reply to an abandoned request
             other => Err(SyncError::Protocol(format!(
                 "unexpected {} on the time connection",
                 crate::control::msg_name(&other)
@@ -341,7 +352,8 @@ impl Session {
         }
     }
 
-    fn handshake(&mut self) -> Result<(), SyncError> {
+    /// Sends `Hello`; the host's `Welcome` is taken in by the first exchange.
+    fn hello(&mut self) -> Result<(), SyncError> {
         write_frame(
             &mut self.conn,
             &GuestMsg::Hello {
@@ -349,18 +361,7 @@ impl Session {
                 client: "timesync".into(),
             },
         )?;
-        match self.next_msg(Duration::from_secs(5))? {
-            Some(HostMsg::Welcome { version }) if version == PROTOCOL_VERSION => Ok(()),
-            Some(HostMsg::Welcome { version }) => Err(SyncError::Protocol(format!(
-                "protocol version mismatch: guest {PROTOCOL_VERSION}, host {version}"
-            ))),
-            Some(HostMsg::Error(e)) => Err(SyncError::Protocol(e)),
-            Some(other) => Err(SyncError::Protocol(format!(
-                "expected Welcome, got {}",
-                crate::control::msg_name(&other)
-            ))),
-            None => Err(SyncError::Timeout(Duration::from_secs(5))),
-        }
+        Ok(())
     }
 
     /// One exchange; `None` when the reply did not come in time.
@@ -382,7 +383,7 @@ impl Session {
                     t1: r1,
                     t2,
                     t3,
-                }) if s == seq && r1 == t1 => {
+                }) if s == seq && r1 == t1 && self.welcomed => {
                     let t4 = now(ClockId::Realtime);
                     return Ok(Some(sample(t1, t2, t3, t4)));
                 }
@@ -398,7 +399,13 @@ impl Session {
                 samples.push(s);
             }
         }
-        best(&samples).ok_or(SyncError::Timeout(REPLY_TIMEOUT))
+        match best(&samples) {
+            Some(b) => Ok(b),
+            None if !self.welcomed => Err(SyncError::Protocol(
+                "no Welcome from the host in answer to Hello".into(),
+            )),
+            None => Err(SyncError::Timeout(REPLY_TIMEOUT)),
+        }
     }
 }
 
@@ -414,7 +421,7 @@ fn fmt_ms(ns: i64) -> String {
     format!("{:+.3} ms", ns as f64 / 1e6)
 }
 
-/// One connection's life: handshake, then polls until the stream fails.
+/// One connection's life: Hello, then polls until the stream fails.
 fn session(
     port: u32,
     disc: &mut Discipline,
@@ -427,13 +434,10 @@ fn session(
         dec: FrameDecoder::default(),
         seq: 0,
         resumed: false,
+        welcomed: false,
     };
-    s.handshake()?;
-    eprintln!(
-        "minke agent timesync: connected to the host on port {port} over {}",
-        conn::transport_name()
-    );
-    *backoff = Duration::from_millis(200);
+    s.hello()?;
+    let mut synced_once = false;
     let mut jumps = JumpWatch::new();
     let mut resync = false;
     let mut next_poll = now(ClockId::Monotonic);
@@ -465,6 +469,14 @@ fn session(
         if !*ready {
             crate::notify_ready("timesync");
             *ready = true;
+        }
+        if !synced_once {
+            synced_once = true;
+            *backoff = Duration::from_millis(200);
+            eprintln!(
+                "minke agent timesync: connected to the host on port {port} over {}",
+                conn::transport_name()
+            );
         }
         jumps = JumpWatch::new();
         match d.action {

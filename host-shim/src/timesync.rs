@@ -397,6 +397,35 @@ mod tests {
         assert_eq!((st.connections, st.replies, st.resumed_pushes), (1, 3, 1));
     }
 
+    /// The guest agent sends its first request right behind Hello, in one go.
+    #[test]
+    fn a_request_pipelined_behind_hello_is_answered_after_welcome() {
+        let srv = TimeServer::detached();
+        let (mut g, h) = UnixStream::pair().unwrap();
+        srv.serve(Box::new(h));
+        let mut both = Vec::new();
+        write_frame(
+            &mut both,
+            &GuestMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "t".into(),
+            },
+        )
+        .unwrap();
+        write_frame(&mut both, &GuestMsg::TimeRequest { seq: 1, t1: 7 }).unwrap();
+        g.write_all(&both).unwrap();
+        assert_eq!(
+            read_frame::<_, HostMsg>(&mut g).unwrap(),
+            HostMsg::Welcome {
+                version: PROTOCOL_VERSION
+            }
+        );
+        match read_frame::<_, HostMsg>(&mut g).unwrap() {
+            HostMsg::TimeReply { seq, t1, .. } => assert_eq!((seq, t1), (1, 7)),
+            m => panic!("{m:?}"),
+        }
+    }
+
     #[test]
     fn hostile_frames_close_the_connection_and_are_recorded() {
         let srv = TimeServer::detached();
