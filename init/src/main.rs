@@ -15,13 +15,14 @@
 //! - **Readiness**: an agent (and a service with `readiness: notify`) finds the number of an
 //!   inherited pipe descriptor in `MINKE_NOTIFY_FD`; it writes one line (`READY\n`) there once it
 //!   serves, then closes it. Any complete line counts; `READY <ns>` also gives the moment
-//!   (CLOCK_BOOTTIME), which the boot timeline then records instead of when PID1 read it. `minke: ready` is printed once every
-//!   agent has been ready.
+//!   (CLOCK_BOOTTIME), which the boot timeline then records instead of when PID1 read it.
+//!   `minke: ready` is printed once every agent has been ready and the boot stages are done.
 //! - **Children**: each unit runs in its own session and in cgroup `/sys/fs/cgroup/minke/NAME`,
 //!   stdin on /dev/null, stdout and stderr on a pipe that PID1 copies line by line to the
 //!   console (`NAME: line`) and to `/run/minke/log/NAME` (at most 64 KiB; the previous part is
 //!   `NAME.1`). Agents get oom_score_adj -1000, which their own children inherit unless reset.
-//! - **Timeline**: `/run/minke/boot.json` (`BootTimeline`), rewritten atomically per event.
+//! - **Timeline**: `/run/minke/boot.json` (`BootTimeline`), rewritten atomically whenever PID1
+//!   is about to wait with new events, and before `minke: ready` is printed.
 
 mod backoff;
 mod config;
