@@ -583,6 +583,12 @@ fn init_mounts_and_loads_modules() {
             "{w} missing from the boot timeline {whats:?}"
         );
     }
+    if !modules_built_in() {
+        assert!(
+            whats.contains(&"module:vmw_vsock_virtio_transport"),
+            "each module is in the boot timeline: {whats:?}"
+        );
+    }
     // Expedited RCU grace periods are for the boot only: the kernel's setting is back.
     assert_eq!(out(vm, &["cat", "/sys/kernel/rcu_expedited"]).trim(), "0");
 }

@@ -118,7 +118,12 @@ impl Init {
         match self.stage {
             Stage::Modules => {
                 self.stage = Stage::System;
-                let res = modules::load_all(&self.cfg.modules);
+                // Each module in the timeline: under emulation one can take tens of ms (a device
+                // probe, a signature check), and the boot chart shows which.
+                let timeline = &mut self.sup.timeline;
+                let res = modules::load_all(&self.cfg.modules, |m, _| {
+                    timeline.record(&format!("module:{}", m.name));
+                });
                 let failed = res
                     .iter()
                     .filter(|r| **r == modules::Loaded::Failed)

@@ -29,9 +29,17 @@ pub fn is_compressed(path: &str) -> bool {
         .any(|s| path.ends_with(s))
 }
 
-/// Loads `modules` in order; a failure is logged and the next module is tried.
-pub fn load_all(modules: &[Module]) -> Vec<Loaded> {
-    modules.iter().map(load).collect()
+/// Loads `modules` in order, calling `done` after each; a failure is logged and the next module
+/// is tried.
+pub fn load_all(modules: &[Module], mut done: impl FnMut(&Module, Loaded)) -> Vec<Loaded> {
+    modules
+        .iter()
+        .map(|m| {
+            let res = load(m);
+            done(m, res);
+            res
+        })
+        .collect()
 }
 
 fn load(m: &Module) -> Loaded {
@@ -87,6 +95,9 @@ mod tests {
             path: "/nonexistent/nope.ko".into(),
             params: String::new(),
         };
-        assert_eq!(load_all(&[m]), vec![Loaded::Failed]);
+        let mut seen = Vec::new();
+        let res = load_all(&[m], |m, r| seen.push((m.name.clone(), r)));
+        assert_eq!(res, vec![Loaded::Failed]);
+        assert_eq!(seen, vec![("nope".to_owned(), Loaded::Failed)]);
     }
 }
