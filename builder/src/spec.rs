@@ -145,7 +145,7 @@ fn default_arch() -> String {
     "x86_64".into()
 }
 fn default_cmdline() -> String {
-    "console=ttyS0 quiet panic=-1".into()
+    minke_protocol::DEFAULT_CMDLINE.into()
 }
 fn default_init() -> String {
     "minke-init".into()

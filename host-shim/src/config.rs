@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Default kernel command line.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+pub use minke_protocol::DEFAULT_CMDLINE;
 
 /// Everything [`crate::Vm::boot`] needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -194,6 +194,7 @@ mod tests {
 
     fn cfg() -> VmConfig {
         let mut c = VmConfig::new("t", "/img/k", "/img/i");
+        c.cmdline = "console=ttyS0 quiet panic=-1".into();
         c.disks.push(DiskSpec {
             label: "var".into(),
             path: "/d/var.img".into(),

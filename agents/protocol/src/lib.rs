@@ -32,6 +32,12 @@ pub const CONTROL_PORT: u32 = 1024;
 /// (`NoFreeLocalPort`). With the time sync connection on port 1025, a VM stopped answering
 /// after about a thousand execs; this port is two billion connections away.
 pub const TIMESYNC_PORT: u32 = 0x8000_0401;
+/// The kernel command line of an image whose spec names none (and of a VM booted without one).
+///
+/// `cryptomgr.notests` skips the kernel's self-tests of its crypto algorithms, which a Debian
+/// kernel runs at boot for every algorithm it registers: about 0.35 s of a 2 s boot under TCG.
+/// Kernels built from kernel-config/ have no crypto manager and ignore it.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 cryptomgr.notests";
 /// vsock CID of the host, the only peer the control agent accepts.
 pub const HOST_CID: u32 = 2;
 /// Where the builder puts the image config the init and agents read (see
