@@ -79,7 +79,7 @@ pub struct RawSpec {
     /// Which kernel to boot.
     #[serde(default)]
     pub kernel: RawKernel,
-    /// Kernel command line.
+    /// Kernel command line (default: `minke_protocol::DEFAULT_CMDLINE`).
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
     /// Extra kernel modules to load at boot (their dependencies are added).
