@@ -21,17 +21,17 @@
 //! (Linux 5.6+): without it `PutTree` fails. On a refusal the rest of the upload is still read
 //! up to `End`, then `Error` is sent.
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use minke_protocol::wire::{read_frame, write_frame, FrameError};
-use minke_protocol::{GuestMsg, HostMsg};
+use minke_protocol::{GuestMsg, HostMsg, RUNTIME_CONFIG_DIR};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
@@ -121,13 +121,215 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let n = unique();
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.minke-{}-{n}", std::process::id()))
+/// Most symlinks one path resolution follows, as the kernel's own limit.
+const MAX_HOPS: u32 = 40;
+
+/// Where a host-supplied guest path led: an `O_PATH` descriptor of the directory holding its
+/// last component, and that component (`None` when the path names that directory itself:
+/// `/`, or a followed symlink whose target ends in `..`).
+struct Resolved {
+    dir: OwnedFd,
+    name: Option<OsString>,
+    /// The directory as resolved (symlinks followed), for messages.
+    shown: PathBuf,
+}
+
+impl Resolved {
+    /// The resolved path of the result, for messages.
+    fn full(&self) -> PathBuf {
+        match &self.name {
+            Some(n) => self.shown.join(n),
+            None => self.shown.clone(),
+        }
+    }
+}
+
+/// Resolves the absolute `path` (already through [`check_path`]) one component at a time from
+/// a descriptor of `/`, each component opened with `O_PATH | O_NOFOLLOW` beneath the previous
+/// one. A symlink on the way is followed only when it belongs to root (uid 0) and sits in a
+/// directory that belongs to root and that only root may write to: any other symlink could
+/// have been planted (or hard-linked there) by a guest user to send a root-run transfer
+/// elsewhere, so it is refused. Its target
+/// is read from the link itself (the inode whose owner was checked) and walked by the same
+/// rule; absolute targets restart from `/`, `..` in a target steps back to the directory the
+/// walk came from; at most [`MAX_HOPS`] symlinks are followed.
+///
+/// Missing directories on the way are created (mode 0755) when `create_dirs` is set. The last
+/// component is not opened unless `follow_last` is set, in which case a root-owned symlink
+/// there is followed too (a missing last component is not an error: the caller decides).
+fn resolve(path: &Path, create_dirs: bool, follow_last: bool) -> Result<Resolved, ControlError> {
+    let whole = path.display();
+    let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rfs::openat(rfs::CWD, "/", opath | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| refused("cannot open /", &e.into()))?;
+    // The directories walked below `/`, with their names: `..` pops one.
+    let mut stack: Walked = Vec::new();
+    let mut todo: VecDeque<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    let mut creations = 0;
+    loop {
+        let Some(comp) = todo.pop_front() else {
+            return Ok(landed(stack, root, None));
+        };
+        if comp == "." {
+            continue;
+        }
+        if comp == ".." {
+            stack.pop();
+            continue;
+        }
+        let last = todo.is_empty();
+        if last && !follow_last {
+            return Ok(landed(stack, root, Some(comp)));
+        }
+        let cur = stack.last().map_or(root.as_fd(), |(fd, _)| fd.as_fd());
+        let here = || shown_of(&stack).join(&comp);
+        let fd = match rfs::openat(cur, &*comp, opath, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if last => {
+                return Ok(landed(stack, root, Some(comp)));
+            }
+            Err(Errno::NOENT) if create_dirs && creations < 16 => {
+                creations += 1;
+                match rfs::mkdirat(cur, &*comp, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => {
+                        return Err(refused(
+                            format_args!("{whole}: cannot create {}", here().display()),
+                            &e.into(),
+                        ))
+                    }
+                }
+                todo.push_front(comp);
+                continue;
+            }
+            Err(e) => {
+                return Err(refused(
+                    format_args!("{whole}: cannot open {}", here().display()),
+                    &e.into(),
+                ))
+            }
+        };
+        let st = rfs::fstat(&fd).map_err(|e| {
+            refused(
+                format_args!("{whole}: cannot stat {}", here().display()),
+                &e.into(),
+            )
+        })?;
+        let kind = rfs::FileType::from_raw_mode(st.st_mode);
+        if last && kind != rfs::FileType::Symlink {
+            return Ok(landed(stack, root, Some(comp)));
+        }
+        match kind {
+            rfs::FileType::Directory => stack.push((fd, comp)),
+            rfs::FileType::Symlink => {
+                if st.st_uid != 0 {
+                    return Err(ControlError::Refused(format!(
+                        "{whole}: {} is a symlink owned by uid {}, not by root; transfers \
+                         follow only root's symlinks, so that no guest user can redirect them: \
+                         give the path it points to instead",
+                        here().display(),
+                        st.st_uid
+                    )));
+                }
+                // Root's link, but put here by someone else? Without protected hardlinks any
+                // user can hard-link a root-owned symlink into a directory of theirs.
+                let dir_st = rfs::fstat(cur).map_err(|e| {
+                    refused(
+                        format_args!("{whole}: cannot stat {}", shown_of(&stack).display()),
+                        &e.into(),
+                    )
+                })?;
+                if dir_st.st_uid != 0 || dir_st.st_mode & 0o022 != 0 {
+                    return Err(ControlError::Refused(format!(
+                        "{whole}: {} is a symlink in {}, a directory {}; transfers follow only                          symlinks that only root could have put in place: give the path it                          points to instead",
+                        here().display(),
+                        shown_of(&stack).display(),
+                        if dir_st.st_uid != 0 {
+                            format!("owned by uid {}", dir_st.st_uid)
+                        } else {
+                            "that others than root may write to".to_string()
+                        }
+                    )));
+                }
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(refused(
+                        format_args!(
+                            "{whole}: more than {MAX_HOPS} symlinks to follow at {}",
+                            here().display()
+                        ),
+                        &Errno::LOOP.into(),
+                    ));
+                }
+                // The link itself, not a name that could be swapped since the owner check.
+                let target = rfs::readlinkat(&fd, "", Vec::new()).map_err(|e| {
+                    refused(
+                        format_args!("{whole}: cannot read the symlink {}", here().display()),
+                        &e.into(),
+                    )
+                })?;
+                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                if target.as_os_str().is_empty() {
+                    return Err(refused(
+                        format_args!("{whole}: {} is an empty symlink", here().display()),
+                        &Errno::NOENT.into(),
+                    ));
+                }
+                if target.is_absolute() {
+                    stack.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push_front(n.to_os_string()),
+                        Component::ParentDir => todo.push_front("..".into()),
+                        Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+                    }
+                }
+            }
+            _ => {
+                return Err(refused(
+                    format_args!("{whole}: {} is not a directory", here().display()),
+                    &Errno::NOTDIR.into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The directories walked below `/` by [`resolve`], with their names.
+type Walked = Vec<(OwnedFd, OsString)>;
+
+fn shown_of(stack: &Walked) -> PathBuf {
+    let mut p = PathBuf::from("/");
+    p.extend(stack.iter().map(|(_, n)| n));
+    p
+}
+
+/// The end of a walk: the innermost directory and the name in it.
+fn landed(mut stack: Walked, root: OwnedFd, name: Option<OsString>) -> Resolved {
+    let shown = shown_of(&stack);
+    let dir = match stack.pop() {
+        Some((fd, _)) => fd,
+        None => root,
+    };
+    Resolved { dir, name, shown }
+}
+
+/// A non-`O_PATH` descriptor of the directory `name` in `at` (or of `at` itself), opened
+/// without following a symlink there.
+fn open_dir_in(at: BorrowedFd<'_>, name: Option<&OsStr>) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match name {
+        Some(n) => rfs::openat(at, n, flags | OFlags::NOFOLLOW, Mode::empty()),
+        None => rfs::openat(at, ".", flags, Mode::empty()),
+    }
 }
 
 /// `PutFile`: receives the file and puts it in place atomically.
@@ -142,60 +344,74 @@ pub fn put_file<C: Read + Write>(conn: &mut C, path: &str, mode: u32) -> Result<
     Ok(())
 }
 
+/// Writes the upload under an exclusive temporary name in the resolved parent directory, then
+/// renames it over the last component (a symlink there is replaced, never written through).
 fn write_atomically<R: Read>(
     path: &Path,
     mode: u32,
     input: &mut DataIn<'_, R>,
 ) -> Result<(), ControlError> {
-    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return Err(ControlError::Refused(format!(
-            "`{}` is not a file path",
-            path.display()
-        )));
-    };
+    let not_a_file = || ControlError::Refused(format!("`{}` is not a file path", path.display()));
     if path.file_name().is_none() {
-        return Err(ControlError::Refused(format!(
-            "`{}` is not a file path",
-            path.display()
-        )));
+        return Err(not_a_file());
     }
-    fs::create_dir_all(parent)
-        .map_err(|e| refused(format_args!("cannot create {}", parent.display()), &e))?;
-    let tmp = temp_name(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| refused(format_args!("cannot create {}", tmp.display()), &e))?;
+    let r = resolve(path, true, false)?;
+    let Some(name) = r.name.as_deref() else {
+        return Err(not_a_file());
+    };
+    let target = r.full();
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let (tmp, fd) = create_temp(|t| rfs::openat(&r.dir, t, flags, Mode::from_raw_mode(0o600)))
+        .map_err(|e| {
+            refused(
+                format_args!("cannot create a file in {}", r.shown.display()),
+                &e.into(),
+            )
+        })?;
+    let mut file = File::from(fd);
     let res = (|| -> Result<(), ControlError> {
-        match io::copy(input, &mut file) {
-            Ok(_) => {}
-            Err(e) => return Err(refused(format_args!("cannot write {}", path.display()), &e)),
-        }
-        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| refused(format_args!("cannot chmod {}", path.display()), &e))?;
+        io::copy(input, &mut file)
+            .map_err(|e| refused(format_args!("cannot write {}", target.display()), &e))?;
+        rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| refused(format_args!("cannot chmod {}", target.display()), &e.into()))?;
         file.sync_all()
-            .map_err(|e| refused(format_args!("cannot fsync {}", path.display()), &e))?;
-        fs::rename(&tmp, path)
-            .map_err(|e| refused(format_args!("cannot rename into {}", path.display()), &e))?;
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
+            .map_err(|e| refused(format_args!("cannot fsync {}", target.display()), &e))?;
+        rfs::renameat(&r.dir, &*tmp, &r.dir, name).map_err(|e| {
+            refused(
+                format_args!("cannot rename into {}", target.display()),
+                &e.into(),
+            )
+        })?;
+        if let Ok(dir) = open_dir_in(r.dir.as_fd(), None) {
+            let _ = rfs::fsync(&dir);
         }
         Ok(())
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = rfs::unlinkat(&r.dir, &*tmp, AtFlags::empty());
     }
     res
 }
 
 /// `PutTree`: unpacks the tar stream under `dest` (created if missing).
 pub fn put_tree<C: Read + Write>(conn: &mut C, dest: &str) -> Result<(), ControlError> {
+    put_tree_with(conn, dest, Path::new(RUNTIME_CONFIG_DIR))
+}
+
+/// [`put_tree`], with `private` the directory kept private: when `dest` is it, the directory
+/// is made 0700 and owned by the agent, directories unpacked in it 0700 and files 0600,
+/// whatever the tar headers say.
+fn put_tree_with<C: Read + Write>(
+    conn: &mut C,
+    dest: &str,
+    private: &Path,
+) -> Result<(), ControlError> {
     let checked = check_path(dest);
     let mut input = DataIn::new(conn);
-    let result = checked.and_then(|d| unpack(&d, &mut input));
+    let result = checked.and_then(|d| {
+        let private = d.components().eq(private.components());
+        unpack(&d, private, &mut input)
+    });
     // A broken stream wins: the host can no longer be answered in order.
     input.drain()?;
     result?;
@@ -203,10 +419,12 @@ pub fn put_tree<C: Read + Write>(conn: &mut C, dest: &str) -> Result<(), Control
     Ok(())
 }
 
-fn unpack<R: Read>(dest: &Path, input: &mut DataIn<'_, R>) -> Result<(), ControlError> {
-    fs::create_dir_all(dest)
-        .map_err(|e| refused(format_args!("cannot create {}", dest.display()), &e))?;
-    let mut unpacker = Unpacker::open(dest)?;
+fn unpack<R: Read>(
+    dest: &Path,
+    private: bool,
+    input: &mut DataIn<'_, R>,
+) -> Result<(), ControlError> {
+    let mut unpacker = Unpacker::open(dest, private)?;
     let mut archive = tar::Archive::new(&mut *input);
     let tar_err = |e: io::Error| ControlError::Refused(format!("bad tar stream: {e}"));
     let entries = archive.entries().map_err(tar_err)?;
@@ -307,31 +525,63 @@ fn kind_of<R: Read>(entry: &tar::Entry<'_, R>) -> Kind {
 struct Unpacker<'d> {
     dest: &'d Path,
     root: OwnedFd,
+    /// Unpacking into the private directory: modes clamped to 0700 (directories) and 0600.
+    private: bool,
     /// Directory entries (relative path → raw name, mode, mtime), applied at the end: their
     /// mode could forbid writing the children, and writing the children changes the mtime.
     dirs: BTreeMap<PathBuf, (PathBuf, u32, i64)>,
 }
 
 impl<'d> Unpacker<'d> {
-    fn open(dest: &'d Path) -> Result<Self, ControlError> {
-        let fd = rfs::open(
-            dest,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| refused(format_args!("cannot open {}", dest.display()), &e.into()))?;
-        // Also checks that the kernel has openat2 before anything is written.
-        let root = open_dir_beneath(fd.as_fd(), ".").map_err(|e| match e {
+    /// Reaches the destination with [`resolve`] (creating it and missing parents), then
+    /// opens it with openat2.
+    fn open(dest: &'d Path, private: bool) -> Result<Self, ControlError> {
+        let r = resolve(dest, true, true)?;
+        let shown = r.full();
+        let fd = match r.name.as_deref() {
+            Some(name) => {
+                let mode = if private { 0o700 } else { 0o755 };
+                match rfs::mkdirat(&r.dir, name, Mode::from_raw_mode(mode)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => {
+                        return Err(refused(
+                            format_args!("cannot create {}", shown.display()),
+                            &e.into(),
+                        ))
+                    }
+                }
+                // Also checks that the kernel has openat2 before anything is written.
+                open_dir_beneath(r.dir.as_fd(), name)
+            }
+            None => open_dir_beneath(r.dir.as_fd(), "."),
+        };
+        let root = fd.map_err(|e| match e {
             Errno::NOSYS => ControlError::Refused(
                 "cannot unpack a tree: the guest kernel lacks openat2(2), which safe unpacking \
                  needs (Linux 5.6 or newer)"
                     .into(),
             ),
-            e => refused(format_args!("cannot open {}", dest.display()), &e.into()),
+            Errno::LOOP => ControlError::Refused(format!(
+                "cannot unpack into {}: it was replaced by a symlink",
+                shown.display()
+            )),
+            e => refused(format_args!("cannot open {}", shown.display()), &e.into()),
         })?;
+        if private {
+            let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+            rfs::fchown(&root, Some(uid), Some(gid))
+                .and_then(|()| rfs::fchmod(&root, Mode::from_raw_mode(0o700)))
+                .map_err(|e| {
+                    refused(
+                        format_args!("cannot make {} private", shown.display()),
+                        &e.into(),
+                    )
+                })?;
+        }
         Ok(Unpacker {
             dest,
             root,
+            private,
             dirs: BTreeMap::new(),
         })
     }
@@ -365,7 +615,8 @@ impl<'d> Unpacker<'d> {
             let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
             let fd = match open_dir_beneath(at, comp) {
                 Err(Errno::NOENT) if create => {
-                    match rfs::mkdirat(at, comp, Mode::from_raw_mode(0o755)) {
+                    let mode = if self.private { 0o700 } else { 0o755 };
+                    match rfs::mkdirat(at, comp, Mode::from_raw_mode(mode)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => {
                             return Err(refuse_os(
@@ -407,10 +658,17 @@ impl<'d> Unpacker<'d> {
             return Ok(());
         };
         let header = entry.header();
-        let mode = header
+        let mut mode = header
             .mode()
             .map_err(|e| refuse(&raw, format_args!("bad mode field: {e}")))?
             & 0o7777;
+        if self.private {
+            mode = if matches!(kind, Kind::Dir) {
+                0o700
+            } else {
+                0o600
+            };
+        }
         // Like tar: a zero mtime becomes 1, which some tools handle better.
         let mtime = header
             .mtime()
@@ -642,37 +900,58 @@ pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// `GetFile`: sends the file as `Data` chunks then `End`.
+/// `GetFile`: sends the file as `Data` chunks then `End`. The path is reached with
+/// [`resolve`] and the file opened without following a symlink there (a root-owned one was
+/// followed by the walk already).
 pub fn get_file<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> {
     let p = check_path(path)?;
-    let file = File::open(&p).map_err(|e| refused(format_args!("cannot open {path}"), &e))?;
-    let md = file
-        .metadata()
-        .map_err(|e| refused(format_args!("cannot stat {path}"), &e))?;
-    if !md.is_file() {
-        return Err(ControlError::Refused(format!(
-            "{path} is not a regular file"
-        )));
+    let r = resolve(&p, false, true)?;
+    let not_regular = || ControlError::Refused(format!("{path} is not a regular file"));
+    let Some(name) = r.name.as_deref() else {
+        return Err(not_regular());
+    };
+    // Non-blocking: a fifo planted there must not hang the conversation; the check below
+    // refuses it anyway.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd =
+        rfs::openat(&r.dir, name, flags | OFlags::CLOEXEC, Mode::empty()).map_err(|e| match e {
+            Errno::LOOP => ControlError::Refused(format!(
+                "cannot open {path}: {} was replaced by a symlink while being opened",
+                r.full().display()
+            )),
+            e => refused(format_args!("cannot open {path}"), &e.into()),
+        })?;
+    let st = rfs::fstat(&fd).map_err(|e| refused(format_args!("cannot stat {path}"), &e.into()))?;
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return Err(not_regular());
     }
-    send_reader(conn, file)?;
+    send_reader(conn, File::from(fd))?;
     write_frame(conn, &GuestMsg::End)?;
     Ok(())
 }
 
 /// `GetTree`: sends the directory as a tar stream (relative entries in sorted order, symlinks
-/// kept as symlinks, modes and mtimes kept) in `Data` chunks, then `End`.
+/// kept as symlinks, modes and mtimes kept) in `Data` chunks, then `End`. The directory is
+/// reached with [`resolve`]; everything under it is walked by descriptor (each entry opened
+/// relative to its directory's descriptor, never following a symlink, and described by
+/// `fstat` on what was opened), so entries swapped for symlinks meanwhile are sent as the
+/// symlinks they have become, never followed. Sockets are left out; devices and fifos are sent
+/// as headers, never opened.
 pub fn get_tree<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> {
     let p = check_path(path)?;
-    let md = fs::metadata(&p).map_err(|e| refused(format_args!("cannot stat {path}"), &e))?;
-    if !md.is_dir() {
-        return Err(ControlError::Refused(format!("{path} is not a directory")));
-    }
+    let r = resolve(&p, false, true)?;
+    let dir = open_dir_in(r.dir.as_fd(), r.name.as_deref()).map_err(|e| match e {
+        Errno::NOTDIR => ControlError::Refused(format!("{path} is not a directory")),
+        Errno::LOOP => ControlError::Refused(format!(
+            "cannot open {path}: {} was replaced by a symlink while being opened",
+            r.full().display()
+        )),
+        e => refused(format_args!("cannot open {path}"), &e.into()),
+    })?;
     let mut out = DataOut::new(conn);
     let res = (|| -> io::Result<()> {
         let mut builder = tar::Builder::new(&mut out);
-        builder.follow_symlinks(false);
-        builder.mode(tar::HeaderMode::Complete);
-        append_sorted(&mut builder, &p, Path::new(""))?;
+        append_sorted(&mut builder, &dir, Path::new(""))?;
         builder.finish()?;
         Ok(())
     })();
@@ -694,29 +973,137 @@ pub fn get_tree<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> 
     }
 }
 
-fn append_sorted<W: Write>(b: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> io::Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()?;
+/// A tar header describing the open file `fd` (mode, owner, mtime, type kept).
+fn header_of(fd: OwnedFd) -> io::Result<(tar::Header, File)> {
+    let file = File::from(fd);
+    let md = file.metadata()?;
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+    Ok((h, file))
+}
+
+/// Appends the entries of the directory `dir` under the archive path `rel`, sorted by name.
+fn append_sorted<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, rel: &Path) -> io::Result<()> {
+    let mut names: Vec<OsString> = Vec::new();
+    for e in rfs::Dir::read_from(dir)? {
+        let name = e?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
     names.sort();
+    let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for name in names {
-        let full = dir.join(&name);
         let r = rel.join(&name);
-        let md = fs::symlink_metadata(&full)?;
-        if md.is_dir() {
-            b.append_dir(&r, &full)?;
-            append_sorted(b, &full, &r)?;
-        } else {
-            b.append_path_with_name(&full, &r)?;
+        // First a descriptor that opens nothing (devices and fifos must not be opened).
+        let pfd = match rfs::openat(dir, &*name, opath, Mode::empty()) {
+            Ok(fd) => fd,
+            // Removed since the listing: it is simply not part of the archive.
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let st = rfs::fstat(&pfd)?;
+        let opened = match rfs::FileType::from_raw_mode(st.st_mode) {
+            rfs::FileType::Directory | rfs::FileType::RegularFile => {
+                let flags = OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY
+                    | OFlags::CLOEXEC;
+                match rfs::openat(dir, &*name, flags, Mode::empty()) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => continue,
+                    // Became a symlink since: sent as what is there now.
+                    Err(Errno::LOOP) => pfd,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => pfd,
+        };
+        // What was opened decides, not what the name was a moment ago.
+        let st = rfs::fstat(&opened)?;
+        match rfs::FileType::from_raw_mode(st.st_mode) {
+            rfs::FileType::Directory => {
+                let sub = opened.try_clone()?;
+                let (mut h, _) = header_of(opened)?;
+                h.set_size(0);
+                b.append_data(&mut h, &r, io::empty())?;
+                append_sorted(b, &sub, &r)?;
+            }
+            rfs::FileType::RegularFile => {
+                let (mut h, file) = header_of(opened)?;
+                let size = h.entry_size()?;
+                b.append_data(&mut h, &r, Exactly::new(file, size))?;
+            }
+            rfs::FileType::Symlink => {
+                let target = rfs::readlinkat(&opened, "", Vec::new())?;
+                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                let (mut h, _) = header_of(opened)?;
+                h.set_size(0);
+                b.append_link(&mut h, &r, &target)?;
+            }
+            rfs::FileType::Fifo | rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
+                let (mut h, _) = header_of(opened)?;
+                h.set_size(0);
+                h.set_device_major(rfs::major(st.st_rdev))?;
+                h.set_device_minor(rfs::minor(st.st_rdev))?;
+                b.append_data(&mut h, &r, io::empty())?;
+            }
+            // Sockets (and anything unknown) cannot be carried by a tar stream.
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Yields exactly `left` bytes of `inner`: cut short if the file grew since its size was
+/// taken, padded with zeros if it shrank, so the tar entry matches its header.
+struct Exactly<R: Read> {
+    inner: R,
+    left: u64,
+    ended: bool,
+}
+
+impl<R: Read> Exactly<R> {
+    fn new(inner: R, size: u64) -> Self {
+        Exactly {
+            inner,
+            left: size,
+            ended: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Exactly<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let want = out
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = if self.ended {
+            0
+        } else {
+            self.inner.read(&mut out[..want])?
+        };
+        let n = if n == 0 {
+            self.ended = true;
+            out[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::tests::{connect, read_data, test_ctx, tmpdir};
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
 
@@ -1141,6 +1528,337 @@ mod tests {
         assert!(
             leaked.is_empty(),
             "written outside: {leaked:?} ({outcomes:?})"
+        );
+    }
+
+    /// Sends a request and reads the reply of a get (`Data`… `End`, or the error).
+    fn get(dir: &Path, req: HostMsg) -> Result<Vec<u8>, String> {
+        let mut host = connect(Arc::new(test_ctx(dir, Arc::default())));
+        write_frame(&mut host, &req).unwrap();
+        read_data(&mut host)
+    }
+
+    /// A symlink `at -> target` as an unprivileged user (uid 1000) would plant it.
+    fn plant(target: &Path, at: &Path) {
+        std::os::unix::fs::symlink(target, at).unwrap();
+        std::os::unix::fs::lchown(at, Some(1000), Some(1000)).unwrap();
+        assert_eq!(fs::symlink_metadata(at).unwrap().uid(), 1000);
+    }
+
+    fn s(p: &Path) -> String {
+        p.display().to_string()
+    }
+
+    #[test]
+    fn symlinks_planted_by_a_user_are_not_followed() {
+        let dir = tmpdir("planted");
+        let etc = dir.join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(etc.join("shadow"), "root:secret").unwrap();
+        let home = dir.join("home/u");
+        fs::create_dir_all(&home).unwrap();
+        plant(&etc, &home.join("up"));
+        plant(Path::new("../../etc"), &home.join("rel"));
+        plant(&etc.join("shadow"), &home.join("link"));
+        // Root's own links, but in places a user could have put them (a hard link of a
+        // root-owned symlink into the user's directory, or a world-writable one).
+        let theirs = dir.join("home/theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::symlink(&etc, theirs.join("hard")).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+        let shared = dir.join("shared");
+        fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::symlink(&etc, shared.join("hard")).unwrap();
+        fs::set_permissions(
+            &shared,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        for (at, why) in [
+            (theirs.join("hard"), "owned by uid 1000"),
+            (shared.join("hard"), "others than root may write to"),
+        ] {
+            let path = s(&at.join("x"));
+            match put(&dir, HostMsg::PutFile { path, mode: 0o644 }, b"x") {
+                GuestMsg::Error(e) => assert!(e.contains(why), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            let e = get(
+                &dir,
+                HostMsg::GetFile {
+                    path: s(&at.join("shadow")),
+                },
+            )
+            .unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let refused_for_uid = |r: GuestMsg| match r {
+            GuestMsg::Error(e) => assert!(e.contains("owned by uid 1000"), "{e}"),
+            other => panic!("{other:?}"),
+        };
+
+        for via in ["up", "rel"] {
+            let path = s(&home.join(via).join("x"));
+            refused_for_uid(put(&dir, HostMsg::PutFile { path, mode: 0o644 }, b"x"));
+            let path = s(&home.join(via).join("new/x"));
+            refused_for_uid(put(&dir, HostMsg::PutFile { path, mode: 0o644 }, b"x"));
+            let path = s(&home.join(via).join("shadow"));
+            let e = get(&dir, HostMsg::GetFile { path }).unwrap_err();
+            assert!(e.contains("owned by uid 1000"), "{e}");
+            let t = tar_of(&[("f", tar::EntryType::Regular, b"x", 0o644, None)]);
+            for dest in [home.join(via), home.join(via).join("sub")] {
+                refused_for_uid(put(&dir, HostMsg::PutTree { dest: s(&dest) }, &t));
+            }
+            for path in [home.join(via), home.join(via).join(".")] {
+                let e = get(&dir, HostMsg::GetTree { path: s(&path) }).unwrap_err();
+                assert!(e.contains("owned by uid 1000"), "{e}");
+            }
+        }
+        // The user's link as the last component: a get refuses it, a put replaces the link.
+        let e = get(
+            &dir,
+            HostMsg::GetFile {
+                path: s(&home.join("link")),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("owned by uid 1000"), "{e}");
+        let path = s(&home.join("link"));
+        assert_eq!(
+            put(&dir, HostMsg::PutFile { path, mode: 0o644 }, b"mine"),
+            GuestMsg::Ok
+        );
+        assert_eq!(fs::read_to_string(home.join("link")).unwrap(), "mine");
+        assert!(!fs::symlink_metadata(home.join("link"))
+            .unwrap()
+            .is_symlink());
+
+        // Nothing was written into, or created under, the target directory.
+        let mut names: Vec<_> = fs::read_dir(&etc)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![OsString::from("shadow")]);
+        assert_eq!(
+            fs::read_to_string(etc.join("shadow")).unwrap(),
+            "root:secret"
+        );
+    }
+
+    #[test]
+    fn root_owned_symlinks_are_followed() {
+        let dir = tmpdir("rootlinks");
+        let lib = dir.join("usr/lib");
+        fs::create_dir_all(&lib).unwrap();
+        fs::write(lib.join("f"), "lib").unwrap();
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, dir.join(at)).unwrap();
+        };
+        // A merged-/usr layout, absolute targets, chains, `..` in targets, a final link.
+        link("usr/lib", "lib");
+        link(&s(&dir.join("usr")), "abs");
+        link("c2", "c1");
+        link("lib", "c2");
+        link("..", "usr/up");
+        link("usr/lib/f", "flink");
+        link("loop2", "loop1");
+        link("loop1", "loop2");
+
+        for p in [
+            "lib/f",
+            "abs/lib/f",
+            "c1/f",
+            "usr/up/usr/lib/f",
+            "flink",
+            "usr/up/flink",
+        ] {
+            let got = get(
+                &dir,
+                HostMsg::GetFile {
+                    path: s(&dir.join(p)),
+                },
+            );
+            assert_eq!(got.as_deref(), Ok(&b"lib"[..]), "{p}");
+        }
+        let path = s(&dir.join("lib/new"));
+        assert_eq!(
+            put(&dir, HostMsg::PutFile { path, mode: 0o640 }, b"new"),
+            GuestMsg::Ok
+        );
+        assert_eq!(fs::read(lib.join("new")).unwrap(), b"new");
+        let path = s(&dir.join("c1/made/deep"));
+        assert_eq!(
+            put(&dir, HostMsg::PutFile { path, mode: 0o640 }, b"deep"),
+            GuestMsg::Ok
+        );
+        assert_eq!(fs::read(lib.join("made/deep")).unwrap(), b"deep");
+
+        let t = tar_of(&[("t", tar::EntryType::Regular, b"tree", 0o644, None)]);
+        for dest in ["lib/tree", "c1"] {
+            assert_eq!(
+                put(
+                    &dir,
+                    HostMsg::PutTree {
+                        dest: s(&dir.join(dest))
+                    },
+                    &t
+                ),
+                GuestMsg::Ok,
+                "{dest}"
+            );
+        }
+        assert_eq!(fs::read(lib.join("tree/t")).unwrap(), b"tree");
+        assert_eq!(fs::read(lib.join("t")).unwrap(), b"tree");
+        let bytes = get(
+            &dir,
+            HostMsg::GetTree {
+                path: s(&dir.join("abs/up/c1")),
+            },
+        )
+        .unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["f", "made", "made/deep", "new", "t", "tree", "tree/t"]
+        );
+
+        let e = get(
+            &dir,
+            HostMsg::GetFile {
+                path: s(&dir.join("loop1/x")),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("more than 40 symlinks"), "{e}");
+        // A regular file on the way is not a directory.
+        let e = get(
+            &dir,
+            HostMsg::GetFile {
+                path: s(&dir.join("flink/x")),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn get_tree_sends_symlinks_and_specials_without_following_or_opening_them() {
+        let dir = tmpdir("gettree");
+        let etc = dir.join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(etc.join("shadow"), "root:secret").unwrap();
+        let t = dir.join("t");
+        fs::create_dir_all(t.join("d")).unwrap();
+        fs::write(t.join("d/f"), "file").unwrap();
+        plant(&etc, &t.join("up"));
+        plant(&etc.join("shadow"), &t.join("d/sh"));
+        // A fifo: opening it for reading would block (or wake a writer); it must not be.
+        rfs::mknodat(
+            rfs::CWD,
+            t.join("fifo"),
+            rfs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(t.join("sock")).unwrap();
+        let bytes = get(&dir, HostMsg::GetTree { path: s(&t) }).unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let kind = e.header().entry_type();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            let mut body = String::new();
+            e.read_to_string(&mut body).unwrap();
+            seen.push((name, kind, link, body));
+        }
+        let want = vec![
+            (
+                "d".to_string(),
+                tar::EntryType::Directory,
+                None,
+                String::new(),
+            ),
+            ("d/f".into(), tar::EntryType::Regular, None, "file".into()),
+            (
+                "d/sh".into(),
+                tar::EntryType::Symlink,
+                Some(s(&etc.join("shadow"))),
+                String::new(),
+            ),
+            ("fifo".into(), tar::EntryType::Fifo, None, String::new()),
+            (
+                "up".into(),
+                tar::EntryType::Symlink,
+                Some(s(&etc)),
+                String::new(),
+            ),
+        ];
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn the_private_directory_gets_private_modes_whatever_the_headers_say() {
+        let dir = tmpdir("private");
+        let private = dir.join("run/config");
+        fs::create_dir_all(&private).unwrap();
+        fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let t = tar_of(&[
+            ("a", tar::EntryType::Regular, b"secret", 0o644, None),
+            ("sub/", tar::EntryType::Directory, b"", 0o755, None),
+            ("sub/b", tar::EntryType::Regular, b"x", 0o4777, None),
+            ("implied/c", tar::EntryType::Regular, b"y", 0o666, None),
+        ]);
+        let upload = |dest: &Path| {
+            let (mut host, mut guest) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (dest, private) = (s(dest), private.clone());
+            let agent =
+                std::thread::spawn(move || put_tree_with(&mut guest, &dest, &private).is_ok());
+            for c in t.chunks(minke_protocol::wire::MAX_CHUNK) {
+                write_frame(&mut host, &HostMsg::Data(c.to_vec())).unwrap();
+            }
+            write_frame(&mut host, &HostMsg::End).unwrap();
+            let reply: GuestMsg = read_frame(&mut host).unwrap();
+            assert!(agent.join().unwrap());
+            reply
+        };
+        // Spelled differently, still the private directory.
+        assert_eq!(upload(&dir.join("run/./config/")), GuestMsg::Ok);
+        let mode = |p: &str| fs::metadata(private.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode(""), 0o700);
+        for d in ["sub", "implied"] {
+            assert_eq!(mode(d), 0o700, "{d}");
+        }
+        for f in ["a", "sub/b", "implied/c"] {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
+        assert_eq!(fs::read(private.join("a")).unwrap(), b"secret");
+        // A new private directory is created 0700; elsewhere the headers' modes are kept.
+        fs::remove_dir_all(&private).unwrap();
+        assert_eq!(upload(&private), GuestMsg::Ok);
+        assert_eq!(mode(""), 0o700);
+        assert_eq!(mode("a"), 0o600);
+        let other = dir.join("run/other");
+        assert_eq!(upload(&other), GuestMsg::Ok);
+        assert_eq!(
+            fs::metadata(other.join("a")).unwrap().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(
+            fs::metadata(other.join("sub/b")).unwrap().mode() & 0o7777,
+            0o4777
         );
     }
 
