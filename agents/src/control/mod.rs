@@ -25,7 +25,7 @@ use minke_protocol::msg::{InfoReply, PowerAction};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK, PROTOCOL_VERSION};
 use minke_protocol::{GuestMsg, HostMsg};
 
-use crate::conn::{Conn, HostConn, HostListener, Peer};
+use crate::conn::{Conn, HostListener, Peer};
 
 /// Directory where PID1 keeps one log ring buffer file per service.
 pub const LOG_DIR: &str = "/run/minke/log";
@@ -106,7 +106,7 @@ pub fn run(port: u32) -> i32 {
         "minke agent control: listening on {}",
         listener.describe(port)
     );
-    let workers = Workers::new(Arc::clone(&ctx));
+    let workers = Workers::new(Arc::clone(&ctx), MAX_CONNECTIONS, HANDSHAKE_WITHIN);
     workers.ensure_idle();
     loop {
         let (mut conn, peer) = match listener.accept() {
@@ -127,18 +127,30 @@ pub fn run(port: u32) -> i32 {
             let _ = conn.shutdown(Shutdown::Both);
             continue;
         }
-        workers.hand_over(conn);
+        workers.admit(conn);
     }
 }
+
+/// Most conversations served at once; connections beyond are refused with an `Error` frame
+/// and closed, so a flood of connections cannot exhaust the guest's threads and memory.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a new connection may take to complete its handshake before it is closed, so
+/// connections that never speak (or trickle bytes) cannot hold the slots above for ever.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The threads that serve connections, kept between connections: starting a thread costs
 /// about half a millisecond under TCG, a twentieth of an exec round trip. A connection goes to
 /// an idle worker; when none is idle a new one starts, so concurrent conversations never wait
-/// for each other. Workers beyond [`KEEP_IDLE`] end after [`IDLE_FOR`] without work.
-struct Workers {
-    tx: mpsc::Sender<HostConn>,
-    rx: Arc<Mutex<mpsc::Receiver<HostConn>>>,
+/// for each other. Workers beyond [`KEEP_IDLE`] end after [`IDLE_FOR`] without work. At most
+/// `limit` connections are served at once (see [`Workers::admit`]).
+struct Workers<C: Conn> {
+    tx: mpsc::Sender<C>,
+    rx: Arc<Mutex<mpsc::Receiver<C>>>,
     idle: Arc<AtomicUsize>,
+    /// Connections admitted and not yet finished (queued or being served).
+    active: Arc<AtomicUsize>,
+    limit: usize,
+    handshake_within: Duration,
     ctx: Arc<Ctx>,
 }
 
@@ -147,13 +159,16 @@ const KEEP_IDLE: usize = 2;
 /// How long a worker beyond [`KEEP_IDLE`] waits for work before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
-impl Workers {
-    fn new(ctx: Arc<Ctx>) -> Workers {
+impl<C: Conn> Workers<C> {
+    fn new(ctx: Arc<Ctx>, limit: usize, handshake_within: Duration) -> Workers<C> {
         let (tx, rx) = mpsc::channel();
         Workers {
             tx,
             rx: Arc::new(Mutex::new(rx)),
             idle: Arc::new(AtomicUsize::new(0)),
+            active: Arc::new(AtomicUsize::new(0)),
+            limit,
+            handshake_within,
             ctx,
         }
     }
@@ -165,51 +180,204 @@ impl Workers {
         }
         // Counted idle before it starts, so the next connection does not start another.
         self.idle.fetch_add(1, Ordering::SeqCst);
-        let (rx, idle, ctx) = (
-            Arc::clone(&self.rx),
-            Arc::clone(&self.idle),
-            Arc::clone(&self.ctx),
-        );
-        let spawned = std::thread::Builder::new()
-            .name("control-conn".into())
-            .spawn(move || worker(&rx, &idle, &ctx));
-        if let Err(e) = spawned {
+        if !self.spawn() {
             self.idle.fetch_sub(1, Ordering::SeqCst);
-            eprintln!("minke agent control: cannot start a connection thread: {e}");
         }
     }
 
-    /// Gives `conn` to an idle worker (started if there is none).
-    fn hand_over(&self, conn: HostConn) {
-        self.ensure_idle();
+    /// Starts a worker; false (logged) when the thread cannot be started.
+    fn spawn(&self) -> bool {
+        let (rx, idle, active, ctx) = (
+            Arc::clone(&self.rx),
+            Arc::clone(&self.idle),
+            Arc::clone(&self.active),
+            Arc::clone(&self.ctx),
+        );
+        let within = self.handshake_within;
+        let spawned = std::thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || worker(&rx, &idle, &active, &ctx, within));
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("minke agent control: cannot start a connection thread: {e}");
+                false
+            }
+        }
+    }
+
+    /// Serves `conn` on a worker, or refuses it when `limit` connections are being served.
+    /// Only the accept loop admits, so the check and the count cannot race another admission.
+    fn admit(&self, conn: C) {
+        if self.active.load(Ordering::SeqCst) >= self.limit {
+            refuse_busy(conn, self.limit);
+            return;
+        }
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.hand_over(conn);
+    }
+
+    /// Gives `conn` to an idle worker, or to a new one when none is idle. The idle worker is
+    /// claimed here (the count drops now, not when a worker picks the connection up), so two
+    /// connections in quick succession never both count on the same idle worker, the second
+    /// waiting for the first conversation to end. When no thread can be started, `conn` waits
+    /// for the next worker that becomes free.
+    fn hand_over(&self, conn: C) {
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed {
+            self.spawn();
+        }
         // The receiver lives in the workers' Arc as long as `self`: sending cannot fail.
         let _ = self.tx.send(conn);
     }
 }
 
-/// A worker: serves connections one after another. It counts as idle while it waits; it ends
-/// after [`IDLE_FOR`] without work if at least [`KEEP_IDLE`] other workers are idle then.
-fn worker(rx: &Mutex<mpsc::Receiver<HostConn>>, idle: &AtomicUsize, ctx: &Ctx) {
+/// Tells a connection beyond the limit why it is closed, without ever waiting for it: the
+/// accept loop must not stall on a peer that does not read.
+fn refuse_busy<C: Conn>(mut conn: C, limit: usize) {
+    let _ = rustix::io::ioctl_fionbio(conn.as_fd(), true);
+    let msg = format!(
+        "too many connections: the control agent serves at most {limit} at once; retry when \
+         some of them have ended"
+    );
+    let _ = write_frame(&mut conn, &GuestMsg::Error(msg));
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// A worker: serves connections one after another. It counts as idle while it waits (until
+/// [`Workers::hand_over`] claims it); it ends after [`IDLE_FOR`] without work if more than
+/// [`KEEP_IDLE`] workers are idle then. Every connection sent is thus awaited by a worker of
+/// its own: waiting workers are never fewer than the idle count plus the connections queued.
+fn worker<C: Conn>(
+    rx: &Mutex<mpsc::Receiver<C>>,
+    idle: &AtomicUsize,
+    active: &AtomicUsize,
+    ctx: &Ctx,
+    handshake_within: Duration,
+) {
     loop {
         let next = rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .recv_timeout(IDLE_FOR);
-        let others_idle = idle.fetch_sub(1, Ordering::SeqCst) - 1;
         match next {
-            Ok(conn) => serve(conn, ctx),
-            Err(mpsc::RecvTimeoutError::Timeout) if others_idle >= KEEP_IDLE => return,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(conn) => {
+                serve_within(conn, ctx, handshake_within);
+                active.fetch_sub(1, Ordering::SeqCst);
+                idle.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Leaves only as one of the idle ones not claimed, keeping KEEP_IDLE.
+                let left = idle
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n > KEEP_IDLE).then(|| n - 1)
+                    })
+                    .is_ok();
+                if left {
+                    return;
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        idle.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection whose reads fail once a deadline has passed, until the deadline is cleared:
+/// bounds the handshake as a whole, however slowly the peer trickles its bytes.
+struct Deadline<C: Conn> {
+    inner: C,
+    until: Option<std::time::Instant>,
+    within: Duration,
+}
+
+impl<C: Conn> Deadline<C> {
+    fn new(inner: C, within: Duration) -> Self {
+        Deadline {
+            inner,
+            until: std::time::Instant::now().checked_add(within),
+            within,
+        }
+    }
+
+    /// Lifts the deadline (the handshake is over).
+    fn clear(&mut self) {
+        self.until = None;
+    }
+}
+
+impl<C: Conn> Read for Deadline<C> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if let Some(until) = self.until {
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no complete handshake within {} s: connection closed",
+                            self.within.as_secs_f32()
+                        ),
+                    ));
+                }
+                let timeout = Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                };
+                let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                    Ok(_) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<C: Conn> Write for Deadline<C> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<C: Conn> std::os::fd::AsFd for Deadline<C> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl<C: Conn> Conn for Deadline<C> {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Deadline {
+            inner: self.inner.try_clone()?,
+            until: None,
+            within: self.within,
+        })
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.shutdown(how)
     }
 }
 
 /// Serves one connection: handshake, one request, its conversation. Errors are logged (and
 /// sent to the host when the connection still works).
-pub fn serve<C: Conn>(mut conn: C, ctx: &Ctx) {
+pub fn serve<C: Conn>(conn: C, ctx: &Ctx) {
+    serve_within(conn, ctx, HANDSHAKE_WITHIN)
+}
+
+/// [`serve`], the handshake bounded by `handshake_within` as a whole.
+fn serve_within<C: Conn>(conn: C, ctx: &Ctx, handshake_within: Duration) {
+    let mut conn = Deadline::new(conn, handshake_within);
     let result = handshake(&mut conn).and_then(|()| {
+        conn.clear();
         let req: HostMsg = read_frame(&mut conn)?;
         dispatch(&mut conn, req, ctx)
     });
@@ -658,5 +826,96 @@ pub(crate) mod tests {
             Err(FrameError::Closed)
         ));
         assert_eq!(*power.lock().unwrap(), vec![PowerAction::Reboot]);
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_refused_until_one_ends() {
+        let dir = tmpdir("limit");
+        let ctx = Arc::new(test_ctx(&dir, Arc::default()));
+        let workers = Workers::new(ctx, 2, Duration::from_secs(30));
+        // Two connections that never say Hello hold both slots.
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let (host, guest) = UnixStream::pair().unwrap();
+            workers.admit(guest);
+            silent.push(host);
+        }
+        for _ in 0..3 {
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            workers.admit(guest);
+            match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+                GuestMsg::Error(e) => assert!(e.contains("too many connections"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                read_frame::<_, GuestMsg>(&mut host),
+                Err(FrameError::Closed)
+            ));
+        }
+        // One of them goes away: its slot is free again and the next connection is served.
+        drop(silent.pop());
+        let start = std::time::Instant::now();
+        while workers.active.load(Ordering::SeqCst) >= 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the slot stayed taken"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        workers.admit(guest);
+        write_frame(
+            &mut host,
+            &HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "test".into(),
+            },
+        )
+        .unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Welcome { .. } => {}
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_handshake_not_done_in_time_is_closed_even_when_trickled() {
+        let dir = tmpdir("deadline");
+        let ctx = Arc::new(test_ctx(&dir, Arc::default()));
+        let within = Duration::from_millis(300);
+        for trickle in [false, true] {
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            let c = Arc::clone(&ctx);
+            let start = std::time::Instant::now();
+            let agent = std::thread::spawn(move || serve_within(guest, &c, within));
+            let trickler = trickle.then(|| {
+                let mut w = host.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    // A frame header announcing 1000 bytes, then a byte every 50 ms: each read
+                    // gets data in time, only the deadline as a whole can end it.
+                    let _ = w.write_all(&1000u32.to_le_bytes());
+                    for _ in 0..60 {
+                        if w.write_all(&[0]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+            });
+            assert!(matches!(
+                read_frame::<_, GuestMsg>(&mut host),
+                Err(FrameError::Closed)
+            ));
+            let waited = start.elapsed();
+            assert!(
+                waited >= within && waited < Duration::from_millis(1500),
+                "trickle {trickle}: closed after {waited:?}"
+            );
+            drop(host);
+            agent.join().unwrap();
+            if let Some(t) = trickler {
+                t.join().unwrap();
+            }
+        }
     }
 }
