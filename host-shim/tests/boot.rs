@@ -870,3 +870,50 @@ fn assert_files_and_trees_round_trip(vm: &Vm) {
     let e = vm.read_file("/nope").unwrap_err();
     assert!(e.to_string().contains("guest agent said"), "{e}");
 }
+
+/// A symlink a guest user planted (made by root here and handed to uid 1000, which is the
+/// same thing) does not redirect file transfers: a put through it fails and writes nothing
+/// where it points, a get through it fails; root's own symlinks keep working. The runtime
+/// config directory is private whatever modes the host's tar headers carry.
+#[test]
+fn transfers_do_not_follow_a_guest_users_symlinks() {
+    require_boot!();
+    let vm = shared();
+    out(
+        vm,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/u && chown 1000:1000 /tmp/u && ln -sfn /etc /tmp/u/up \
+             && chown -h 1000:1000 /tmp/u/up",
+        ],
+    );
+    let e = vm.put_bytes(b"x", "/tmp/u/up/x", 0o644).unwrap_err();
+    assert!(e.to_string().contains("owned by uid 1000"), "{e}");
+    assert_eq!(
+        out(
+            vm,
+            &["sh", "-c", "test -e /etc/x && echo there || echo absent"]
+        ),
+        "absent\n"
+    );
+    let e = vm.read_file("/tmp/u/up/passwd").unwrap_err();
+    assert!(e.to_string().contains("owned by uid 1000"), "{e}");
+
+    out(
+        vm,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/r/real && ln -sfn real /tmp/r/link",
+        ],
+    );
+    vm.put_bytes(b"ok", "/tmp/r/link/f", 0o644).unwrap();
+    assert_eq!(vm.read_file("/tmp/r/link/f").unwrap(), b"ok");
+    assert_eq!(out(vm, &["cat", "/tmp/r/real/f"]), "ok");
+
+    assert_eq!(
+        out(vm, &["stat", "-c", "%a", "/run/config", "/run/config/env"]),
+        "700\n600\n"
+    );
+}
