@@ -57,6 +57,12 @@ pub enum DebError {
         /// The meta package.
         name: String,
     },
+    /// A package name or architecture apt must never see.
+    #[error("{problem}")]
+    InvalidName {
+        /// What is wrong with it.
+        problem: String,
+    },
     /// `apt-get download` succeeded but left no matching file.
     #[error(
         "`apt-get download {spec}` left no .deb in {dir}: download it by hand into that directory"
@@ -68,7 +74,7 @@ pub enum DebError {
         dir: PathBuf,
     },
     /// A file system operation failed.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -76,7 +82,7 @@ pub enum DebError {
         source: io::Error,
     },
     /// The ar container is malformed.
-    #[error("{deb} is not a valid .deb (ar archive): {source}")]
+    #[error("{deb} is not a valid .deb (ar archive)")]
     Ar {
         /// The package file.
         deb: PathBuf,
@@ -98,7 +104,7 @@ pub enum DebError {
         member: String,
     },
     /// The data tar is malformed or truncated.
-    #[error("{deb}: cannot read data.tar: {source}")]
+    #[error("{deb}: cannot read data.tar")]
     Tar {
         /// The package file.
         deb: PathBuf,
@@ -124,7 +130,7 @@ pub enum DebError {
         reason: String,
     },
     /// An entry was refused by the tree.
-    #[error("{deb}: {source}")]
+    #[error("{deb} holds an entry an image cannot hold")]
     Tree {
         /// The package file.
         deb: PathBuf,
@@ -139,6 +145,57 @@ pub enum DebError {
         /// What is missing.
         what: String,
     },
+}
+
+/// Checks a Debian package name against Debian policy (§5.6.1): at least two characters,
+/// lowercase ASCII letters, digits and `+`, `-`, `.`, starting with a letter or digit. Such a
+/// name can never be taken for an option (`-o`) or a path (`../x`) by apt or dpkg. The error
+/// says what is wrong, for the caller to locate.
+pub fn check_package_name(name: &str) -> Result<(), String> {
+    let rule = "Debian package names are at least 2 characters of lowercase letters, digits, \
+                '+', '-' and '.', starting with a letter or digit";
+    let bad = if name.len() < 2 {
+        Some("it is too short")
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        Some("it does not start with a lowercase letter or digit")
+    } else if name.contains(':') {
+        Some("an architecture is not part of the name (set `arch:` where it is supported)")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    {
+        Some("it holds a character other than a-z, 0-9, '+', '-' and '.'")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(format!("{name:?} is not a package name: {why}; {rule}")),
+        None => Ok(()),
+    }
+}
+
+/// Checks a Debian architecture name (`amd64`, `arm64`, `all`, `musl-linux-arm64`): lowercase
+/// letters, digits and `-`, starting with a letter or digit.
+pub fn check_arch(arch: &str) -> Result<(), String> {
+    let ok = arch.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && arch
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{arch:?} is not a Debian architecture: use lowercase letters, digits and '-', \
+             starting with a letter or digit (amd64, arm64, all)"
+        ))
+    }
+}
+
+/// [`check_package_name`] and [`check_arch`] as a [`DebError`], for names from outside.
+pub fn check_package(name: &str, arch: Option<&str>) -> Result<(), DebError> {
+    check_package_name(name)
+        .and_then(|()| arch.map_or(Ok(()), check_arch))
+        .map_err(|problem| DebError::InvalidName { problem })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DebError + '_ {
@@ -300,7 +357,7 @@ fn run_apt(
 /// The version apt would install for `spec` (`NAME` or `NAME:ARCH`), `None` when apt has no
 /// candidate or cannot be asked.
 pub fn candidate_version(spec: &str) -> Option<String> {
-    let out = run_apt("apt-cache", &["policy", spec], None, Path::new("")).ok()?;
+    let out = run_apt("apt-cache", &["policy", "--", spec], None, Path::new("")).ok()?;
     out.lines()
         .find_map(|l| l.trim().strip_prefix("Candidate:"))
         .map(|v| v.trim().to_string())
@@ -313,6 +370,7 @@ pub fn candidate_version(spec: &str) -> Option<String> {
 /// file under a final name. apt's warnings on stderr (e.g. "unsandboxed" as root) are ignored;
 /// only the exit status counts.
 pub fn fetch(name: &str, arch: Option<&str>, cache_dir: &Path) -> Result<FetchedDeb, DebError> {
+    check_package(name, arch)?;
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
     let spec = match arch {
         Some(a) => format!("{name}:{a}"),
@@ -339,7 +397,7 @@ pub fn fetch(name: &str, arch: Option<&str>, cache_dir: &Path) -> Result<Fetched
             let pinned = format!("{spec}={v}");
             run_apt(
                 "apt-get",
-                &["download", "-q", &pinned],
+                &["download", "-q", "--", &pinned],
                 Some(tmp.path()),
                 cache_dir,
             )?;
@@ -389,10 +447,11 @@ fn is_versioned_kernel(name: &str) -> bool {
 pub fn resolve_kernel_package(name: &str) -> Result<String, DebError> {
     let mut current = name.to_string();
     for _ in 0..4 {
+        check_package(&current, None)?;
         if is_versioned_kernel(&current) {
             return Ok(current);
         }
-        let out = match run_apt("apt-cache", &["depends", &current], None, &debs_dir()) {
+        let out = match run_apt("apt-cache", &["depends", "--", &current], None, &debs_dir()) {
             Ok(o) => o,
             Err(e @ DebError::AptMissing { .. }) => return cached_kernel_of_flavour(name).ok_or(e),
             Err(e) => return Err(e),
@@ -1130,6 +1189,63 @@ mod tests {
             Err(DebError::Escape { .. })
         ));
         assert!(!Path::new("/tmp/passwd").exists() || fs::read("/tmp/passwd").unwrap() != b"x");
+    }
+
+    #[test]
+    fn package_names_follow_debian_policy() {
+        for ok in [
+            "linux-image-cloud-amd64",
+            "linux-image-6.1.0-48-cloud-amd64",
+            "libc6",
+            "g++",
+            "busybox-static",
+            "libstdc++6",
+            "0ad",
+            "xz-utils",
+            "a.b",
+        ] {
+            assert_eq!(check_package_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("-o", "does not start"),
+            ("-oDir::Etc=/tmp", "does not start"),
+            ("a b", "character other than"),
+            ("../x", "does not start"),
+            ("x/../y", "character other than"),
+            ("", "too short"),
+            ("a", "too short"),
+            ("Libc6", "does not start"),
+            ("libC6", "character other than"),
+            ("busybox-static:arm64", "architecture"),
+            ("+x", "does not start"),
+            ("lib_c", "character other than"),
+        ] {
+            let e = check_package_name(bad).expect_err(bad);
+            assert!(
+                e.contains(why) && e.contains(&format!("{bad:?}")),
+                "{bad}: {e}"
+            );
+        }
+        for ok in ["amd64", "arm64", "all", "musl-linux-arm64"] {
+            assert_eq!(check_arch(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-amd64", "AMD64", "amd64 ", "../x", "x/y"] {
+            assert!(check_arch(bad).is_err(), "{bad:?}");
+        }
+        // Refused before apt is asked anything.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            fetch("-o", None, dir.path()),
+            Err(DebError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            fetch("busybox-static", Some("-x"), dir.path()),
+            Err(DebError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            resolve_kernel_package("--help"),
+            Err(DebError::InvalidName { .. })
+        ));
     }
 
     #[test]

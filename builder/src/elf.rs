@@ -39,7 +39,7 @@ use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The path.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum ElfError {
         source: io::Error,
     },
     /// A file is not valid ELF.
-    #[error("{path} is not a valid ELF file ({source}): give a compiled binary, not a script")]
+    #[error("{path} is not a valid ELF file: give a compiled binary, not a script")]
     Parse {
         /// The path.
         path: PathBuf,
@@ -77,7 +77,7 @@ pub enum ElfError {
         problem: String,
     },
     /// The tree refused an entry.
-    #[error("cannot add {path} to the image: {source}")]
+    #[error("cannot add {path} to the image")]
     Tree {
         /// The image path.
         path: String,

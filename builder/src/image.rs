@@ -84,9 +84,39 @@ pub enum BuildError {
     /// The kernel could not be resolved.
     #[error("kernel: {0}")]
     Kernel(String),
+    /// A Debian kernel package could not be resolved, fetched or unpacked.
+    #[error("cannot get kernel package {package}")]
+    KernelPackage {
+        /// The package name as given.
+        package: String,
+        /// Why.
+        source: crate::deb::DebError,
+    },
+    /// The kernel could not be built from kernel-config/.
+    #[error("cannot build the kernel from kernel-config/")]
+    KernelBuild(#[source] kbuild::KbuildError),
+    /// The kernel-config/ fragments could not be read.
+    #[error("cannot read the kernel-config/ fragments")]
+    Fragments(#[source] kconfig::KconfigError),
+    /// The kernel's own configuration could not be read.
+    #[error("cannot read the configuration of kernel {}", image.display())]
+    KernelConfig {
+        /// The kernel image.
+        image: PathBuf,
+        /// Why.
+        source: kconfig::KconfigError,
+    },
     /// Module resolution failed.
     #[error("kernel modules: {0}")]
     Modules(String),
+    /// The module closure could not be computed from the kernel's modules tree.
+    #[error("cannot resolve the image's kernel modules in {}", dir.display())]
+    ModuleClosure {
+        /// `lib/modules/VERSION`.
+        dir: PathBuf,
+        /// Why.
+        source: crate::kmod::KmodError,
+    },
     /// Two packages write the same path differently.
     #[error("{path} is provided by both {first} and {second} with different contents: remove it from one, or mark {second} with `override: true` in the spec's packages list")]
     Conflict {
@@ -98,13 +128,29 @@ pub enum BuildError {
         second: String,
     },
     /// A path problem.
-    #[error("{0}")]
+    #[error(transparent)]
     Tree(#[from] TreeError),
     /// Archiving failed.
-    #[error("initramfs: {0}")]
-    Archive(String),
+    #[error("cannot archive the initramfs")]
+    Archive(#[source] crate::compress::ArchiveError),
+    /// Files could not be read to hash them.
+    #[error("cannot hash {what}")]
+    Hash {
+        /// Which files.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode {what} as JSON")]
+    Json {
+        /// Which record.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
     /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -322,11 +368,19 @@ pub fn resolve_kernel(
                     )));
                 }
             }
-            let version = modules_dir
-                .as_ref()
-                .and_then(|m| m.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let (modules_dir, version) = match modules_dir {
+                Some(m) => {
+                    let version = m
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    (Some(m), version)
+                }
+                None => {
+                    let version = release_from_file_name(&image).unwrap_or_default();
+                    (modules_beside(&image, &version), version)
+                }
+            };
             Ok(ResolvedKernel {
                 image,
                 modules_dir,
@@ -343,8 +397,7 @@ pub fn resolve_kernel(
                 &spec.base_dir,
                 epoch,
             )?;
-            let built = kbuild::build(&opts, cache, progress)
-                .map_err(|e| BuildError::Kernel(e.to_string()))?;
+            let built = kbuild::build(&opts, cache, progress).map_err(BuildError::KernelBuild)?;
             Ok(ResolvedKernel {
                 image: built.vmlinux.unwrap_or(built.image),
                 modules_dir: None,
@@ -371,8 +424,7 @@ pub fn kbuild_options(
         fragments.to_vec()
     };
     let dir = kernel_config_dir();
-    let fragments = kconfig::fragment_paths(&dir, &names, base)
-        .map_err(|e| BuildError::Kernel(e.to_string()))?;
+    let fragments = kconfig::fragment_paths(&dir, &names, base).map_err(BuildError::Fragments)?;
     Ok(kbuild::Options {
         source: source
             .map(kbuild::Source::Dir)
@@ -419,7 +471,10 @@ pub fn module_closure(
     };
     let want = wanted_modules(spec);
     let refs: Vec<&str> = want.iter().map(String::as_str).collect();
-    crate::kmod::closure(mdir, &refs).map_err(|e| BuildError::Modules(e.to_string()))
+    crate::kmod::closure(mdir, &refs).map_err(|source| BuildError::ModuleClosure {
+        dir: mdir.clone(),
+        source,
+    })
 }
 
 /// The image features that make `@required-for` fragment options required.
@@ -451,29 +506,33 @@ pub fn kernel_report(
     compression: Compression,
 ) -> Result<Option<kconfig::Report>, BuildError> {
     let (config, source) = match &kernel.config {
-        Some(c) => match kconfig::config_for(c) {
-            Ok(x) => x,
-            Err(e) => return Err(BuildError::Kernel(e.to_string())),
-        },
+        Some(c) => kconfig::config_for(c).map_err(|source| BuildError::KernelConfig {
+            image: kernel.image.clone(),
+            source,
+        })?,
         None => match kconfig::config_for(&kernel.image) {
             Ok(x) => x,
             Err(e) if !spec.raw.modules.is_empty() && kernel.modules_dir.is_none() => {
                 return Err(BuildError::Modules(format!(
                     "the spec asks for modules {:?} but the kernel has no modules directory, and \
-                     its configuration is unknown ({e})",
-                    spec.raw.modules
+                     its configuration is unknown ({})",
+                    spec.raw.modules,
+                    crate::error_chain(&e)
                 )))
             }
             Err(e) => {
-                tracing::warn!("cannot check the kernel's configuration: {e}");
+                tracing::warn!(
+                    "cannot check the kernel's configuration: {}",
+                    crate::error_chain(&e)
+                );
                 return Ok(None);
             }
         },
     };
     let dir = kernel_config_dir();
     let paths = kconfig::fragment_paths(&dir, &kconfig::default_fragments(&spec.raw.arch), &dir)
-        .map_err(|e| BuildError::Kernel(e.to_string()))?;
-    let mut reqs = kconfig::requirements(&paths).map_err(|e| BuildError::Kernel(e.to_string()))?;
+        .map_err(BuildError::Fragments)?;
+    let mut reqs = kconfig::requirements(&paths).map_err(BuildError::Fragments)?;
     let ws = spec::workspace_dir();
     for r in &mut reqs {
         if let Ok(rel) = r.file.strip_prefix(&ws) {
@@ -528,18 +587,8 @@ pub fn check_kernel(
         None => resolve_kernel(&spec, cache, epoch_from_env(), progress)?,
         Some(k) if Path::new(k).exists() => {
             let image = PathBuf::from(k);
-            let name = image.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let version = name
-                .split_once('-')
-                .map(|(_, v)| v.to_owned())
-                .unwrap_or_default();
-            let parent = image.parent().unwrap_or(Path::new("."));
-            let modules_dir = [
-                parent.join("../lib/modules").join(&version),
-                Path::new("/lib/modules").join(&version),
-            ]
-            .into_iter()
-            .find(|d| !version.is_empty() && d.join("modules.dep").is_file());
+            let version = release_from_file_name(&image).unwrap_or_default();
+            let modules_dir = modules_beside(&image, &version);
             ResolvedKernel {
                 image,
                 modules_dir,
@@ -561,17 +610,83 @@ pub fn check_kernel(
     })
 }
 
+/// The release in a kernel file's name: `vmlinuz-VERSION`, `vmlinux-VERSION`,
+/// `bzImage-VERSION` or `config-VERSION` (as /boot and an unpacked kernel package name them).
+pub fn release_from_file_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    ["vmlinuz-", "vmlinux-", "bzImage-", "config-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .filter(|v| !v.is_empty() && !v.contains('/'))
+        .map(str::to_owned)
+}
+
+/// The modules tree of the kernel file `image` whose release is `version`, when one is found
+/// beside it: `../lib/modules/VERSION` from the file's directory (an unpacked kernel package,
+/// or a root filesystem's /boot), or `/lib/modules/VERSION` when VERSION is the running
+/// kernel's. A kernel so found is judged like its package: the image carries the modules the
+/// builder's closure takes from that tree.
+pub fn modules_beside(image: &Path, version: &str) -> Option<PathBuf> {
+    if version.is_empty() {
+        return None;
+    }
+    let parent = match image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut candidates = vec![parent.join("../lib/modules").join(version)];
+    let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if running.trim() == version {
+        candidates.push(Path::new("/lib/modules").join(version));
+    }
+    candidates.into_iter().find(|d| is_modules_tree(d))
+}
+
+/// Whether `dir` is a `lib/modules/VERSION` tree: it has a `kernel/` subtree, a `modules.dep`,
+/// or any module file. A kernel package ships no `modules.dep` (depmod runs on install), and
+/// the module resolver needs none.
+pub fn is_modules_tree(dir: &Path) -> bool {
+    if !dir.is_dir() {
+        return false;
+    }
+    if dir.join("kernel").is_dir() || dir.join("modules.dep").is_file() {
+        return true;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| crate::kmod::module_stem(n).is_some())
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Fetches a Debian kernel package (meta packages resolved) and unpacks it into the cache.
 pub fn kernel_from_package(
     package: &str,
     cache: &Cache,
     progress: &dyn Fn(&str),
 ) -> Result<ResolvedKernel, BuildError> {
-    let k = |e: String| BuildError::Kernel(e);
+    let k = |source| BuildError::KernelPackage {
+        package: package.to_owned(),
+        source,
+    };
     progress(&format!("resolving kernel package {package}"));
-    let real = crate::pins::resolve_kernel(cache, package).map_err(|e| k(e.to_string()))?;
+    let real = crate::pins::resolve_kernel(cache, package).map_err(k)?;
     progress(&format!("fetching {real}"));
-    let deb = crate::pins::fetch(cache, &real, "amd64").map_err(|e| k(e.to_string()))?;
+    let deb = crate::pins::fetch(cache, &real, "amd64").map_err(k)?;
     let sha = deb.sha256.clone();
     let dest = cache.dir("kernels").join(&sha);
     let record_path = dest.join("kernel.json");
@@ -583,15 +698,17 @@ pub fn kernel_from_package(
         None => {
             progress(&format!("unpacking {real}"));
             let _ = std::fs::remove_dir_all(&dest);
-            let files =
-                crate::deb::kernel_from_deb(&deb.path, &dest).map_err(|e| k(e.to_string()))?;
+            let files = crate::deb::kernel_from_deb(&deb.path, &dest).map_err(k)?;
             let r = KernelDirRecord {
                 version: files.version,
                 vmlinuz: rel(&dest, &files.vmlinuz),
                 config: rel(&dest, &files.config),
                 modules_dir: rel(&dest, &files.modules_dir),
             };
-            let json = serde_json::to_vec(&r).map_err(|e| BuildError::Other(e.to_string()))?;
+            let json = serde_json::to_vec(&r).map_err(|source| BuildError::Json {
+                what: "the kernel record",
+                source,
+            })?;
             write_atomic(&record_path, &json).map_err(io(&record_path))?;
             r
         }
@@ -722,8 +839,10 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 params: String::new(),
             });
         }
-        let recs =
-            records_of(&mods).map_err(|e| BuildError::Other(format!("hashing modules: {e}")))?;
+        let recs = records_of(&mods).map_err(|source| BuildError::Hash {
+            what: "the kernel modules",
+            source,
+        })?;
         merge(&mut tree, &mut owner, &mods, "kernel-modules", false)?;
         layers.push(LayerRef {
             name: "kernel-modules".into(),
@@ -777,14 +896,19 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     }
     let config = image_config(&spec, module_list, containers);
     // The init and agents read the compact form; the JSON copy is for people and `Info`.
-    let json = serde_json::to_vec_pretty(&config).map_err(|e| BuildError::Other(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&config).map_err(|source| BuildError::Json {
+        what: "the image config",
+        source,
+    })?;
     own.insert(minke_protocol::IMAGE_CONFIG_PATH, Node::file(0o644, json))?;
     own.insert(
         minke_protocol::IMAGE_CONFIG_BIN_PATH,
         Node::file(0o644, config.encode()),
     )?;
-    let recs =
-        records_of(&own).map_err(|e| BuildError::Other(format!("hashing spec files: {e}")))?;
+    let recs = records_of(&own).map_err(|source| BuildError::Hash {
+        what: "the spec's files",
+        source,
+    })?;
     // The spec's files may deliberately replace package files.
     merge(&mut tree, &mut owner, &own, "spec", true)?;
     layers.push(LayerRef {
@@ -949,8 +1073,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         crate::binfmt::check(arch, &a.tree).map_err(BuildError::Other)?;
     }
 
-    let files =
-        records_of(&a.tree).map_err(|e| BuildError::Other(format!("hashing files: {e}")))?;
+    let files = records_of(&a.tree).map_err(|source| BuildError::Hash {
+        what: "the image's files",
+        source,
+    })?;
     let tree_digest = records_digest(&files);
     let key =
         sha256_hex(format!("initrd-v1 {tree_digest} {compression:?} {}", opts.epoch).as_bytes());
@@ -964,8 +1090,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
                 compression,
                 ..ArchiveOptions::default()
             };
-            let bytes = crate::compress::archive(&a.tree, &archive_opts)
-                .map_err(|e| BuildError::Archive(e.to_string()))?;
+            let bytes =
+                crate::compress::archive(&a.tree, &archive_opts).map_err(BuildError::Archive)?;
             write_atomic(&cached, &bytes).map_err(io(&cached))?;
             bytes
         }
@@ -1006,7 +1132,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         files,
     };
     let mut manifest_json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
+        serde_json::to_vec_pretty(&manifest).map_err(|source| BuildError::Json {
+            what: "the manifest",
+            source,
+        })?;
     manifest_json.push(b'\n');
 
     let [kp, ip, cp, mp] = Image::paths(&opts.out_dir, &name);

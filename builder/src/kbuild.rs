@@ -90,7 +90,7 @@ pub enum KbuildError {
         tail: String,
     },
     /// I/O.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// Path.
         path: PathBuf,

@@ -28,7 +28,7 @@ const MAX_MODULE_SIZE: u64 = 512 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {
     /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum KmodError {
         chain: Vec<String>,
     },
     /// A module is not a valid ELF object.
-    #[error("{path} is not a valid kernel module ({source}): the file is corrupt")]
+    #[error("{path} is not a valid kernel module: the file is corrupt")]
     Elf {
         /// The module file.
         path: PathBuf,
@@ -76,7 +76,7 @@ pub enum KmodError {
         path: PathBuf,
     },
     /// A compressed module could not be decompressed.
-    #[error("cannot decompress {path}: {source}")]
+    #[error("cannot decompress {path}")]
     Decompress {
         /// The module file.
         path: PathBuf,
@@ -245,7 +245,7 @@ pub fn read_modinfo(path: &Path) -> Result<Modinfo, KmodError> {
 }
 
 /// The module name of a file name, if it is a module (`virtio-blk.ko.xz` → `virtio_blk`).
-fn module_stem(file_name: &str) -> Option<String> {
+pub fn module_stem(file_name: &str) -> Option<String> {
     [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
         .find_map(|ext| file_name.strip_suffix(ext))
@@ -345,7 +345,10 @@ impl ModulesDir {
                             .iter()
                             .map(|a| (normalize_alias(a), name.clone())),
                     ),
-                    Err(e) => tracing::warn!("skipping module for alias lookup: {e}"),
+                    Err(e) => tracing::warn!(
+                        "skipping module for alias lookup: {}",
+                        crate::error_chain(&e)
+                    ),
                 }
             }
             v

@@ -87,7 +87,7 @@ pub struct Layer {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The path.
         path: PathBuf,

@@ -22,3 +22,16 @@ pub mod package;
 pub mod pins;
 pub mod spec;
 pub mod tree;
+
+/// An error and its causes on one line, `outer: cause: root cause`, for a log line or a message
+/// that must stand alone (the CLI prints an error's causes on lines of their own instead).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

@@ -32,7 +32,7 @@ const MAX_JSON: u64 = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum OciError {
         path: PathBuf,
     },
     /// A JSON document is malformed.
-    #[error("{image}: {what} is not valid JSON of the expected shape: {source}")]
+    #[error("{image}: {what} is not valid JSON of the expected shape")]
     Json {
         /// The input.
         image: PathBuf,
@@ -106,7 +106,7 @@ pub enum OciError {
         media_type: String,
     },
     /// A layer is not a readable tar.
-    #[error("{image}: layer {blob} cannot be read: {source}")]
+    #[error("{image}: layer {blob} cannot be read")]
     Layer {
         /// The input.
         image: PathBuf,
@@ -128,7 +128,7 @@ pub enum OciError {
         path: String,
     },
     /// The tree refused an entry.
-    #[error("{image}: layer {blob}: {source}")]
+    #[error("{image}: layer {blob} holds an entry an image cannot hold")]
     Tree {
         /// The input.
         image: PathBuf,

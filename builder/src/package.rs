@@ -153,8 +153,18 @@ pub enum PackageError {
         /// What went wrong.
         message: String,
     },
+    /// A step of producing the files failed; the cause says why.
+    #[error("package {name}: {what}")]
+    Step {
+        /// Package name.
+        name: String,
+        /// The step.
+        what: String,
+        /// Why it failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A path problem inside the package.
-    #[error("package {name}: {source}")]
+    #[error("package {name} holds a path an image cannot hold")]
     Tree {
         /// Package name.
         name: String,
@@ -221,13 +231,11 @@ pub fn load(name: &str, search: &[PathBuf]) -> Result<Package, PackageError> {
 pub fn parse(name: &str, dir: &Path, yaml: &str) -> Result<Package, PackageError> {
     let path = dir.join("package.yml");
     let raw: RawPackage = serde_yaml_ng::from_str(yaml).map_err(|e| {
-        let at = e
-            .location()
-            .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
+        let (line, column, message) = crate::spec::yaml_error(&e);
         PackageError::Invalid {
             path: path.clone(),
-            at,
-            message: e.to_string(),
+            at: position(line, column),
+            message,
         }
     })?;
     let kinds = [
@@ -256,12 +264,54 @@ pub fn parse(name: &str, dir: &Path, yaml: &str) -> Result<Package, PackageError
             });
         }
     }
+    if let Some(d) = &raw.deb {
+        let problem = crate::deb::check_package_name(&d.name)
+            .err()
+            .map(|p| ("name", &d.name, p));
+        let problem = problem.or_else(|| {
+            let a = d.arch.as_ref()?;
+            crate::deb::check_arch(a).err().map(|p| ("arch", a, p))
+        });
+        if let Some((key, value, problem)) = problem {
+            let line = locate(yaml, key, value);
+            return Err(PackageError::Invalid {
+                path,
+                at: position(line, 0),
+                message: format!("deb.{key}: {problem}"),
+            });
+        }
+    }
     Ok(Package {
         name: name.to_string(),
         dir: dir.to_path_buf(),
         yaml: yaml.to_string(),
         raw,
     })
+}
+
+/// `:LINE:COLUMN`, `:LINE` or nothing, for [`PackageError::Invalid`].
+fn position(line: usize, column: usize) -> String {
+    match (line, column) {
+        (0, _) => String::new(),
+        (l, 0) => format!(":{l}"),
+        (l, c) => format!(":{l}:{c}"),
+    }
+}
+
+/// The 1-based line of the first `key: value` in `yaml` (0 when not found).
+fn locate(yaml: &str, key: &str, value: &str) -> usize {
+    yaml.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .is_some_and(|r| r.trim().trim_matches(|c| c == '"' || c == '\'') == value)
+        })
+        .or_else(|| {
+            yaml.lines()
+                .position(|l| l.contains(&format!("{key}:")) && l.contains(value))
+        })
+        .map_or(0, |i| i + 1)
 }
 
 /// What producers need from the outside.
@@ -286,6 +336,14 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         name: pkg.name.clone(),
         source: e,
     };
+    let step = |what: String| {
+        let name = pkg.name.clone();
+        move |e: Box<dyn std::error::Error + Send + Sync>| PackageError::Step {
+            name,
+            what,
+            source: e,
+        }
+    };
     let mut h = Sha256::new();
     h.update(b"minke-layer-v1\n");
     h.update(pkg.name.as_bytes());
@@ -297,7 +355,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
     let key;
     if let Some(c) = &pkg.raw.cargo {
         hash_cargo_inputs(&mut h, cx.workspace, &c.inputs)
-            .map_err(|e| fail(format!("hashing cargo inputs: {e}")))?;
+            .map_err(|e| step("cannot hash the cargo inputs".into())(e.into()))?;
         key = hex::encode(h.finalize());
         if let Some(l) = cx.cache.load(&key)? {
             return Ok(l);
@@ -305,7 +363,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         (cx.progress)(&format!("building {} (cargo, static)", c.binary));
         let bin = build_cargo(cx, c).map_err(fail)?;
         let size = std::fs::metadata(&bin)
-            .map_err(|e| fail(format!("{}: {e}", bin.display())))?
+            .map_err(|e| step(format!("cannot read {}", bin.display()))(e.into()))?
             .len();
         tree.insert(
             &c.dest,
@@ -320,8 +378,9 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
     } else if let Some(d) = &pkg.raw.deb {
         let arch = d.arch.clone().unwrap_or_else(|| "amd64".into());
         (cx.progress)(&format!("fetching {}:{arch}", d.name));
-        let fetched =
-            crate::pins::fetch(cx.cache, &d.name, &arch).map_err(|e| fail(e.to_string()))?;
+        let fetched = crate::pins::fetch(cx.cache, &d.name, &arch).map_err(|e| {
+            step(format!("cannot fetch Debian package {}:{arch}", d.name))(e.into())
+        })?;
         let (deb, sha) = (fetched.path, fetched.sha256);
         h.update(b"deb ");
         h.update(sha.as_bytes());
@@ -330,7 +389,8 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
             return Ok(l);
         }
         (cx.progress)(&format!("unpacking {}", d.name));
-        let full = crate::deb::unpack(&deb).map_err(|e| fail(e.to_string()))?;
+        let full = crate::deb::unpack(&deb)
+            .map_err(|e| step(format!("cannot unpack {}", deb.display()))(e.into()))?;
         let dest = d.dest.clone().unwrap_or_default();
         for (path, node) in full.iter() {
             let keep = d.include.is_empty()
@@ -355,7 +415,8 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         }
     } else if let Some(hs) = &pkg.raw.host {
         for b in hs.binaries.iter().chain(&hs.files) {
-            let sha = sha256_file(b).map_err(|e| fail(format!("{}: {e}", b.display())))?;
+            let sha = sha256_file(b)
+                .map_err(|e| step(format!("cannot read {}", b.display()))(e.into()))?;
             h.update(format!("{} {sha}\n", b.display()).as_bytes());
         }
         // The closure depends on the host's libraries too: resolve first (cheap), hash it.
@@ -364,9 +425,10 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
             &hs.binaries,
             &crate::elf::Options::default(),
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| step("cannot resolve the binaries' shared libraries".into())(e.into()))?;
         for p in &closure.files {
-            let sha = sha256_file(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+            let sha = sha256_file(p)
+                .map_err(|e| step(format!("cannot read {}", p.display()))(e.into()))?;
             h.update(format!("{} {sha}\n", p.display()).as_bytes());
         }
         key = hex::encode(h.finalize());
@@ -375,9 +437,10 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         }
         closure
             .add_to_tree(Path::new("/"), &mut tree)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| step("cannot add the binaries and their libraries".into())(e.into()))?;
         for f in &hs.files {
-            let md = std::fs::metadata(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
+            let md = std::fs::metadata(f)
+                .map_err(|e| step(format!("cannot read {}", f.display()))(e.into()))?;
             let node = Node {
                 mode: perm(&md),
                 uid: 0,
@@ -392,8 +455,10 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
     } else if let Some(d) = &pkg.raw.dir {
         let src = pkg.dir.join(&d.path);
         let sub = crate::hostdir::tree_from_dir(&src)
-            .map_err(|e| fail(format!("{}: {e}", src.display())))?;
-        for r in crate::layer::records_of(&sub).map_err(|e| fail(e.to_string()))? {
+            .map_err(|e| step(format!("cannot read directory {}", src.display()))(e.into()))?;
+        let records = crate::layer::records_of(&sub)
+            .map_err(|e| step(format!("cannot hash directory {}", src.display()))(e.into()))?;
+        for r in records {
             h.update(serde_json::to_vec(&r).unwrap_or_default());
         }
         key = hex::encode(h.finalize());
@@ -405,10 +470,10 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         let p = expand(&o.path, cx.cache);
         let src = if p.is_absolute() { p } else { pkg.dir.join(p) };
         let sha = hash_path(&src).map_err(|e| {
-            fail(format!(
-                "{}: {e}; build it first (cargo xtask setup makes the demo's)",
+            step(format!(
+                "cannot read OCI image {}: build it first (cargo xtask setup makes the demo's)",
                 src.display()
-            ))
+            ))(e.into())
         })?;
         h.update(format!("oci {sha}\n").as_bytes());
         key = hex::encode(h.finalize());
@@ -417,7 +482,8 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         }
         (cx.progress)(&format!("unpacking OCI image {}", src.display()));
         let platform = o.platform.as_deref().and_then(|p| p.split_once('/'));
-        let img = crate::oci::unpack_oci(&src, platform).map_err(|e| fail(e.to_string()))?;
+        let img = crate::oci::unpack_oci(&src, platform)
+            .map_err(|e| step(format!("cannot unpack OCI image {}", src.display()))(e.into()))?;
         graft(&mut tree, &img.tree, &o.dest).map_err(tree_err)?;
     } else {
         return Err(fail("no source".into()));
@@ -624,6 +690,42 @@ mod tests {
             "invalid symlink",
         );
         check_err("deb: [\n", ":");
+    }
+
+    #[test]
+    fn deb_names_are_debian_names_located_by_line() {
+        for (yaml, line, needle) in [
+            (
+                "deb:\n  name: \"-o\"\n",
+                2,
+                "deb.name: \"-o\" is not a package name",
+            ),
+            (
+                "description: x\ndeb: {name: a b}\n",
+                2,
+                "deb.name: \"a b\" is not a package name",
+            ),
+            ("deb:\n  name: libc6\n  arch: \"../x\"\n", 3, "deb.arch"),
+        ] {
+            check_err(yaml, &format!("package.yml:{line}: {needle}"));
+        }
+        for ok in [
+            "deb: {name: busybox-static, arch: arm64}",
+            "deb: {name: g++}",
+        ] {
+            parse("p", Path::new("/pk/p"), ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn yaml_errors_state_their_position_once() {
+        let err = parse("p", Path::new("/pk/p"), "deb: {name: ab}\ncolour: red\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/pk/p/package.yml:2:1: unknown field `colour`"),
+            "{msg}"
+        );
+        assert!(!msg.contains("at line"), "{msg}");
     }
 
     #[test]

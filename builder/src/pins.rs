@@ -71,6 +71,7 @@ fn save(cache: &Cache, pins: &Pins) {
 
 /// `deb::fetch`, answered from the pins when a fresh pin's file is still in the cache.
 pub fn fetch(cache: &Cache, name: &str, arch: &str) -> Result<FetchedDeb, DebError> {
+    deb::check_package(name, Some(arch))?;
     let dir = cache.dir("debs");
     let key = format!("{name}:{arch}");
     let mut pins = load(cache);
@@ -114,6 +115,7 @@ pub fn fetch(cache: &Cache, name: &str, arch: &str) -> Result<FetchedDeb, DebErr
 
 /// `deb::resolve_kernel_package`, answered from the pins when fresh.
 pub fn resolve_kernel(cache: &Cache, name: &str) -> Result<String, DebError> {
+    deb::check_package(name, None)?;
     let mut pins = load(cache);
     if let Some((real, at)) = pins.kernels.get(name) {
         if fresh(*at) {

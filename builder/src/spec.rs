@@ -47,7 +47,7 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("cannot read spec {path}: {source}")]
+    #[error("cannot read spec {path}")]
     Read {
         /// The path.
         path: PathBuf,
@@ -553,17 +553,32 @@ pub fn workspace_dir() -> PathBuf {
 pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Spec, SpecError> {
     let src = Source { file, text };
     let raw: RawSpec = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let (line, column, message) = yaml_error(&e);
         SpecError::Invalid {
             at: Location {
                 file: file.to_string(),
                 line,
                 column,
             },
-            message: e.to_string(),
+            message,
         }
     })?;
     validate(raw, &src, base_dir)
+}
+
+/// A YAML error as (line, column, message without the position): the caller prints the
+/// position as `file:line:column`, so serde's own " at line L column C" would say it twice.
+/// Line and column are 0 when unknown (the message is then whole).
+pub fn yaml_error(e: &serde_yaml_ng::Error) -> (usize, usize, String) {
+    let message = e.to_string();
+    match e.location() {
+        Some(l) => {
+            let (line, column) = (l.line(), l.column());
+            let at = format!(" at line {line} column {column}");
+            (line, column, message.replacen(&at, "", 1))
+        }
+        None => (0, 0, message),
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -594,6 +609,11 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
                 raw.arch
             ),
         ));
+    }
+    if let RawKernel::Package { package } = &raw.kernel {
+        if let Err(problem) = crate::deb::check_package_name(package) {
+            return Err(src.err("package", package, format!("kernel package: {problem}")));
+        }
     }
     if !valid_name(&raw.init) {
         return Err(src.err(
@@ -1027,6 +1047,41 @@ mod tests {
     #[test]
     fn unknown_key_names_line_and_column() {
         check_err("name: x\nkernal: {}\n", 2, "unknown field `kernal`");
+    }
+
+    #[test]
+    fn yaml_errors_state_their_position_once() {
+        for (yaml, at) in [
+            ("name: x\nkernal: {}\n", "t.yml:2:1: unknown field `kernal`"),
+            ("name: x\nshutdown_grace_ms: soon\n", "t.yml:2:20: "),
+            ("name: x\nservices: [\n  - {name: a\n", "t.yml:3:"),
+        ] {
+            let msg = parse(yaml, "t.yml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(at), "{msg:?} does not start with {at:?}");
+            assert!(!msg.contains(" at line "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn kernel_package_must_be_a_debian_name() {
+        check_err(
+            "name: x\nkernel:\n  package: \"-oAPT::Get=1\"\n",
+            3,
+            "kernel package: \"-oAPT::Get=1\" is not a package name",
+        );
+        check_err(
+            "name: x\nkernel: {package: Linux-Image}\n",
+            2,
+            "is not a package name",
+        );
+        parse(
+            "name: x\nkernel: {package: linux-image-6.1.0-48-cloud-amd64}\n",
+            "t.yml",
+            Path::new("."),
+        )
+        .unwrap();
     }
 
     #[test]
