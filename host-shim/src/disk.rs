@@ -1,7 +1,9 @@
 //! Data disks: created and formatted ext4 on first use, reproducibly (fixed UUID and hash seed
-//! derived from the label, fixed timestamps).
+//! derived from the label, fixed timestamps). A new image is mode 0600 and the directories
+//! created for it 0700, whatever the umask: a disk holds the guest's data.
 
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -95,26 +97,51 @@ pub fn ensure(d: &DiskSpec) -> Result<bool, DiskError> {
         source,
     };
     if let Some(dir) = d.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(create)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(create)?;
     }
-    // Format a raw file under a temporary name, then convert or rename, so a failure never
-    // leaves a half-made disk at the final path.
-    let tmp = d.path.with_extension("minke-tmp");
-    let _ = std::fs::remove_file(&tmp);
+    let dir = match d.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let stem = d
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Format a raw file under a fresh temporary name (created exclusively, mode 0600), then
+    // convert or rename, so a failure never leaves a half-made disk at the final path.
+    let (f, tmp) = crate::state::create_temp_in(dir, &stem).map_err(create)?;
     let res = (|| {
-        let f = std::fs::File::create(&tmp).map_err(create)?;
         f.set_len(d.size).map_err(create)?;
         drop(f);
         mkfs(&tmp, &d.label)?;
         match d.format {
             DiskFormat::Raw => std::fs::rename(&tmp, &d.path).map_err(create),
             DiskFormat::Qcow2 => {
+                // qemu-img creates the output with the umask's mode: make it 0600 first.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&d.path)
+                    .map_err(create)?;
                 let qemu_img = binaries::find(Tool::QemuImg)?;
                 let mut c = Command::new(qemu_img);
                 c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
                     .arg(&tmp)
                     .arg(&d.path);
-                run(c)
+                let r = run(c).and_then(|()| {
+                    std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(create)
+                });
+                if r.is_err() {
+                    let _ = std::fs::remove_file(&d.path);
+                }
+                r
             }
         }
     })();

@@ -6,6 +6,7 @@
 //! - [`vm`]: [`Vm`] — boot, wait for the agents, exec, files, forward, pause/resume, power off;
 //!   attach to a VM booted by another process;
 //! - [`config`]: [`VmConfig`] and its parts;
+//! - [`console`]: the guest console written to `console.log` with a cap;
 //! - [`qemu`]: command lines of QEMU and the vsock backend;
 //! - [`qmp`]: QEMU's control protocol;
 //! - [`transport`]: byte streams to guest ports (hybrid vsock, kernel vsock, virtio-serial);
@@ -14,6 +15,8 @@
 //! - [`client`]: the host's half of each control-agent conversation;
 //! - [`timesync`]: the host's time server;
 //! - [`forward`]: host listeners piped into the guest;
+//! - [`getfiles`]: copying out of a guest safely ([`getfiles::GetOptions`]);
+//! - [`process`]: child processes, and proving a recorded pid before signalling it;
 //! - [`disk`]: reproducible ext4 data disks;
 //! - [`state`]: per-VM state directories and `minke ps`;
 //! - [`reliability`]: the reliability drills (power cuts, killed agents, memory and disk
@@ -25,9 +28,11 @@ pub mod binaries;
 pub mod chart;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod disk;
 pub mod forward;
-mod process;
+pub mod getfiles;
+pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod reliability;

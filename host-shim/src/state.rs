@@ -1,12 +1,25 @@
 //! Per-VM state directories: where they are, what a running VM records there, and listing them
 //! for `minke ps`.
+//!
+//! Other local users must not read a VM's logs, reach its sockets or forge its records: the
+//! state directories are 0700 (created so, tightened when they exist) and every file minke
+//! writes there is created 0600 whatever the umask ([`create_private`], [`write_private`]).
+//! The booting process holds an exclusive lock on `lock` for the VM's life ([`VmLock`]), so two
+//! boots of one name cannot race.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::process::ProcStamp;
 use crate::qemu::{files, UsedAccel, UsedTransport};
+
+/// The lock file a booting process holds for the VM's life.
+pub const LOCK_FILE: &str = "lock";
 
 /// A state directory problem.
 #[derive(Debug, thiserror::Error)]
@@ -28,20 +41,45 @@ pub enum StateError {
     /// No running VM of that name.
     #[error("no running VM named {0:?} (see `minke ps`)")]
     NotRunning(String),
-    /// A VM of that name is already running.
-    #[error("a VM named {name:?} is already running (pid {pid}): stop it or pick another name")]
+    /// A VM of that name is already running (or booting).
+    #[error("a VM named {name:?} is already running{}: stop it or pick another name", busy_pid(.pid))]
     Busy {
         /// Name.
         name: String,
-        /// Its QEMU pid.
-        pid: u32,
+        /// Its QEMU pid, when it recorded one.
+        pid: Option<u32>,
+    },
+    /// A directory or file is not private to this user.
+    #[error("{path}: {why}; remove it or choose another state directory")]
+    NotPrivate {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A pid recorded in `run.json` was not signalled: nothing proves it is still this VM's.
+    #[error("did not signal {what} (recorded pid {pid}): run.json does not prove that pid is still this VM's; if the VM still runs, stop it from the process that booted it")]
+    Unproven {
+        /// Which process.
+        what: &'static str,
+        /// The recorded pid.
+        pid: u64,
+        /// Why the proof failed.
+        source: crate::process::NotProven,
     },
     /// A socket path would exceed the kernel's limit.
     #[error("socket path {0} is longer than 107 bytes: use a shorter state directory or VM name")]
     PathTooLong(PathBuf),
 }
 
+fn busy_pid(pid: &Option<u32>) -> String {
+    pid.map(|p| format!(" (QEMU pid {p})")).unwrap_or_default()
+}
+
 /// What a running VM records in `run.json`.
+///
+/// The file is input from disk: nothing in it is signalled unless the process holding a
+/// recorded pid is proven to be the recorded one (see [`ProcStamp`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInfo {
     /// VM name.
@@ -50,6 +88,12 @@ pub struct RunInfo {
     pub qemu_pid: u32,
     /// The vsock backend's pid, if any.
     pub backend_pid: Option<u32>,
+    /// What proves `qemu_pid` still names this VM's QEMU.
+    #[serde(default)]
+    pub qemu_stamp: Option<ProcStamp>,
+    /// What proves `backend_pid` still names this VM's vsock backend.
+    #[serde(default)]
+    pub backend_stamp: Option<ProcStamp>,
     /// The pid of the shim that owns the VM.
     pub shim_pid: u32,
     /// Accelerator in use.
@@ -121,23 +165,29 @@ pub fn read_run(dir: &Path) -> Result<RunInfo, StateError> {
 }
 
 pub(crate) fn write_run(dir: &Path, run: &RunInfo) -> Result<(), StateError> {
-    let p = dir.join(files::RUN);
-    let tmp = dir.join(".run.json.tmp");
     let body = serde_json::to_vec_pretty(run).expect("RunInfo serializes");
-    std::fs::write(&tmp, body).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &p).map_err(io_err(&p))
+    write_private(&dir.join(files::RUN), &body)
 }
 
-/// Whether the VM recorded in `dir` is still running (its QEMU process is alive and is QEMU).
+/// Whether the VM recorded in `run` is still running: its QEMU process holds the recorded pid
+/// with the recorded start time and executable (a reused pid is not running), and is QEMU.
 pub fn is_running(run: &RunInfo) -> bool {
-    crate::process::alive(run.qemu_pid)
+    crate::process::running(run.qemu_pid.into(), run.qemu_stamp.as_ref())
         && std::fs::read(format!("/proc/{}/cmdline", run.qemu_pid))
             .map(|c| c.windows(4).any(|w| w == b"qemu"))
             .unwrap_or(false)
 }
 
-/// Removes what a dead VM left: `run.json` and sockets (logs stay for `minke logs`).
+/// Removes what a dead VM left: `run.json` and sockets (logs stay for `minke logs`). Does
+/// nothing while a process holds the VM's lock (it is booting or still owns the VM).
 pub fn clean_stale(dir: &Path) {
+    if !lock_held(dir) {
+        remove_stale_files(dir);
+    }
+}
+
+/// [`clean_stale`] without the lock check, for the process that holds the lock.
+pub(crate) fn remove_stale_files(dir: &Path) {
     for f in [
         files::RUN,
         files::QMP,
@@ -189,6 +239,169 @@ pub fn list_vms_in(root: &Path) -> Result<Vec<VmEntry>, StateError> {
     Ok(out)
 }
 
+/// Creates `dir` (and missing parents) with mode 0700, or tightens it to 0700 if it exists.
+/// Fails if it is not a directory owned by this user: its files would not be private.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(io_err(dir))?;
+    make_private(&d, dir, 0o700)
+}
+
+/// Checks that the open file or directory `f` (at `path`) belongs to this user and sets its
+/// permission bits to exactly `mode`.
+fn make_private(f: &File, path: &Path, mode: u32) -> Result<(), StateError> {
+    let st = rustix::fs::fstat(f.as_fd()).map_err(|e| io_err(path)(e.into()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(StateError::NotPrivate {
+            path: path.to_path_buf(),
+            why: format!("owned by uid {}, not by this user (uid {me})", st.st_uid),
+        });
+    }
+    if st.st_mode & 0o7777 != mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, truncated, mode 0600 whatever the umask (an existing file is
+/// tightened to 0600; a symlink at `path` is refused, never followed). For logs and any other
+/// file minke creates in a state directory.
+pub fn create_private(path: &Path) -> Result<File, StateError> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
+    make_private(&f, path, 0o600)?;
+    Ok(f)
+}
+
+/// Creates a new file with a random name beginning with `.{stem}.` in `dir`, exclusively
+/// (`O_EXCL`: never an existing file or a symlink planted there) and mode 0600. The caller
+/// renames it into place or removes it.
+pub fn create_temp_in(dir: &Path, stem: &str) -> io::Result<(File, PathBuf)> {
+    let mut last = None;
+    for _ in 0..64 {
+        let p = dir.join(format!(".{stem}.{:016x}.tmp", fastrand::u64(..)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(f) => return Ok((f, p)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// Replaces `path` atomically with `bytes` in a file of mode 0600 (written under an exclusive
+/// temporary name in the same directory, then renamed). For `run.json`, `boot.json` and any
+/// secret a state directory holds.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (mut f, tmp) = create_temp_in(dir, &stem).map_err(io_err(path))?;
+    let res = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .map_err(io_err(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// The exclusive lock on a VM's state directory, held by the process that booted the VM for
+/// as long as it owns the VM; released when dropped (or when that process dies).
+#[derive(Debug)]
+pub struct VmLock {
+    _file: File,
+}
+
+/// Takes the lock of the state directory `dir` at once, or fails with [`StateError::Busy`].
+pub(crate) fn lock_vm(dir: &Path, name: &str) -> Result<VmLock, StateError> {
+    let p = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+        .map_err(io_err(&p))?;
+    make_private(&f, &p, 0o600)?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(VmLock { _file: f }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy {
+            name: name.into(),
+            pid: read_run(dir).ok().map(|r| r.qemu_pid),
+        }),
+        Err(e) => Err(io_err(&p)(e.into())),
+    }
+}
+
+/// Whether some process holds the lock of `dir` (a VM booting or running there).
+pub fn lock_held(dir: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(LOCK_FILE))
+    else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared),
+        Err(rustix::io::Errno::WOULDBLOCK)
+    )
+}
+
+/// Prepares the state directory `dir` of VM `name` for a boot: private (and so is minke's
+/// state root when `dir` lies in it), locked for this process, no VM of an older minke running
+/// there, stale sockets and records removed.
+pub(crate) fn prepare_boot(dir: &Path, name: &str) -> Result<VmLock, StateError> {
+    if let (Ok(root), Some(parent)) = (state_root(), dir.parent()) {
+        if parent == root {
+            ensure_private_dir(&root)?;
+        }
+    }
+    ensure_private_dir(dir)?;
+    let lock = lock_vm(dir, name)?;
+    if let Ok(run) = read_run(dir) {
+        if is_running(&run) {
+            return Err(StateError::Busy {
+                name: name.into(),
+                pid: Some(run.qemu_pid),
+            });
+        }
+    }
+    remove_stale_files(dir);
+    Ok(lock)
+}
+
 /// Fails when a socket in `dir` named `file` would be too long for `sockaddr_un`.
 pub(crate) fn check_socket_path(dir: &Path, file: &str) -> Result<PathBuf, StateError> {
     let p = dir.join(file);
@@ -220,6 +433,8 @@ mod tests {
                 name: name.into(),
                 qemu_pid: pid,
                 backend_pid: None,
+                qemu_stamp: ProcStamp::of(pid),
+                backend_stamp: None,
                 shim_pid: std::process::id(),
                 accel: UsedAccel::Tcg,
                 transport: UsedTransport::VhostUser,
@@ -236,10 +451,11 @@ mod tests {
             .args(["-c", "exec -a qemu-fake sleep 30"])
             .spawn()
             .unwrap();
-        // Until the child has exec'd, its cmdline is still this test binary's.
-        let cmdline = format!("/proc/{}/cmdline", live.id());
+        // Until bash has exec'd sleep, the recorded executable would be bash's (and bash's
+        // cmdline mentions qemu too).
+        let exe = format!("/proc/{}/exe", live.id());
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !std::fs::read(&cmdline).is_ok_and(|c| c.windows(4).any(|w| w == b"qemu")) {
+        while !std::fs::read_link(&exe).is_ok_and(|e| e.ends_with("sleep")) {
             assert!(
                 std::time::Instant::now() < end,
                 "the stand-in process never exec'd"
@@ -261,5 +477,86 @@ mod tests {
             "stale sockets removed"
         );
         assert!(dead.join(files::CONSOLE).exists(), "logs kept");
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_a_running_vm() {
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let real = ProcStamp::of(sleep.id()).unwrap();
+        let run = |pid: u32, stamp: Option<ProcStamp>| RunInfo {
+            name: "x".into(),
+            qemu_pid: pid,
+            backend_pid: None,
+            qemu_stamp: stamp,
+            backend_stamp: None,
+            shim_pid: 0,
+            accel: UsedAccel::Tcg,
+            transport: UsedTransport::Serial,
+            publish: vec![],
+            started_unix: 0,
+        };
+        let older = ProcStamp {
+            start_ticks: real.start_ticks.saturating_sub(1),
+            exe: None,
+        };
+        for (pid, stamp) in [
+            (sleep.id(), None),
+            (sleep.id(), Some(older)),
+            (std::process::id(), ProcStamp::of(std::process::id())),
+            (u32::MAX, Some(real.clone())),
+            (1, ProcStamp::of(1)),
+            (0, Some(real)),
+        ] {
+            assert!(!is_running(&run(pid, stamp.clone())), "{pid} {stamp:?}");
+        }
+        let _ = sleep.kill();
+        let _ = sleep.wait();
+    }
+
+    #[test]
+    fn a_second_lock_of_one_state_dir_fails_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!lock_held(d.path()));
+        let first = lock_vm(d.path(), "web").unwrap();
+        assert!(lock_held(d.path()));
+        let t = std::time::Instant::now();
+        match lock_vm(d.path(), "web") {
+            Err(StateError::Busy { name, pid: None }) => assert_eq!(name, "web"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(
+            prepare_boot(d.path(), "web"),
+            Err(StateError::Busy { .. })
+        ));
+        // A held lock keeps `minke ps` from cleaning a VM that is still booting.
+        std::fs::write(d.path().join(files::RUN), b"{}").unwrap();
+        clean_stale(d.path());
+        assert!(d.path().join(files::RUN).exists());
+        drop(first);
+        assert!(!lock_held(d.path()));
+        let _again = prepare_boot(d.path(), "web").unwrap();
+        assert!(!d.path().join(files::RUN).exists(), "stale record removed");
+    }
+
+    #[test]
+    fn private_files_replace_symlinks_instead_of_following_them() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("qemu.log")).unwrap();
+        assert!(create_private(&d.path().join("qemu.log")).is_err());
+        std::os::unix::fs::symlink(&victim, d.path().join("run.json")).unwrap();
+        write_private(&d.path().join("run.json"), b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(d.path().join("run.json")).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
     }
 }

@@ -212,6 +212,7 @@ fn spawn_conn(shared: &Arc<Shared>, conn: Box<dyn Duplex>) {
         ));
         return;
     }
+    let conn: Box<dyn Duplex> = Box::new(HelloDeadline::new(conn, HELLO_TIMEOUT));
     let shared2 = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("minke-timesync-conn".into())
@@ -230,6 +231,133 @@ fn spawn_conn(shared: &Arc<Shared>, conn: Box<dyn Duplex>) {
     if let Err(e) = spawned {
         shared.active.fetch_sub(1, Ordering::SeqCst);
         shared.record(format!("cannot start a time sync thread: {e}"));
+    }
+}
+
+/// One deadline for the guest's whole `Hello`: a per-read timeout alone lets a guest that
+/// sends a byte at a time hold a connection slot for ever. Reads fail once `limit` has passed
+/// since the connection was accepted, until the host first writes (its `Welcome`, or an error);
+/// from then on the connection is as if unwrapped.
+#[derive(Debug)]
+struct HelloDeadline {
+    inner: Box<dyn Duplex>,
+    deadline: Option<std::time::Instant>,
+    limit: Duration,
+    /// The read timeout asked for through [`Duplex::set_read_timeout`].
+    wanted: std::cell::Cell<Option<Duration>>,
+}
+
+impl HelloDeadline {
+    fn new(inner: Box<dyn Duplex>, limit: Duration) -> Self {
+        HelloDeadline {
+            inner,
+            deadline: Some(std::time::Instant::now() + limit),
+            limit,
+            wanted: std::cell::Cell::new(None),
+        }
+    }
+}
+
+impl io::Read for HelloDeadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no complete Hello within {:?}", self.limit),
+                ));
+            }
+            let t = self.wanted.get().map_or(left, |w| w.min(left));
+            self.inner.set_read_timeout(Some(t))?;
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl io::Write for HelloDeadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.deadline.take().is_some() {
+            self.inner.set_read_timeout(self.wanted.get())?;
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Duplex for HelloDeadline {
+    fn try_clone_box(&self) -> io::Result<Box<dyn Duplex>> {
+        self.inner.try_clone_box()
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.inner.shutdown_write()
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.wanted.set(t);
+        self.inner.set_read_timeout(t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.inner.set_write_timeout(t)
+    }
+}
+
+#[cfg(test)]
+mod hello_deadline_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    #[test]
+    fn a_guest_dribbling_its_hello_is_cut_off_at_the_deadline() {
+        let (mut g, h) = UnixStream::pair().unwrap();
+        let mut c = HelloDeadline::new(Box::new(h), Duration::from_millis(300));
+        // A per-read timeout longer than the whole deadline does not extend it.
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let dribble = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if g.write_all(&[0]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let start = Instant::now();
+        let mut buf = [0u8; 1];
+        let err = loop {
+            match c.read(&mut buf) {
+                Ok(0) => panic!("end of stream before the deadline"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert!(start.elapsed() < Duration::from_secs(2), "{err}");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{err}"
+        );
+        drop(c);
+        dribble.join().unwrap();
+    }
+
+    #[test]
+    fn after_the_hosts_first_write_the_deadline_is_gone() {
+        let (mut g, h) = UnixStream::pair().unwrap();
+        let mut c = HelloDeadline::new(Box::new(h), Duration::from_millis(100));
+        g.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(b"welcome").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        g.write_all(b"late").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"late");
     }
 }
 

@@ -16,6 +16,7 @@ use crate::client::{self, AgentError, Output, Stdin};
 use crate::config::{Accel, Transport, VmConfig};
 use crate::disk::{self, DiskError};
 use crate::forward::{ForwardListen, Forwarder};
+use crate::getfiles::{self, GetOptions};
 use crate::process::Guarded;
 use crate::qemu::{self, files, UsedAccel, UsedTransport};
 use crate::qmp::{self, QmpError};
@@ -148,6 +149,8 @@ struct Owned {
     started: Instant,
     ready_after: Option<Duration>,
     kvm_probe: bool,
+    /// Held for the VM's life: a second boot of the name fails at once.
+    _lock: state::VmLock,
 }
 
 impl Vm {
@@ -160,17 +163,7 @@ impl Vm {
             }
             None => state::state_dir(&cfg.name)?,
         };
-        std::fs::create_dir_all(&state).map_err(state::io_err(&state))?;
-        if let Ok(run) = state::read_run(&state) {
-            if state::is_running(&run) {
-                return Err(StateError::Busy {
-                    name: cfg.name.clone(),
-                    pid: run.qemu_pid,
-                }
-                .into());
-            }
-        }
-        state::clean_stale(&state);
+        let lock = state::prepare_boot(&state, &cfg.name)?;
         for f in [files::QMP, files::VHU, files::SERIAL] {
             state::check_socket_path(&state, f)?;
         }
@@ -219,6 +212,8 @@ impl Vm {
             name: cfg.name.clone(),
             qemu_pid: qemu.pid(),
             backend_pid: backend.as_ref().map(Guarded::pid),
+            qemu_stamp: qemu.stamp(),
+            backend_stamp: backend.as_ref().and_then(Guarded::stamp),
             shim_pid: std::process::id(),
             accel,
             transport,
@@ -246,6 +241,7 @@ impl Vm {
                 started: Instant::now(),
                 ready_after: None,
                 kvm_probe,
+                _lock: lock,
             }),
         };
         let publish = vm
@@ -401,7 +397,10 @@ impl Vm {
         }
         if self.owned.is_some() {
             if let Ok(i) = self.info() {
-                let _ = std::fs::write(self.state.join(files::BOOT_JSON), i.boot_json);
+                let _ = state::write_private(
+                    &self.state.join(files::BOOT_JSON),
+                    i.boot_json.as_bytes(),
+                );
             }
         }
         Ok(())
@@ -470,6 +469,8 @@ impl Vm {
         self.transport = transport;
         self.run.qemu_pid = o.qemu.pid();
         self.run.backend_pid = o.backend.as_ref().map(Guarded::pid);
+        self.run.qemu_stamp = o.qemu.stamp();
+        self.run.backend_stamp = o.backend.as_ref().and_then(Guarded::stamp);
         self.run.accel = accel;
         state::write_run(&self.state, &self.run)?;
         Ok(())
@@ -599,41 +600,24 @@ impl Vm {
         Ok(())
     }
 
-    /// Reads the guest file `guest` into memory.
+    /// Reads the guest file `guest` into memory; fails beyond
+    /// [`getfiles::MEMORY_LIMIT`] (use [`Vm::get_file`] for large files).
     pub fn read_file(&self, guest: &str) -> Result<Vec<u8>, VmError> {
-        let mut out = Vec::new();
         let mut s = self.agent("minke-cp")?;
-        client::get(
+        getfiles::read_capped(
             s.as_mut(),
-            HostMsg::GetFile { path: guest.into() },
-            &mut out,
-        )?;
-        Ok(out)
+            &HostMsg::GetFile { path: guest.into() },
+            getfiles::MEMORY_LIMIT,
+            &format!("guest file {guest}"),
+        )
     }
 
-    /// Copies the guest file `guest` to the host path `local` (written under a temporary
-    /// name, then renamed).
+    /// Copies the guest file `guest` to the host path `local`. Nothing is created until the
+    /// guest answers; the data goes to a fresh temporary file in `local`'s directory, renamed
+    /// into place at the end and removed on failure.
     pub fn get_file(&self, guest: &str, local: &Path) -> Result<u64, VmError> {
-        let tmp = local.with_extension("minke-part");
-        let io = |source| VmError::Io {
-            what: format!("cannot write {}", tmp.display()),
-            source,
-        };
-        let mut f = File::create(&tmp).map_err(io)?;
         let mut s = self.agent("minke-cp")?;
-        let n = client::get(s.as_mut(), HostMsg::GetFile { path: guest.into() }, &mut f);
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        std::fs::rename(&tmp, local).map_err(|source| VmError::Io {
-            what: format!("cannot write {}", local.display()),
-            source,
-        })?;
-        Ok(n)
+        getfiles::file_to(s.as_mut(), guest, local)
     }
 
     /// Copies the host directory `local` into the guest directory `guest` (as a tar stream).
@@ -665,22 +649,23 @@ impl Vm {
         })
     }
 
-    /// Copies the guest directory `guest` into the host directory `local` (created if missing).
+    /// Copies the guest directory `guest` into the host directory `local` (created once the
+    /// guest answers, removed again if the copy fails), with [`GetOptions::default`]: setuid,
+    /// setgid and sticky bits dropped, the umask applied.
     pub fn get_tree(&self, guest: &str, local: &Path) -> Result<(), VmError> {
-        std::fs::create_dir_all(local).map_err(|source| VmError::Io {
-            what: format!("cannot create {}", local.display()),
-            source,
-        })?;
+        self.get_tree_with(guest, local, GetOptions::default())
+    }
+
+    /// [`Vm::get_tree`] with options. Whatever the options, nothing is written outside `local`
+    /// and device nodes and fifos are skipped (see [`crate::getfiles`]).
+    pub fn get_tree_with(
+        &self,
+        guest: &str,
+        local: &Path,
+        opts: GetOptions,
+    ) -> Result<(), VmError> {
         let mut s = self.agent("minke-cp")?;
-        let reader =
-            client::DataReader::start(s.as_mut(), HostMsg::GetTree { path: guest.into() })?;
-        let mut ar = tar::Archive::new(reader);
-        ar.set_preserve_permissions(true);
-        ar.set_overwrite(true);
-        ar.unpack(local).map_err(|source| VmError::Io {
-            what: format!("cannot unpack into {}", local.display()),
-            source,
-        })
+        getfiles::tree_to(s.as_mut(), guest, local, opts)
     }
 
     /// Listens on `listen` and pipes each accepted connection to `target` in the guest.
@@ -700,18 +685,18 @@ impl Vm {
         Ok(client::info(s.as_mut())?)
     }
 
-    /// The guest's log ring buffer (one service, or all).
+    /// The guest's log ring buffer (one service, or all); fails beyond
+    /// [`getfiles::MEMORY_LIMIT`].
     pub fn logs(&self, service: Option<&str>) -> Result<Vec<u8>, VmError> {
-        let mut out = Vec::new();
         let mut s = self.agent("minke-logs")?;
-        client::get(
+        getfiles::read_capped(
             s.as_mut(),
-            HostMsg::Logs {
+            &HostMsg::Logs {
                 service: service.map(str::to_owned),
             },
-            &mut out,
-        )?;
-        Ok(out)
+            getfiles::MEMORY_LIMIT,
+            "the guest's logs",
+        )
     }
 
     /// Whether the vCPUs run, and QEMU's run state (`running`, `paused`…).
@@ -792,7 +777,7 @@ impl Vm {
                 !state::is_running(&self.run)
             }
         };
-        self.kill();
+        self.try_kill()?;
         Ok(if clean {
             PowerOff::Clean
         } else {
@@ -800,8 +785,22 @@ impl Vm {
         })
     }
 
-    /// Kills QEMU and the vsock backend at once and cleans the state directory.
+    /// Kills QEMU and the vsock backend at once and cleans the state directory. On an attached
+    /// handle a process is signalled only once proven to be the one `run.json` recorded (see
+    /// [`Vm::try_kill`]); a refusal is logged.
     pub fn kill(&mut self) {
+        if let Err(e) = self.try_kill() {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// [`Vm::kill`], reporting why an attached handle signalled nothing: a recorded pid that is
+    /// not a valid pid, has no recorded start time, or now names another process (its start
+    /// time or executable differ) is never signalled. A process that already exited is not an
+    /// error.
+    pub fn try_kill(&mut self) -> Result<(), VmError> {
+        use crate::process::{NotProven, Proven};
+        use rustix::process::Signal;
         match self.owned.as_mut() {
             Some(o) => {
                 o.forwards.clear();
@@ -811,19 +810,49 @@ impl Vm {
                     b.kill();
                 }
                 o.time = None;
+                // This process holds the lock: clean without asking it.
+                state::remove_stale_files(&self.state);
+                Ok(())
             }
             None => {
-                if state::is_running(&self.run) {
-                    let _ = qmp::quit(&self.state.join(files::QMP));
-                    let _ =
-                        crate::process::signal(self.run.qemu_pid, rustix::process::Signal::KILL);
+                let mut refused = None;
+                let mut targets = vec![(
+                    "QEMU",
+                    u64::from(self.run.qemu_pid),
+                    self.run.qemu_stamp.as_ref(),
+                )];
+                if let Some(b) = self.run.backend_pid {
+                    targets.push((
+                        "the vsock backend",
+                        b.into(),
+                        self.run.backend_stamp.as_ref(),
+                    ));
                 }
-                if let Some(b) = self.run.backend_pid.filter(|p| crate::process::alive(*p)) {
-                    let _ = crate::process::signal(b, rustix::process::Signal::KILL);
+                for (what, pid, stamp) in targets {
+                    match Proven::prove(pid, stamp) {
+                        Ok(p) => {
+                            if what == "QEMU" {
+                                let _ = qmp::quit(&self.state.join(files::QMP));
+                            }
+                            p.signal(Signal::KILL).map_err(|source| VmError::Io {
+                                what: format!("cannot kill {what} (pid {})", p.pid()),
+                                source,
+                            })?;
+                        }
+                        Err(NotProven::Gone(_)) => {}
+                        Err(source) => {
+                            refused.get_or_insert(StateError::Unproven { what, pid, source });
+                        }
+                    }
+                }
+                // Cleans only once the booting process let go of the VM.
+                state::clean_stale(&self.state);
+                match refused {
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
                 }
             }
         }
-        state::clean_stale(&self.state);
     }
 
     /// Cuts the power, from any thread: SIGKILL to QEMU and the vsock backend and nothing else
@@ -907,11 +936,8 @@ fn launch(
         let _ = std::fs::remove_file(state.join(files::QMP));
         let args = qemu::qemu_args(cfg, state, accel, transport);
         let log_path = state.join(files::QEMU_LOG);
-        let log = File::create(&log_path).map_err(|source| VmError::Io {
-            what: format!("cannot create {}", log_path.display()),
-            source,
-        })?;
-        let _ = File::create(state.join(files::CONSOLE));
+        let log = state::create_private(&log_path)?;
+        state::create_private(&state.join(files::CONSOLE))?;
         let mut cmd = Command::new(qemu_bin);
         cmd.args(&args).stdin(Stdio::null()).stderr(log);
         cmd.stdout(if cfg.console_to_terminal {
@@ -955,10 +981,7 @@ fn start_backend(state: &Path) -> Result<Guarded, VmError> {
     let _ = std::fs::remove_file(&vhu);
     let _ = std::fs::remove_file(state.join(files::VSOCK));
     let log_path = state.join(files::BACKEND_LOG);
-    let log = File::create(&log_path).map_err(|source| VmError::Io {
-        what: format!("cannot create {}", log_path.display()),
-        source,
-    })?;
+    let log = state::create_private(&log_path)?;
     let log2 = log.try_clone().map_err(|source| VmError::Io {
         what: "cannot dup a log fd".into(),
         source,
