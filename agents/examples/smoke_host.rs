@@ -1,6 +1,7 @@
 //! Development smoke client for the agents in a guest reached through vhost-user vsock
-//! (`vhost-device-vsock --uds-path VM.vsock`): `smoke_host VM.vsock control` runs a few
-//! control conversations; `smoke_host VM.vsock timesync SECONDS` serves the time port and
+//! (`vhost-device-vsock --uds-path VM.vsock`) whose secret is in the file SECRET (the state
+//! directory's `secret`): `smoke_host VM.vsock SECRET control` runs a few control
+//! conversations; `smoke_host VM.vsock SECRET timesync SECONDS` serves the time port and
 //! prints the guest's apparent offset (host receive time − guest send time) per request.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,7 +10,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use minke_protocol::msg::{ExecRequest, ForwardTarget};
 use minke_protocol::wire::{read_frame, write_frame, PROTOCOL_VERSION};
-use minke_protocol::{GuestMsg, HostMsg};
+use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret};
+
+fn secret() -> Secret {
+    let path = std::env::args()
+        .nth(2)
+        .expect("usage: smoke_host VM.vsock SECRET …");
+    Secret::from_bytes(&std::fs::read(path).expect("read the secret")).expect("a secret")
+}
 
 fn connect(uds: &str, port: u32) -> UnixStream {
     let mut s = UnixStream::connect(uds).expect("connect uds");
@@ -30,6 +38,7 @@ fn connect(uds: &str, port: u32) -> UnixStream {
         &HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: "smoke".into(),
+            proof: secret().proof(Purpose::Control, &[]),
         },
     )
     .unwrap();
@@ -74,7 +83,7 @@ fn now_ns() -> i64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let uds = args[1].clone();
-    match args[2].as_str() {
+    match args[3].as_str() {
         "control" => {
             let (c, o, t) = exec(&uds, &["uname", "-r"], None);
             println!(
@@ -138,7 +147,7 @@ fn main() {
             );
         }
         "timesync" => {
-            let secs: u64 = args[3].parse().unwrap();
+            let secs: u64 = args[4].parse().unwrap();
             let path = format!("{uds}_{}", minke_protocol::TIMESYNC_PORT);
             let _ = std::fs::remove_file(&path);
             let l = UnixListener::bind(&path).unwrap();
@@ -146,17 +155,18 @@ fn main() {
             let resume_flag = format!("{uds}.resumed");
             while Instant::now() < end {
                 let (mut s, _) = l.accept().unwrap();
-                match read_frame::<_, GuestMsg>(&mut s) {
-                    Ok(GuestMsg::Hello { .. }) => {}
+                let nonce = match read_frame::<_, GuestMsg>(&mut s) {
+                    Ok(GuestMsg::Hello { nonce, .. }) => nonce,
                     other => {
                         println!("bad hello {other:?}");
                         continue;
                     }
-                }
+                };
                 write_frame(
                     &mut s,
                     &HostMsg::Welcome {
                         version: PROTOCOL_VERSION,
+                        proof: secret().proof(Purpose::TimeHost, &nonce),
                     },
                 )
                 .unwrap();

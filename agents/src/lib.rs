@@ -16,6 +16,7 @@
 //! touch vsock directly, so tests run them over Unix socket pairs, and the serial transport
 //! reaches them through Unix sockets ([`conn::HostListener`], [`conn::connect_host`]).
 
+pub mod auth;
 pub mod binfmt;
 pub mod conn;
 pub mod container;

@@ -1,9 +1,11 @@
 //! The time sync agent: keeps the guest's CLOCK_REALTIME on the host's.
 //!
 //! It connects to the host (CID 2, or through the serial agent under the serial transport; see
-//! [`crate::conn::connect_host`]) on the time port and sends `GuestMsg::Hello`; the first
-//! request follows without waiting for `HostMsg::Welcome` (one round trip less before the
-//! first sync), and no reply counts before the Welcome. At each poll it sends a burst of
+//! [`crate::conn::connect_host`]) on the time port and sends `GuestMsg::Hello` with a fresh
+//! nonce and its proof of the VM secret; the first request follows without waiting for
+//! `HostMsg::Welcome` (one round trip less before the first sync), and no reply counts
+//! before a Welcome whose proof over that nonce verifies: time comes only from the holder of
+//! the secret, whoever else listens on the time port. At each poll it sends a burst of
 //! [`BURST`] `TimeRequest { seq, t1 }` (one at a time, each waiting for its `TimeReply`),
 //! computes offset and delay of each four-timestamp exchange and keeps the sample with the
 //! smallest delay.
@@ -25,8 +27,9 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
+use minke_protocol::auth::SECRET_LEN;
 use minke_protocol::wire::{write_frame, FrameDecoder, FrameError, PROTOCOL_VERSION};
-use minke_protocol::{GuestMsg, HostMsg};
+use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::time::ClockId;
 
@@ -280,6 +283,9 @@ pub enum SyncError {
     /// Setting the clock failed.
     #[error("cannot adjust the clock: {0}")]
     Clock(io::Error),
+    /// No random bytes for a nonce.
+    #[error("cannot make a nonce: {0}")]
+    Random(io::Error),
 }
 
 /// The host connection with its frame decoder; pushes (`Resumed`) are noted as they arrive.
@@ -288,8 +294,12 @@ struct Session {
     dec: FrameDecoder,
     seq: u64,
     resumed: bool,
-    /// The host's `Welcome` arrived.
+    /// The host's `Welcome` arrived and proved the secret over `nonce`.
     welcomed: bool,
+    /// The VM secret both sides prove.
+    secret: &'static Secret,
+    /// This connection's nonce, sent in `Hello`.
+    nonce: [u8; SECRET_LEN],
 }
 
 impl Session {
@@ -337,13 +347,21 @@ impl Session {
                 Ok(())
             }
             HostMsg::Error(e) => Err(SyncError::Protocol(e)),
-            HostMsg::Welcome { version } if !self.welcomed && version == PROTOCOL_VERSION => {
+            HostMsg::Welcome { version, proof }
+                if !self.welcomed && version == PROTOCOL_VERSION =>
+            {
+                if !self.secret.verify(Purpose::TimeHost, &self.nonce, &proof) {
+                    return Err(SyncError::Protocol(
+                        "the time server does not prove the VM's secret: its time is not taken"
+                            .into(),
+                    ));
+                }
                 self.welcomed = true;
                 Ok(())
             }
-            HostMsg::Welcome { version } if !self.welcomed => Err(SyncError::Protocol(format!(
-                "protocol version mismatch: guest {PROTOCOL_VERSION}, host {version}"
-            ))),
+            HostMsg::Welcome { version, .. } if !self.welcomed => Err(SyncError::Protocol(
+                format!("protocol version mismatch: guest {PROTOCOL_VERSION}, host {version}"),
+            )),
             HostMsg::TimeReply { .. } if self.welcomed => Ok(()), // late reply to an abandoned request
             other => Err(SyncError::Protocol(format!(
                 "unexpected {} on the time connection",
@@ -359,6 +377,8 @@ impl Session {
             &GuestMsg::Hello {
                 version: PROTOCOL_VERSION,
                 client: "timesync".into(),
+                nonce: self.nonce,
+                proof: self.secret.proof(Purpose::TimeGuest, &self.nonce),
             },
         )?;
         Ok(())
@@ -428,6 +448,8 @@ fn session(
     ready: &mut bool,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
+    let secret = crate::auth::secret().map_err(|e| SyncError::Protocol(e.to_owned()))?;
+    let nonce = crate::auth::nonce().map_err(SyncError::Random)?;
     let conn = conn::connect_host(port).map_err(|source| SyncError::Connect { port, source })?;
     let mut s = Session {
         conn,
@@ -435,6 +457,8 @@ fn session(
         seq: 0,
         resumed: false,
         welcomed: false,
+        secret,
+        nonce,
     };
     s.hello()?;
     let mut synced_once = false;
@@ -527,6 +551,91 @@ pub fn run(port: u32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use minke_protocol::wire::read_frame;
+    use std::os::unix::net::UnixStream;
+
+    /// A session on one end of a socket pair; the other end plays the host.
+    fn session_pair() -> (Session, UnixStream, &'static Secret) {
+        let secret: &'static Secret =
+            Box::leak(Box::new(Secret::from_bytes(&[0x33; SECRET_LEN]).unwrap()));
+        let (g, h) = UnixStream::pair().unwrap();
+        let s = Session {
+            conn: HostConn::Unix(g),
+            dec: FrameDecoder::default(),
+            seq: 0,
+            resumed: false,
+            welcomed: false,
+            secret,
+            nonce: crate::auth::nonce().unwrap(),
+        };
+        (s, h, secret)
+    }
+
+    /// The host end: reads the Hello and the request, answers with `welcome_proof` (computed
+    /// from the Hello's nonce by `prove`) and a reply 5 s ahead of the guest.
+    fn fake_host(mut h: UnixStream, prove: impl Fn(&[u8; SECRET_LEN]) -> [u8; SECRET_LEN]) {
+        let nonce = match read_frame::<_, GuestMsg>(&mut h).unwrap() {
+            GuestMsg::Hello { nonce, .. } => nonce,
+            m => panic!("{m:?}"),
+        };
+        let (seq, t1) = match read_frame::<_, GuestMsg>(&mut h).unwrap() {
+            GuestMsg::TimeRequest { seq, t1 } => (seq, t1),
+            m => panic!("{m:?}"),
+        };
+        write_frame(
+            &mut h,
+            &HostMsg::Welcome {
+                version: PROTOCOL_VERSION,
+                proof: prove(&nonce),
+            },
+        )
+        .unwrap();
+        let t = t1 + 5_000_000_000;
+        let _ = write_frame(
+            &mut h,
+            &HostMsg::TimeReply {
+                seq,
+                t1,
+                t2: t,
+                t3: t,
+            },
+        );
+    }
+
+    /// Time is taken only from a server that proves the secret over this connection's nonce;
+    /// a Hello carries the guest's own proof over it.
+    #[test]
+    fn time_only_from_the_holder_of_the_secret() {
+        let (mut s, h, secret) = session_pair();
+        let host = std::thread::spawn(move || fake_host(h, |_| [0; SECRET_LEN]));
+        s.hello().unwrap();
+        let e = s.exchange().unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+        host.join().unwrap();
+
+        // A proof over another nonce (a replayed Welcome) is refused too.
+        let (mut s, h, _) = session_pair();
+        let host = std::thread::spawn(move || {
+            fake_host(h, |_| secret.proof(Purpose::TimeHost, &[0; SECRET_LEN]))
+        });
+        s.hello().unwrap();
+        assert!(s.exchange().is_err());
+        host.join().unwrap();
+
+        let (mut s, h, secret) = session_pair();
+        let nonce = s.nonce;
+        let host = std::thread::spawn(move || {
+            fake_host(h, |n| {
+                assert_eq!(*n, nonce, "the Hello carries the session's nonce");
+                secret.proof(Purpose::TimeHost, n)
+            })
+        });
+        s.hello().unwrap();
+        let sample = s.exchange().unwrap().expect("a sample from the holder");
+        assert!(sample.offset_ns > 4_000_000_000, "{sample:?}");
+        assert!(s.welcomed);
+        host.join().unwrap();
+    }
 
     #[test]
     fn offset_and_delay() {

@@ -2,11 +2,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use minke::compress::Compression;
 use minke::image::{self, BuildOptions, Image};
+
+/// Default of `--timeout` for commands that attach to a VM which may still be booting.
+const ATTACH_TIMEOUT_SECS: u64 = minke_shim::ATTACH_TIMEOUT.as_secs();
 
 /// Build immutable, stateless guest OS images and run them under QEMU.
 #[derive(Parser)]
@@ -117,6 +121,9 @@ enum Cmd {
         /// Run inside this container of the image.
         #[arg(long)]
         container: Option<String>,
+        /// Seconds to wait for a VM that is still booting.
+        #[arg(long, default_value_t = ATTACH_TIMEOUT_SECS)]
+        timeout: u64,
         /// Command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -133,6 +140,9 @@ enum Cmd {
         /// Keep printing new lines.
         #[arg(short, long)]
         follow: bool,
+        /// Seconds to wait for a VM that is still booting.
+        #[arg(long, default_value_t = ATTACH_TIMEOUT_SECS)]
+        timeout: u64,
     },
     /// Copy files or trees between host and guest: one side is NAME:/path.
     Cp {
@@ -140,6 +150,13 @@ enum Cmd {
         src: String,
         /// Destination.
         dst: String,
+        /// Seconds to wait for a VM that is still booting.
+        #[arg(long, default_value_t = ATTACH_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Keep setuid, setgid and sticky bits of files copied from the guest (dropped by
+        /// default: the guest's files are not trusted on the host).
+        #[arg(long)]
+        preserve: bool,
     },
     /// Power a running VM off cleanly.
     Stop {
@@ -505,18 +522,31 @@ pub fn run() -> Result<u8> {
         Cmd::Exec {
             name,
             container,
+            timeout,
             cmd,
         } => {
             drop(out);
-            return crate::run::exec(&name, container, cmd);
+            return crate::run::exec(&name, container, Duration::from_secs(timeout), cmd);
         }
         Cmd::Ps => crate::run::ps(&mut out)?,
         Cmd::Logs {
             name,
             service,
             follow,
-        } => crate::run::logs(&name, service.as_deref(), follow, &mut out)?,
-        Cmd::Cp { src, dst } => crate::run::cp(&src, &dst)?,
+            timeout,
+        } => crate::run::logs(
+            &name,
+            service.as_deref(),
+            follow,
+            Duration::from_secs(timeout),
+            &mut out,
+        )?,
+        Cmd::Cp {
+            src,
+            dst,
+            timeout,
+            preserve,
+        } => crate::run::cp(&src, &dst, Duration::from_secs(timeout), preserve)?,
         Cmd::Stop { name } => crate::run::stop(&name)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "minke", &mut out);

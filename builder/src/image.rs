@@ -22,8 +22,9 @@ use crate::{kbuild, kconfig};
 /// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
 pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
 
-/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, and the
-/// ACPI power button with evdev (so PID1 sees QMP `system_powerdown`). `virtio_blk` is added
+/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, the
+/// ACPI power button with evdev (so PID1 sees QMP `system_powerdown`), and `qemu_fw_cfg` (the
+/// per-VM secret reaches PID1 as a firmware config file). `virtio_blk` is added
 /// when the spec declares data disks, `binfmt_misc` when the binfmt agent runs and
 /// `virtio_console` when the serial agent does (the virtio-serial transport).
 pub const DEFAULT_MODULES: &[&str] = &[
@@ -31,6 +32,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "button",
     "evdev",
+    "qemu_fw_cfg",
 ];
 
 /// What to build and where.

@@ -22,11 +22,13 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            // A closed pipe (`minke inspect | head`) ends quietly.
-            if err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            // Our own stdout closed by its reader (`minke inspect | head`) ends quietly: the
+            // error is then the bare write error. A broken pipe anywhere else (a connection to
+            // a guest, a command's output that could not be delivered) is a failure and says so.
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 return ExitCode::SUCCESS;
             }
             eprintln!("minke: error: {err}");

@@ -253,9 +253,27 @@ fn wait_for_poweroff(vm: &mut Vm) -> Result<u8> {
     Ok(0)
 }
 
-/// `minke exec NAME -- CMD`.
-pub fn exec(name: &str, container: Option<String>, cmd: Vec<String>) -> Result<u8> {
-    let vm = Vm::attach(name)?;
+/// Attaches to VM `name`, waiting up to `timeout` while it boots (with a line on a terminal).
+fn attach(name: &str, timeout: Duration) -> Result<Vm> {
+    let mut vm = Vm::attach_now(name, timeout)?;
+    if !vm.is_booted() && std::io::stderr().is_terminal() {
+        eprintln!(
+            "minke: {name} is booting; waiting up to {}s for it to be ready",
+            timeout.as_secs()
+        );
+    }
+    vm.wait_ready(timeout)?;
+    Ok(vm)
+}
+
+/// `minke exec NAME -- CMD`: CMD's exit code, or an error; never 0 without the guest's word.
+pub fn exec(
+    name: &str,
+    container: Option<String>,
+    timeout: Duration,
+    cmd: Vec<String>,
+) -> Result<u8> {
+    let vm = attach(name, timeout)?;
     let req = ExecRequest {
         argv: cmd,
         container,
@@ -298,8 +316,14 @@ pub fn ps(out: &mut dyn Write) -> Result<()> {
 }
 
 /// `minke logs NAME [-f]`.
-pub fn logs(name: &str, service: Option<&str>, follow: bool, out: &mut dyn Write) -> Result<()> {
-    let vm = Vm::attach(name)?;
+pub fn logs(
+    name: &str,
+    service: Option<&str>,
+    follow: bool,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let vm = attach(name, timeout)?;
     let mut seen = vm.logs(service)?;
     out.write_all(&seen)?;
     out.flush()?;
@@ -323,23 +347,30 @@ pub fn logs(name: &str, service: Option<&str>, follow: bool, out: &mut dyn Write
 }
 
 /// `minke cp SRC DST`, one side `NAME:PATH`.
-pub fn cp(src: &str, dst: &str) -> Result<()> {
+pub fn cp(src: &str, dst: &str, timeout: Duration, preserve: bool) -> Result<()> {
     fn split(s: &str) -> Option<(&str, &str)> {
         let (n, p) = s.split_once(':')?;
         (!n.is_empty() && !n.contains('/') && p.starts_with('/')).then_some((n, p))
     }
     match (split(src), split(dst)) {
         (Some((name, path)), None) => {
-            let vm = Vm::attach(name)?;
+            let vm = attach(name, timeout)?;
             let local = Path::new(dst);
             // A directory in the guest comes back as a tree.
             match vm.get_file(path, local) {
                 Ok(_) => Ok(()),
-                Err(_) => Ok(vm.get_tree(path, local)?),
+                Err(file_err) => {
+                    let opts = minke_shim::getfiles::GetOptions { preserve };
+                    vm.get_tree_with(path, local, opts).map_err(|tree_err| {
+                        anyhow::anyhow!(
+                            "cannot copy {src}: as a file: {file_err}; as a directory: {tree_err}"
+                        )
+                    })
+                }
             }
         }
         (None, Some((name, path))) => {
-            let vm = Vm::attach(name)?;
+            let vm = attach(name, timeout)?;
             let local = Path::new(src);
             if local.is_dir() {
                 Ok(vm.put_tree(local, path)?)

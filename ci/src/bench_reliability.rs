@@ -52,7 +52,9 @@ fn same_procs(a: &GuestProcs, b: &GuestProcs) -> &'static str {
 }
 
 /// The drills, in the order they run; `cargo xtask bench reliability DRILL…` runs a subset.
-const DRILLS: &[&str] = &["power", "cycles", "crash", "oom", "enospc", "agents"];
+const DRILLS: &[&str] = &[
+    "power", "cycles", "crash", "oom", "enospc", "agents", "booting",
+];
 
 pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
     if let Some(bad) = only.iter().find(|d| !DRILLS.contains(&d.as_str())) {
@@ -206,6 +208,32 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
             print_enospc(&e);
         }
         drop(vm);
+    }
+
+    if wanted("booting") {
+        // Attached execs from the moment of launch, on both transports.
+        for (label, transport) in [
+            ("vhost-user", minke_shim::Transport::VhostUser),
+            ("serial", minke_shim::Transport::Serial),
+        ] {
+            let mut c = template.clone();
+            c.name = format!("booting-{label}");
+            c.state_dir = Some(tmp.path().join(format!("booting-{label}")));
+            c.transport = transport;
+            let r = reliability::exec_while_booting(c, 20)?;
+            println!(
+                "attached exec while booting ({label}): {} attempts from launch, {} errors before \
+                 ready, {} successes (first {} after launch), false successes {}",
+                r.attempts,
+                r.errors,
+                r.successes,
+                r.first_success.map(secs).unwrap_or_else(|| "-".into()),
+                r.false_answers.len()
+            );
+            for f in &r.false_answers {
+                println!("  FALSE ANSWER: {f}");
+            }
+        }
     }
 
     if wanted("agents") {

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 
 use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply, PowerAction};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK};
-use minke_protocol::{GuestMsg, HostMsg, PROTOCOL_VERSION};
+use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret, PROTOCOL_VERSION};
 
 use crate::transport::Duplex;
 
@@ -70,9 +70,10 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
-/// Sends `Hello` and expects `Welcome`; returns the agent's version string.
-pub fn handshake(s: &mut dyn Duplex, client: &str) -> Result<String, AgentError> {
-    handshake_with(s, client, None)
+/// Sends `Hello` with the proof of `secret` and expects `Welcome`; returns the agent's
+/// version string.
+pub fn handshake(s: &mut dyn Duplex, client: &str, secret: &Secret) -> Result<String, AgentError> {
+    handshake_with(s, client, secret, None)
 }
 
 /// Like [`handshake`], with `request` sent right behind `Hello` (in the same write) instead of
@@ -81,6 +82,7 @@ pub fn handshake(s: &mut dyn Duplex, client: &str) -> Result<String, AgentError>
 pub fn handshake_with(
     mut s: &mut dyn Duplex,
     client: &str,
+    secret: &Secret,
     request: Option<&HostMsg>,
 ) -> Result<String, AgentError> {
     let mut out = Vec::new();
@@ -89,6 +91,7 @@ pub fn handshake_with(
         &HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: client.into(),
+            proof: secret.proof(Purpose::Control, &[]),
         },
     )?;
     if let Some(r) = request {

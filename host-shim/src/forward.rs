@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use minke_protocol::msg::ForwardTarget;
-use minke_protocol::CONTROL_PORT;
+use minke_protocol::{Secret, CONTROL_PORT};
 
 use crate::client;
 use crate::transport::{Connector, Duplex};
@@ -39,6 +39,7 @@ impl Forwarder {
     pub(crate) fn start(
         listen: ForwardListen,
         connector: Connector,
+        secret: Secret,
         target: ForwardTarget,
     ) -> io::Result<Forwarder> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -51,6 +52,7 @@ impl Forwarder {
                     move || l.accept().map(|(s, _)| Client::Tcp(s)),
                     stop2,
                     connector,
+                    secret,
                     target,
                 )?;
                 local
@@ -62,6 +64,7 @@ impl Forwarder {
                     move || l.accept().map(|(s, _)| Client::Unix(s)),
                     stop2,
                     connector,
+                    secret,
                     target,
                 )?;
                 ForwardListen::Unix(path)
@@ -109,6 +112,7 @@ fn spawn_acceptor(
     mut accept: impl FnMut() -> io::Result<Client> + Send + 'static,
     stop: Arc<AtomicBool>,
     connector: Connector,
+    secret: Secret,
     target: ForwardTarget,
 ) -> io::Result<()> {
     std::thread::Builder::new()
@@ -120,11 +124,12 @@ fn spawn_acceptor(
             }
             match c {
                 Ok(c) => {
-                    let (connector, target) = (connector.clone(), target.clone());
+                    let (connector, secret, target) =
+                        (connector.clone(), secret.clone(), target.clone());
                     let _ = std::thread::Builder::new()
                         .name("minke-forward-conn".into())
                         .spawn(move || {
-                            if let Err(e) = pipe(c, &connector, target) {
+                            if let Err(e) = pipe(c, &connector, &secret, target) {
                                 tracing::warn!("forwarded connection failed: {e}");
                             }
                         });
@@ -135,11 +140,16 @@ fn spawn_acceptor(
     Ok(())
 }
 
-fn pipe(c: Client, connector: &Connector, target: ForwardTarget) -> Result<(), String> {
+fn pipe(
+    c: Client,
+    connector: &Connector,
+    secret: &Secret,
+    target: ForwardTarget,
+) -> Result<(), String> {
     let mut g = connector
         .connect(CONTROL_PORT, std::time::Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    client::handshake(g.as_mut(), "forward").map_err(|e| e.to_string())?;
+    client::handshake(g.as_mut(), "forward", secret).map_err(|e| e.to_string())?;
     client::forward(g.as_mut(), target).map_err(|e| e.to_string())?;
     let (mut from_client, mut to_client) = c.halves().map_err(|e| e.to_string())?;
     let mut to_guest: Box<dyn Duplex> = g.try_clone_box().map_err(|e| e.to_string())?;

@@ -49,4 +49,4 @@ pub use config::{Accel, DiskFormat, DiskSpec, Transport, VmConfig};
 pub use forward::{ForwardListen, Forwarder};
 pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};
 pub use state::{list_vms, VmEntry};
-pub use vm::{PowerOff, Vm, VmError};
+pub use vm::{PowerOff, Vm, VmError, ATTACH_TIMEOUT};

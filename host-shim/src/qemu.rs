@@ -25,6 +25,12 @@ pub mod files {
     pub const RUN: &str = "run.json";
     /// Copy of the guest boot timeline.
     pub const BOOT_JSON: &str = "boot.json";
+    /// The VM's secret (0600), handed to QEMU as a firmware config file and read by
+    /// attached processes to prove themselves (see `minke_protocol::auth`).
+    pub const SECRET: &str = "secret";
+    /// Written by the booting process once the guest is ready (the tagged ready line), so
+    /// attached processes see readiness even after the console log rotated.
+    pub const READY: &str = "ready";
 }
 
 /// Accelerator actually used.
@@ -113,13 +119,23 @@ pub(crate) fn qemu_args(
         &path_arg(&cfg.initrd),
     ]);
     push(&["-append", &kernel_cmdline(cfg, transport)]);
+    // The secret by file, never by value: QEMU's argv is visible to every local user.
+    push(&[
+        "-fw_cfg",
+        &format!(
+            "name={},file={}",
+            minke_protocol::auth::FW_CFG_NAME,
+            p(files::SECRET).replace(',', ",,")
+        ),
+    ]);
     let console = if cfg.console_to_terminal {
         format!(
             "stdio,id=con,signal=off,logfile={},logappend=off",
             p(files::CONSOLE)
         )
     } else {
-        format!("file,id=con,path={}", p(files::CONSOLE))
+        // The booting shim reads it and writes the capped console.log (crate::console).
+        format!("socket,id=con,path={}", p(crate::console::CONSOLE_SOCKET))
     };
     push(&["-chardev", &console, "-serial", "chardev:con"]);
     push(&[
@@ -214,7 +230,8 @@ mod tests {
 
     const HEAD: &str = "-name t -nodefaults -no-user-config -no-reboot -display none";
     const BOOT: &str = "-kernel /img/k -initrd /img/i -append console=ttyS0 quiet panic=-1 \
-        -chardev file,id=con,path=/s/console.log -serial chardev:con \
+        -fw_cfg name=opt/minke/secret,file=/s/secret \
+        -chardev socket,id=con,path=/s/console.sock -serial chardev:con \
         -chardev socket,id=qmp,path=/s/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control";
     const DISK: &str = "-drive file=/d/var.img,if=none,id=d0,format=raw,cache=writeback \
         -device virtio-blk-pci,drive=d0,serial=var";

@@ -194,7 +194,8 @@ mod tests {
     /// handshake; other host ports are refused.
     #[test]
     fn guest_streams_reach_the_time_server() {
-        let time = TimeServer::detached();
+        let secret = minke_protocol::Secret::from_bytes(&[0x22; 32]).unwrap();
+        let time = TimeServer::detached(secret.clone());
         let (_d, _ep, mut guest) = endpoint(Some(&time));
         guest
             .write_all(
@@ -238,6 +239,8 @@ mod tests {
             &GuestMsg::Hello {
                 version: PROTOCOL_VERSION,
                 client: "test".into(),
+                nonce: [4; 32],
+                proof: secret.proof(minke_protocol::Purpose::TimeGuest, &[4; 32]),
             },
         )
         .unwrap();
@@ -262,7 +265,8 @@ mod tests {
         assert_eq!(
             reply,
             HostMsg::Welcome {
-                version: PROTOCOL_VERSION
+                version: PROTOCOL_VERSION,
+                proof: secret.proof(minke_protocol::Purpose::TimeHost, &[4; 32]),
             }
         );
     }

@@ -194,6 +194,8 @@ pub(crate) fn remove_stale_files(dir: &Path) {
         files::VHU,
         files::VSOCK,
         files::SERIAL,
+        files::SECRET,
+        files::READY,
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use minke_protocol::wire::{read_frame, write_frame, FrameError};
-use minke_protocol::{GuestMsg, HostMsg, PROTOCOL_VERSION};
+use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret, PROTOCOL_VERSION};
 
 use crate::transport::Duplex;
 
@@ -53,6 +53,18 @@ struct Shared {
     writers: Mutex<BTreeMap<u64, Box<dyn Duplex>>>,
     next_id: AtomicU64,
     stop: AtomicBool,
+    /// The VM secret: a guest's `Hello` must prove it, and the `Welcome` proves it back.
+    /// Always set by the constructors (`None` only in `Default`, refusing everyone).
+    secret: Option<Secret>,
+}
+
+impl Shared {
+    fn with_secret(secret: Secret) -> Arc<Shared> {
+        Arc::new(Shared {
+            secret: Some(secret),
+            ..Shared::default()
+        })
+    }
 }
 
 impl Shared {
@@ -101,11 +113,11 @@ impl TimeServer {
     }
 
     /// Listens on the hybrid vsock socket `path` (`vm.vsock_PORT`).
-    pub fn listen_unix(path: &Path) -> io::Result<TimeServer> {
+    pub fn listen_unix(path: &Path, secret: Secret) -> io::Result<TimeServer> {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;
         let server = TimeServer {
-            shared: Arc::default(),
+            shared: Shared::with_secret(secret),
             path: Some(path.to_path_buf()),
         };
         server.accept_loop(move || l.accept().map(|(s, _)| Box::new(s) as Box<dyn Duplex>))?;
@@ -113,10 +125,10 @@ impl TimeServer {
     }
 
     /// Listens for kernel vsock connections on host `port` (any CID).
-    pub fn listen_vsock(port: u32) -> io::Result<TimeServer> {
+    pub fn listen_vsock(port: u32, secret: Secret) -> io::Result<TimeServer> {
         let l = vsock::VsockListener::bind_with_cid_port(libc::VMADDR_CID_ANY, port)?;
         let server = TimeServer {
-            shared: Arc::default(),
+            shared: Shared::with_secret(secret),
             path: None,
         };
         server.accept_loop(move || l.accept().map(|(s, _)| Box::new(s) as Box<dyn Duplex>))?;
@@ -124,9 +136,9 @@ impl TimeServer {
     }
 
     /// A server with no listener, fed connections by hand (tests, other transports).
-    pub fn detached() -> TimeServer {
+    pub fn detached(secret: Secret) -> TimeServer {
         TimeServer {
-            shared: Arc::default(),
+            shared: Shared::with_secret(secret),
             path: None,
         }
     }
@@ -367,8 +379,23 @@ fn serve_conn(shared: &Shared, id: u64, mut conn: Box<dyn Duplex>) -> Result<(),
         .map_err(|e| format!("time sync setup: {e}"))?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT))
         .map_err(|e| format!("time sync setup: {e}"))?;
-    match read_frame::<_, GuestMsg>(&mut conn).map_err(|e| err("hello", e))? {
-        GuestMsg::Hello { version, .. } if version == PROTOCOL_VERSION => {}
+    let Some(secret) = &shared.secret else {
+        return Err("time sync hello: this server has no VM secret".into());
+    };
+    let nonce = match read_frame::<_, GuestMsg>(&mut conn).map_err(|e| err("hello", e))? {
+        GuestMsg::Hello {
+            version,
+            nonce,
+            proof,
+            ..
+        } if version == PROTOCOL_VERSION => {
+            if !secret.verify(Purpose::TimeGuest, &nonce, &proof) {
+                let msg = "the Hello does not prove this VM's secret".to_string();
+                let _ = write_frame(&mut conn, &HostMsg::Error(msg.clone()));
+                return Err(format!("time sync hello: {msg}"));
+            }
+            nonce
+        }
         GuestMsg::Hello { version, .. } => {
             let msg = format!(
                 "protocol version {version} not supported (host speaks {PROTOCOL_VERSION})"
@@ -382,11 +409,12 @@ fn serve_conn(shared: &Shared, id: u64, mut conn: Box<dyn Duplex>) -> Result<(),
                 kind(&other)
             ))
         }
-    }
+    };
     write_frame(
         &mut conn,
         &HostMsg::Welcome {
             version: PROTOCOL_VERSION,
+            proof: secret.proof(Purpose::TimeHost, &nonce),
         },
     )
     .map_err(|e| err("welcome", e))?;
@@ -484,26 +512,85 @@ mod tests {
         }
     }
 
+    fn secret() -> Secret {
+        Secret::from_bytes(&[0x11; 32]).unwrap()
+    }
+
+    fn guest_hello(nonce: [u8; 32]) -> GuestMsg {
+        GuestMsg::Hello {
+            version: PROTOCOL_VERSION,
+            client: "t".into(),
+            nonce,
+            proof: secret().proof(Purpose::TimeGuest, &nonce),
+        }
+    }
+
+    fn welcome(nonce: [u8; 32]) -> HostMsg {
+        HostMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            proof: secret().proof(Purpose::TimeHost, &nonce),
+        }
+    }
+
     fn hello(s: &mut UnixStream) {
-        write_frame(
-            s,
-            &GuestMsg::Hello {
+        write_frame(s, &guest_hello([9; 32])).unwrap();
+        assert_eq!(read_frame::<_, HostMsg>(s).unwrap(), welcome([9; 32]));
+    }
+
+    /// Only a holder of the secret gets the time, and the Welcome proves the server holds it
+    /// over the guest's own nonce.
+    #[test]
+    fn a_hello_without_the_secret_gets_no_time() {
+        let srv = TimeServer::detached(secret());
+        for hello in [
+            GuestMsg::Hello {
                 version: PROTOCOL_VERSION,
-                client: "t".into(),
+                client: "intruder".into(),
+                nonce: [1; 32],
+                proof: [0; 32],
             },
-        )
-        .unwrap();
-        assert_eq!(
-            read_frame::<_, HostMsg>(s).unwrap(),
-            HostMsg::Welcome {
-                version: PROTOCOL_VERSION
+            GuestMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "replay".into(),
+                nonce: [2; 32],
+                proof: secret().proof(Purpose::TimeGuest, &[1; 32]),
+            },
+            GuestMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: "other purpose".into(),
+                nonce: [3; 32],
+                proof: secret().proof(Purpose::TimeHost, &[3; 32]),
+            },
+        ] {
+            let (mut g, h) = UnixStream::pair().unwrap();
+            srv.serve(Box::new(h));
+            write_frame(&mut g, &hello).unwrap();
+            match read_frame::<_, HostMsg>(&mut g).unwrap() {
+                HostMsg::Error(e) => assert!(e.contains("secret"), "{e}"),
+                m => panic!("expected a refusal, got {m:?}"),
             }
-        );
+            let mut rest = Vec::new();
+            g.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "no time after a refusal");
+        }
+        let st = wait_for(&srv, |s| s.errors.len() == 3);
+        assert_eq!((st.connections, st.replies), (0, 0));
+        // The holder's Welcome carries the proof over its nonce, which the guest checks.
+        let (mut g, h) = UnixStream::pair().unwrap();
+        srv.serve(Box::new(h));
+        write_frame(&mut g, &guest_hello([5; 32])).unwrap();
+        match read_frame::<_, HostMsg>(&mut g).unwrap() {
+            HostMsg::Welcome { proof, .. } => {
+                assert!(secret().verify(Purpose::TimeHost, &[5; 32], &proof));
+                assert!(!secret().verify(Purpose::TimeHost, &[6; 32], &proof));
+            }
+            m => panic!("{m:?}"),
+        }
     }
 
     #[test]
     fn answers_requests_with_host_times_and_pushes_resumed() {
-        let srv = TimeServer::detached();
+        let srv = TimeServer::detached(secret());
         let (mut g, h) = UnixStream::pair().unwrap();
         srv.serve(Box::new(h));
         hello(&mut g);
@@ -528,26 +615,14 @@ mod tests {
     /// The guest agent sends its first request right behind Hello, in one go.
     #[test]
     fn a_request_pipelined_behind_hello_is_answered_after_welcome() {
-        let srv = TimeServer::detached();
+        let srv = TimeServer::detached(secret());
         let (mut g, h) = UnixStream::pair().unwrap();
         srv.serve(Box::new(h));
         let mut both = Vec::new();
-        write_frame(
-            &mut both,
-            &GuestMsg::Hello {
-                version: PROTOCOL_VERSION,
-                client: "t".into(),
-            },
-        )
-        .unwrap();
+        write_frame(&mut both, &guest_hello([8; 32])).unwrap();
         write_frame(&mut both, &GuestMsg::TimeRequest { seq: 1, t1: 7 }).unwrap();
         g.write_all(&both).unwrap();
-        assert_eq!(
-            read_frame::<_, HostMsg>(&mut g).unwrap(),
-            HostMsg::Welcome {
-                version: PROTOCOL_VERSION
-            }
-        );
+        assert_eq!(read_frame::<_, HostMsg>(&mut g).unwrap(), welcome([8; 32]));
         match read_frame::<_, HostMsg>(&mut g).unwrap() {
             HostMsg::TimeReply { seq, t1, .. } => assert_eq!((seq, t1), (1, 7)),
             m => panic!("{m:?}"),
@@ -556,7 +631,7 @@ mod tests {
 
     #[test]
     fn hostile_frames_close_the_connection_and_are_recorded() {
-        let srv = TimeServer::detached();
+        let srv = TimeServer::detached(secret());
         let cases: [&[u8]; 3] = [
             &u32::MAX.to_le_bytes(),         // oversize length
             &[3, 0, 0, 0, 0xff, 0xff, 0xff], // garbage payload
@@ -594,7 +669,7 @@ mod tests {
 
     #[test]
     fn connection_flood_is_bounded() {
-        let srv = TimeServer::detached();
+        let srv = TimeServer::detached(secret());
         let mut held = Vec::new();
         for _ in 0..(MAX_CONNECTIONS + 20) {
             let (g, h) = UnixStream::pair().unwrap();
@@ -613,7 +688,7 @@ mod tests {
 
     #[test]
     fn request_flood_is_answered_in_order() {
-        let srv = TimeServer::detached();
+        let srv = TimeServer::detached(secret());
         let (mut g, h) = UnixStream::pair().unwrap();
         srv.serve(Box::new(h));
         hello(&mut g);

@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply, PowerAction};
-use minke_protocol::{HostMsg, CONTROL_PORT, READY_MARKER, RUNTIME_CONFIG_DIR, TIMESYNC_PORT};
+use minke_protocol::{
+    HostMsg, Secret, CONTROL_PORT, READY_MARKER, RUNTIME_CONFIG_DIR, TIMESYNC_PORT,
+};
 
 use crate::binaries::{self, NotFound, Tool};
 use crate::client::{self, AgentError, Output, Stdin};
 use crate::config::{Accel, Transport, VmConfig};
+use crate::console::ConsoleLog;
 use crate::disk::{self, DiskError};
 use crate::forward::{ForwardListen, Forwarder};
 use crate::getfiles::{self, GetOptions};
@@ -25,6 +28,9 @@ use crate::state::{self, RunInfo, StateError};
 use crate::timesync::{TimeServer, TimesyncStats};
 use crate::transport::{ConnectError, Connector, Duplex};
 
+/// How long [`Vm::attach`] waits for a VM that is still booting: generous, for a loaded
+/// machine under TCG.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of console log attached to boot errors.
 const CONSOLE_TAIL_LINES: usize = 40;
 /// How long the vhost-user backend and QMP may take to come up.
@@ -132,6 +138,8 @@ pub struct Vm {
     name: String,
     state: PathBuf,
     connector: Connector,
+    /// The VM's secret: every conversation with its agents proves it.
+    secret: Secret,
     accel: UsedAccel,
     transport: UsedTransport,
     run: RunInfo,
@@ -149,6 +157,9 @@ struct Owned {
     started: Instant,
     ready_after: Option<Duration>,
     kvm_probe: bool,
+    /// Copies the console into the capped `console.log` (none when QEMU tees it to the
+    /// terminal).
+    console: Option<ConsoleLog>,
     /// Held for the VM's life: a second boot of the name fails at once.
     _lock: state::VmLock,
 }
@@ -174,35 +185,43 @@ impl Vm {
         }
         let (accel, kvm_probe) = resolve_accel(cfg.accel)?;
         let transport = resolve_transport(cfg.transport)?;
+        let secret = new_secret()?;
+        state::write_private(&state.join(files::SECRET), secret.as_bytes())?;
         let time = match transport {
             UsedTransport::VhostUser => Some(
-                TimeServer::listen_unix(&qemu::guest_to_host_socket(&state, TIMESYNC_PORT))
-                    .map_err(|source| VmError::Io {
-                        what: "cannot listen for time sync".into(),
-                        source,
-                    })?,
+                TimeServer::listen_unix(
+                    &qemu::guest_to_host_socket(&state, TIMESYNC_PORT),
+                    secret.clone(),
+                )
+                .map_err(|source| VmError::Io {
+                    what: "cannot listen for time sync".into(),
+                    source,
+                })?,
             ),
-            UsedTransport::VhostKernel { .. } => match TimeServer::listen_vsock(TIMESYNC_PORT) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!(
-                        "time sync disabled: cannot listen on vsock port {TIMESYNC_PORT}: {e}"
-                    );
-                    None
+            UsedTransport::VhostKernel { .. } => {
+                match TimeServer::listen_vsock(TIMESYNC_PORT, secret.clone()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(
+                            "time sync disabled: cannot listen on vsock port {TIMESYNC_PORT}: {e}"
+                        );
+                        None
+                    }
                 }
-            },
-            UsedTransport::Serial => Some(TimeServer::detached()),
+            }
+            UsedTransport::Serial => Some(TimeServer::detached(secret.clone())),
         };
-        let (qemu, backend, accel, transport, kvm_probe) =
+        let (qemu, backend, accel, transport, console, kvm_probe) =
             match launch(&cfg, &state, &qemu_bin, accel, transport) {
-                Ok((q, b, a, t)) => (q, b, a, t, kvm_probe),
+                Ok((q, b, a, t, c)) => (q, b, a, t, c, kvm_probe),
                 Err(VmError::Kvm(why)) if kvm_probe => {
                     record_kvm_broken(&why);
                     warn_once(&format!(
                     "warning: KVM cannot run this guest here ({why}); falling back to TCG (slower)"
                 ));
-                    let (q, b, a, t) = launch(&cfg, &state, &qemu_bin, UsedAccel::Tcg, transport)?;
-                    (q, b, a, t, false)
+                    let (q, b, a, t, c) =
+                        launch(&cfg, &state, &qemu_bin, UsedAccel::Tcg, transport)?;
+                    (q, b, a, t, c, false)
                 }
                 Err(e) => return Err(e),
             };
@@ -228,6 +247,7 @@ impl Vm {
             name: cfg.name.clone(),
             state,
             connector,
+            secret,
             accel,
             transport,
             run,
@@ -241,6 +261,7 @@ impl Vm {
                 started: Instant::now(),
                 ready_after: None,
                 kvm_probe,
+                console,
                 _lock: lock,
             }),
         };
@@ -261,33 +282,81 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Attaches to the running VM `name` booted by another process.
+    /// Attaches to the VM `name` booted by another process, waiting up to [`ATTACH_TIMEOUT`]
+    /// for it to be ready if it is still booting (see [`Vm::attach_dir_within`]).
     pub fn attach(name: &str) -> Result<Vm, VmError> {
-        Vm::attach_dir(&state::state_dir(name)?)
+        Vm::attach_within(name, ATTACH_TIMEOUT)
     }
 
-    /// Attaches to the running VM whose state directory is `dir`.
+    /// [`Vm::attach`] with a limit of `timeout`.
+    pub fn attach_within(name: &str, timeout: Duration) -> Result<Vm, VmError> {
+        Vm::attach_dir_within(&state::state_dir(name)?, timeout)
+    }
+
+    /// Attaches to the VM whose state directory is `dir`, waiting up to [`ATTACH_TIMEOUT`].
     pub fn attach_dir(dir: &Path) -> Result<Vm, VmError> {
+        Vm::attach_dir_within(dir, ATTACH_TIMEOUT)
+    }
+
+    /// Attaches to the VM whose state directory is `dir` and waits up to `timeout` for it to
+    /// be ready: the same readiness [`Vm::wait_ready`] gives the booting process (the init's
+    /// ready line, tagged with the VM's secret, then a handshake with the control agent). A
+    /// VM that is neither booting nor running is an error at once.
+    pub fn attach_dir_within(dir: &Path, timeout: Duration) -> Result<Vm, VmError> {
+        let mut vm = Vm::attach_dir_now(dir, timeout)?;
+        vm.wait_ready(timeout)?;
+        Ok(vm)
+    }
+
+    /// Attaches to the VM `name` without waiting for its readiness, for a caller that says it
+    /// is waiting ([`Vm::is_booted`]) before it calls [`Vm::wait_ready`]. Only a VM whose
+    /// booting process has not recorded it yet is waited for, up to `timeout`.
+    pub fn attach_now(name: &str, timeout: Duration) -> Result<Vm, VmError> {
+        Vm::attach_dir_now(&state::state_dir(name)?, timeout)
+    }
+
+    /// [`Vm::attach_now`] by state directory.
+    pub fn attach_dir_now(dir: &Path, timeout: Duration) -> Result<Vm, VmError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let run = state::read_run(dir).map_err(|_| StateError::NotRunning(name.clone()))?;
+        let deadline = Instant::now() + timeout;
+        // Between taking its lock and starting QEMU a booting process has no run.json yet.
+        let run = loop {
+            match state::read_run(dir) {
+                Ok(run) => break run,
+                Err(_) if state::lock_held(dir) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => return Err(StateError::NotRunning(name).into()),
+            }
+        };
         if !state::is_running(&run) {
             state::clean_stale(dir);
             return Err(StateError::NotRunning(name).into());
         }
+        let secret = read_secret(dir)?;
         // The booting shim serves hybrid vsock on `vm.vsock` for the serial transport too.
         let connector = connector(dir, run.transport, None);
         Ok(Vm {
             name: run.name.clone(),
             state: dir.to_path_buf(),
             connector,
+            secret,
             accel: run.accel,
             transport: run.transport,
             run,
             owned: None,
         })
+    }
+
+    /// Whether the guest's init has said, on the console and with the VM's secret, that it
+    /// is ready (it may since have powered off).
+    pub fn is_booted(&self) -> bool {
+        let line = self.secret.ready_line();
+        std::fs::read(self.state.join(files::READY)).is_ok_and(|r| r == line.as_bytes())
+            || self.console_has_line(&line)
     }
 
     /// VM name.
@@ -359,11 +428,15 @@ impl Vm {
             // Connect only once the init says on the console that its agents listen: requests
             // sent to vhost-device-vsock before the guest's vsock driver is up can leave the
             // backend unresponsive for the rest of the VM's life.
-            if self.owned.is_some() && !marker_seen {
-                marker_seen = self.console_has(READY_MARKER);
-                last = format!("the guest has not printed {READY_MARKER:?} on its console yet");
+            if !marker_seen {
+                // A later call (a restarted control agent) need not find the line again.
+                marker_seen = self.owned.as_ref().is_some_and(|o| o.ready_after.is_some())
+                    || self.is_booted();
+                last = format!(
+                    "the guest has not printed its {READY_MARKER:?} line on its console yet"
+                );
             }
-            if marker_seen || self.owned.is_none() {
+            if marker_seen {
                 // A short limit per attempt: a request the backend drops is not answered, and
                 // the next attempt is.
                 match self.agent_within("minke-ready", READY_ATTEMPT_TIMEOUT) {
@@ -386,6 +459,10 @@ impl Vm {
             // A later call (after the control agent was restarted) keeps the boot's figure.
             o.ready_after.get_or_insert_with(|| o.started.elapsed());
             o.kvm_probe = false;
+            state::write_private(
+                &self.state.join(files::READY),
+                self.secret.ready_line().as_bytes(),
+            )?;
         }
         let config = self
             .owned
@@ -417,7 +494,8 @@ impl Vm {
         for (name, body) in files {
             let mut h = tar::Header::new_gnu();
             h.set_size(body.len() as u64);
-            h.set_mode(0o644);
+            // Secrets may be among them: readable by the guest's root only.
+            h.set_mode(0o600);
             h.set_mtime(0);
             h.set_entry_type(tar::EntryType::Regular);
             b.append_data(&mut h, name, &body[..]).map_err(io)?;
@@ -452,7 +530,7 @@ impl Vm {
                 .trim()
         ));
         let qemu_bin = binaries::find(Tool::QemuSystem)?;
-        let (qemu, backend, accel, transport) = launch(
+        let (qemu, backend, accel, transport, console) = launch(
             &o.cfg,
             &self.state,
             &qemu_bin,
@@ -460,6 +538,7 @@ impl Vm {
             self.transport,
         )?;
         o.qemu = qemu;
+        o.console = console;
         o.backend = backend;
         o.serial = start_serial(&self.state, transport, o.time.as_ref())?;
         self.connector = connector(&self.state, transport, o.serial.as_ref());
@@ -489,13 +568,14 @@ impl Vm {
         }
     }
 
-    /// Whether a line of the console log holds `marker`.
-    fn console_has(&self, marker: &str) -> bool {
+    /// Whether a line of the console log is exactly `line` (the serial console may end
+    /// lines with `\r`).
+    fn console_has_line(&self, line: &str) -> bool {
         std::fs::read(self.console_log())
             .map(|b| {
                 String::from_utf8_lossy(&b)
                     .lines()
-                    .any(|l| l.contains(marker))
+                    .any(|l| l.trim_end_matches('\r') == line)
             })
             .unwrap_or(false)
     }
@@ -532,7 +612,7 @@ impl Vm {
             source,
         };
         s.set_read_timeout(Some(timeout)).map_err(setup)?;
-        client::handshake_with(s.as_mut(), client_name, request)?;
+        client::handshake_with(s.as_mut(), client_name, &self.secret, request)?;
         s.set_read_timeout(None).map_err(setup)?;
         Ok(s)
     }
@@ -675,7 +755,7 @@ impl Vm {
         target: ForwardTarget,
     ) -> Result<Forwarder, VmError> {
         let what = format!("cannot listen on {listen:?}");
-        Forwarder::start(listen, self.connector.clone(), target)
+        Forwarder::start(listen, self.connector.clone(), self.secret.clone(), target)
             .map_err(|source| VmError::Io { what, source })
     }
 
@@ -749,7 +829,7 @@ impl Vm {
         let mut asked = false;
         if let Ok(mut s) = self.connector.connect(CONTROL_PORT, Duration::from_secs(2)) {
             let _ = s.set_read_timeout(Some(grace.min(Duration::from_secs(2))));
-            if client::handshake(s.as_mut(), "minke-power").is_ok() {
+            if client::handshake(s.as_mut(), "minke-power", &self.secret).is_ok() {
                 asked = client::power(s.as_mut(), PowerAction::Poweroff).is_ok();
             }
         }
@@ -884,7 +964,13 @@ impl Drop for Vm {
     }
 }
 
-type Launched = (Guarded, Option<Guarded>, UsedAccel, UsedTransport);
+type Launched = (
+    Guarded,
+    Option<Guarded>,
+    UsedAccel,
+    UsedTransport,
+    Option<ConsoleLog>,
+);
 
 /// Starts the host end of the virtio-serial transport once QEMU listens on `serial.sock`.
 fn start_serial(
@@ -937,7 +1023,14 @@ fn launch(
         let args = qemu::qemu_args(cfg, state, accel, transport);
         let log_path = state.join(files::QEMU_LOG);
         let log = state::create_private(&log_path)?;
-        state::create_private(&state.join(files::CONSOLE))?;
+        // The console comes through a socket into a capped, rotated log; a console shown on
+        // the terminal is teed by QEMU itself.
+        let console = if cfg.console_to_terminal {
+            state::create_private(&state.join(files::CONSOLE))?;
+            None
+        } else {
+            Some(ConsoleLog::listen(state)?)
+        };
         let mut cmd = Command::new(qemu_bin);
         cmd.args(&args).stdin(Stdio::null()).stderr(log);
         cmd.stdout(if cfg.console_to_terminal {
@@ -950,7 +1043,7 @@ fn launch(
             source,
         })?;
         match wait_qmp(state, &mut qemu) {
-            Ok(()) => return Ok((qemu, backend, accel, transport)),
+            Ok(()) => return Ok((qemu, backend, accel, transport, console)),
             Err(e) => {
                 let said = std::fs::read_to_string(&log_path).unwrap_or_default();
                 if let UsedTransport::VhostKernel { cid } = transport {
@@ -1152,3 +1245,45 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A fresh random secret for one boot.
+fn new_secret() -> Result<Secret, VmError> {
+    let mut b = [0u8; minke_protocol::auth::SECRET_LEN];
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(VmError::Io {
+                    what: "cannot make the VM's secret (getrandom)".into(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Secret::from_bytes(&b).map_err(|e| VmError::Io {
+        what: "cannot make the VM's secret".into(),
+        source: io::Error::other(e),
+    })
+}
+
+/// The secret of the VM whose state directory is `dir`, written there by its booting process.
+fn read_secret(dir: &Path) -> Result<Secret, VmError> {
+    let p = dir.join(files::SECRET);
+    let bytes = std::fs::read(&p).map_err(|source| VmError::Io {
+        what: format!(
+            "cannot read the VM's secret {} (only the user who booted the VM can attach to it)",
+            p.display()
+        ),
+        source,
+    })?;
+    Secret::from_bytes(&bytes).map_err(|e| VmError::Io {
+        what: format!("{} is damaged", p.display()),
+        source: io::Error::other(e),
+    })
+}
+
+#[cfg(test)]
+#[path = "vm_kill_tests.rs"]
+mod kill_tests;

@@ -618,7 +618,14 @@ impl Supervisor {
             if let Some(WhenBooted(f)) = self.when_booted.take() {
                 f();
             }
-            console::marker(minke_protocol::READY_MARKER);
+            // Tagged with the VM secret: a service printing the marker does not forge it.
+            match minke_agents::auth::secret() {
+                Ok(secret) => console::marker(&secret.ready_line()),
+                Err(why) => {
+                    console::loud(format_args!("{why}"));
+                    console::marker(minke_protocol::READY_MARKER);
+                }
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The contracts between minke's host and guest: every value that crosses a process or machine
 //! boundary is defined here and nowhere else.
 //!
+//! - [`auth`]: the per-VM secret and the proofs of it that open every conversation;
 //! - [`wire`]: framing and the versioned handshake of the host↔guest protocol;
 //! - [`msg`]: the messages carried in those frames;
 //! - [`mux`]: the stream multiplexer that carries many such connections over the one
@@ -13,11 +14,13 @@
 //! helpers are generic over `std::io::Read`/`Write` so callers choose the transport (vsock,
 //! vhost-user hybrid vsock, virtio-serial, or an in-memory pipe in tests).
 
+pub mod auth;
 pub mod config;
 pub mod msg;
 pub mod mux;
 pub mod wire;
 
+pub use auth::{Purpose, Secret};
 pub use config::ImageConfig;
 pub use msg::{GuestMsg, HostMsg};
 pub use wire::{read_frame, write_frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};

@@ -17,6 +17,9 @@
 //! - **timesync** (time port, guest connects to host): guest `TimeRequest`; host `TimeReply`
 //!   with its receive and send times. The host may push `Resumed` at any time after the
 //!   handshake to ask for an immediate resync.
+//!
+//! Every `Hello` carries a proof of the VM's secret (see [`crate::auth`]); a connection whose
+//! proof does not verify is refused with `Error`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,11 +32,16 @@ pub enum HostMsg {
         version: u32,
         /// Free-form client name for logs.
         client: String,
+        /// The host's proof of the VM's secret ([`crate::Purpose::Control`]).
+        proof: crate::auth::Proof,
     },
     /// Answers a guest-initiated connection's `Hello` (time sync).
     Welcome {
         /// Protocol version the host speaks.
         version: u32,
+        /// The host's proof of the VM's secret over the guest's nonce
+        /// ([`crate::Purpose::TimeHost`]).
+        proof: crate::auth::Proof,
     },
     /// Refusal or failure, with a message for the user.
     Error(String),
@@ -108,6 +116,10 @@ pub enum GuestMsg {
         version: u32,
         /// Free-form agent name.
         client: String,
+        /// Fresh random bytes the host's proof must cover.
+        nonce: [u8; crate::auth::SECRET_LEN],
+        /// The guest's proof of the VM's secret over `nonce` ([`crate::Purpose::TimeGuest`]).
+        proof: crate::auth::Proof,
     },
     /// Accepts the host's `Hello`.
     Welcome {
@@ -221,8 +233,12 @@ mod tests {
             HostMsg::Hello {
                 version: 1,
                 client: "c".into(),
+                proof: [3; 32],
             },
-            HostMsg::Welcome { version: 1 },
+            HostMsg::Welcome {
+                version: 1,
+                proof: [4; 32],
+            },
             HostMsg::Error("e".into()),
             HostMsg::Exec(ExecRequest {
                 argv: vec!["a".into()],
@@ -267,6 +283,8 @@ mod tests {
             GuestMsg::Hello {
                 version: 1,
                 client: "t".into(),
+                nonce: [1; 32],
+                proof: [2; 32],
             },
             GuestMsg::Welcome {
                 version: 1,

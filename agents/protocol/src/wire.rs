@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Version spoken by this build; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Hard maximum payload size of one frame (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
@@ -156,6 +156,7 @@ mod tests {
             HostMsg::Hello {
                 version: PROTOCOL_VERSION,
                 client: "test".into(),
+                proof: [0; 32],
             },
             HostMsg::Exec(ExecRequest {
                 argv: vec!["true".into()],

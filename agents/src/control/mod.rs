@@ -23,7 +23,7 @@ use std::time::Duration;
 use minke_protocol::config::Container;
 use minke_protocol::msg::{InfoReply, PowerAction};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK, PROTOCOL_VERSION};
-use minke_protocol::{GuestMsg, HostMsg};
+use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret};
 
 use crate::conn::{Conn, HostListener, Peer};
 
@@ -60,6 +60,9 @@ pub struct Ctx {
     pub log_dir: PathBuf,
     /// Performs a power action (signals PID1 in the guest).
     pub power: Box<dyn Fn(PowerAction) -> io::Result<()> + Send + Sync>,
+    /// The VM secret every `Hello` must prove, or why the guest has none (then every
+    /// connection is refused with that reason).
+    pub secret: Result<Secret, String>,
 }
 
 impl Ctx {
@@ -72,6 +75,7 @@ impl Ctx {
             boot_json_path: minke_protocol::BOOT_TIMELINE_PATH.into(),
             log_dir: LOG_DIR.into(),
             power: Box::new(signal_pid1),
+            secret: crate::auth::secret().cloned().map_err(str::to_owned),
         }
     }
 }
@@ -376,7 +380,7 @@ pub fn serve<C: Conn>(conn: C, ctx: &Ctx) {
 /// [`serve`], the handshake bounded by `handshake_within` as a whole.
 fn serve_within<C: Conn>(conn: C, ctx: &Ctx, handshake_within: Duration) {
     let mut conn = Deadline::new(conn, handshake_within);
-    let result = handshake(&mut conn).and_then(|()| {
+    let result = handshake(&mut conn, ctx).and_then(|()| {
         conn.clear();
         let req: HostMsg = read_frame(&mut conn)?;
         dispatch(&mut conn, req, ctx)
@@ -432,9 +436,19 @@ pub(crate) fn finish<C: Conn>(conn: &mut C) {
     let _ = conn.shutdown(Shutdown::Both);
 }
 
-fn handshake<C: Conn>(conn: &mut C) -> Result<(), ControlError> {
+fn handshake<C: Conn>(conn: &mut C, ctx: &Ctx) -> Result<(), ControlError> {
     match read_frame::<_, HostMsg>(conn)? {
-        HostMsg::Hello { version, .. } if version == PROTOCOL_VERSION => {
+        HostMsg::Hello { version, proof, .. } if version == PROTOCOL_VERSION => {
+            let secret = ctx.secret.as_ref().map_err(|e| ControlError::Refused(e.clone()))?;
+            if !secret.verify(Purpose::Control, &[], &proof) {
+                eprintln!("minke agent control: refused a connection without the VM's secret");
+                return Err(ControlError::Refused(
+                    "connection refused: the Hello does not prove this VM's secret (only the \
+                     minke that booted the VM, or a process of its user reading the VM's state \
+                     directory, may connect)"
+                        .into(),
+                ));
+            }
             write_frame(
                 conn,
                 &GuestMsg::Welcome {
@@ -685,6 +699,21 @@ pub(crate) mod tests {
                 power_log.lock().unwrap().push(a);
                 Ok(())
             }),
+            secret: Ok(test_secret()),
+        }
+    }
+
+    /// The secret of the test contexts.
+    pub(crate) fn test_secret() -> Secret {
+        Secret::from_bytes(&[0x5e; minke_protocol::auth::SECRET_LEN]).unwrap()
+    }
+
+    /// The `Hello` a holder of [`test_secret`] sends.
+    pub(crate) fn hello() -> HostMsg {
+        HostMsg::Hello {
+            version: PROTOCOL_VERSION,
+            client: "test".into(),
+            proof: test_secret().proof(Purpose::Control, &[]),
         }
     }
 
@@ -692,14 +721,7 @@ pub(crate) mod tests {
     pub(crate) fn connect(ctx: Arc<Ctx>) -> UnixStream {
         let (mut host, guest) = UnixStream::pair().unwrap();
         std::thread::spawn(move || serve(guest, &ctx));
-        write_frame(
-            &mut host,
-            &HostMsg::Hello {
-                version: PROTOCOL_VERSION,
-                client: "test".into(),
-            },
-        )
-        .unwrap();
+        write_frame(&mut host, &hello()).unwrap();
         match read_frame::<_, GuestMsg>(&mut host).unwrap() {
             GuestMsg::Welcome { version, .. } => assert_eq!(version, PROTOCOL_VERSION),
             other => panic!("expected Welcome, got {other:?}"),
@@ -740,6 +762,7 @@ pub(crate) mod tests {
             &HostMsg::Hello {
                 version: 999,
                 client: "x".into(),
+                proof: test_secret().proof(Purpose::Control, &[]),
             },
         )
         .unwrap();
@@ -751,6 +774,54 @@ pub(crate) mod tests {
             read_frame::<_, GuestMsg>(&mut host),
             Err(FrameError::Closed)
         ));
+    }
+
+    /// A Hello without the VM's secret is refused, and the request behind it never runs.
+    #[test]
+    fn a_hello_without_the_secret_is_refused() {
+        let dir = tmpdir("auth");
+        let power = Arc::new(Mutex::new(Vec::new()));
+        for proof in [
+            [0u8; 32],
+            Secret::from_bytes(&[1; 32])
+                .unwrap()
+                .proof(Purpose::Control, &[]),
+            test_secret().proof(Purpose::TimeHost, &[]),
+        ] {
+            let ctx = Arc::new(test_ctx(&dir, Arc::clone(&power)));
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            let t = std::thread::spawn(move || serve(guest, &ctx));
+            let mut out = Vec::new();
+            write_frame(
+                &mut out,
+                &HostMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    client: "intruder".into(),
+                    proof,
+                },
+            )
+            .unwrap();
+            write_frame(&mut out, &HostMsg::Power(PowerAction::Poweroff)).unwrap();
+            host.write_all(&out).unwrap();
+            match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+                GuestMsg::Error(e) => assert!(e.contains("secret"), "{e}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            drop(host);
+            t.join().unwrap();
+        }
+        assert!(power.lock().unwrap().is_empty(), "a refused request ran");
+        // A guest without a secret refuses everyone, saying why.
+        let mut ctx = test_ctx(&dir, Arc::clone(&power));
+        ctx.secret = Err("the guest has no VM secret".into());
+        let ctx = Arc::new(ctx);
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || serve(guest, &ctx));
+        write_frame(&mut host, &hello()).unwrap();
+        match read_frame::<_, GuestMsg>(&mut host).unwrap() {
+            GuestMsg::Error(e) => assert!(e.contains("no VM secret"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]
@@ -864,14 +935,7 @@ pub(crate) mod tests {
         }
         let (mut host, guest) = UnixStream::pair().unwrap();
         workers.admit(guest);
-        write_frame(
-            &mut host,
-            &HostMsg::Hello {
-                version: PROTOCOL_VERSION,
-                client: "test".into(),
-            },
-        )
-        .unwrap();
+        write_frame(&mut host, &hello()).unwrap();
         match read_frame::<_, GuestMsg>(&mut host).unwrap() {
             GuestMsg::Welcome { .. } => {}
             other => panic!("expected Welcome, got {other:?}"),

@@ -123,11 +123,38 @@ pub fn skip_reason() -> Option<String> {
     test_image().err()
 }
 
-/// Returns from the test (with a message saying what is missing) when boot tests cannot run.
+/// Why the serial-transport tests cannot run here (they need no vhost-device-vsock).
+pub fn serial_skip_reason() -> Option<String> {
+    if let Err(e) = binaries::find(Tool::QemuSystem) {
+        return Some(e.to_string());
+    }
+    test_image().err()
+}
+
+/// Set (to anything but `0`) by `cargo xtask test`: a boot test that cannot run fails.
+pub const REQUIRE_BOOT_ENV: &str = "MINKE_REQUIRE_BOOT";
+
+/// What a test that cannot boot does: under [`REQUIRE_BOOT_ENV`] (CI) it fails, saying why;
+/// otherwise (a developer's plain `cargo test`) it says loudly that it skipped and returns.
+pub fn cannot_boot(why: &str) {
+    if std::env::var(REQUIRE_BOOT_ENV).is_ok_and(|v| !v.is_empty() && v != "0") {
+        panic!("this boot test must run ({REQUIRE_BOOT_ENV} is set) but cannot: {why}");
+    }
+    eprintln!("SKIPPED (not run, not passed): {why}");
+}
+
+/// Returns from the test when boot tests cannot run here, or fails it under
+/// [`REQUIRE_BOOT_ENV`]; `require_boot!(serial)` for the tests that need no vsock backend.
 macro_rules! require_boot {
     () => {
         if let Some(why) = $crate::common::skip_reason() {
-            eprintln!("skipped: {why}");
+            $crate::common::cannot_boot(&why);
+            return;
+        }
+    };
+    (serial) => {
+        if let Some(why) = $crate::common::serial_skip_reason() {
+            $crate::common::cannot_boot(&why);
             return;
         }
     };

@@ -1,0 +1,94 @@
+//! An attached handle signals nothing its `run.json` cannot prove is the VM's.
+
+use super::*;
+use crate::process::ProcStamp;
+
+fn attached(dir: &Path, run: RunInfo) -> Vm {
+    Vm {
+        name: run.name.clone(),
+        state: dir.to_path_buf(),
+        connector: Connector::Hybrid {
+            uds: dir.join(files::VSOCK),
+        },
+        accel: run.accel,
+        transport: run.transport,
+        run,
+        owned: None,
+        secret: secret(),
+    }
+}
+
+fn secret() -> Secret {
+    Secret::from_bytes(&[7; minke_protocol::auth::SECRET_LEN]).unwrap()
+}
+
+fn run(qemu: u32, qemu_stamp: Option<ProcStamp>, backend: Option<u32>) -> RunInfo {
+    RunInfo {
+        name: "forged".into(),
+        qemu_pid: qemu,
+        backend_pid: backend,
+        qemu_stamp,
+        backend_stamp: None,
+        shim_pid: 1,
+        accel: UsedAccel::Tcg,
+        transport: UsedTransport::VhostUser,
+        publish: vec![],
+        started_unix: 0,
+    }
+}
+
+#[test]
+fn a_forged_run_json_gets_no_process_signalled() {
+    let d = tempfile::tempdir().unwrap();
+    state::write_private(&d.path().join(files::SECRET), secret().as_bytes()).unwrap();
+    let mut sleep = Command::new("sleep").arg("1000").spawn().unwrap();
+    let real = ProcStamp::of(sleep.id()).unwrap();
+    let wrong = ProcStamp {
+        start_ticks: real.start_ticks + 1,
+        exe: real.exe.clone(),
+    };
+    let me = std::process::id();
+    let cases = [
+        run(sleep.id(), None, None),
+        run(sleep.id(), Some(wrong.clone()), None),
+        run(me, Some(wrong.clone()), Some(sleep.id())),
+        run(4294967295, Some(wrong.clone()), Some(4294967295)),
+        run(1, ProcStamp::of(1), Some(1)),
+        run(0, Some(wrong.clone()), Some(0)),
+    ];
+    for r in cases {
+        state::write_run(d.path(), &r).unwrap();
+        // Through the front door: the record does not prove a running VM.
+        assert!(matches!(
+            Vm::attach_dir(d.path()),
+            Err(VmError::State(StateError::NotRunning(_)))
+        ));
+        // A handle made from it anyway refuses, and says so.
+        let mut vm = attached(d.path(), r.clone());
+        assert!(!vm.is_running());
+        let e = vm.try_kill().unwrap_err();
+        assert!(
+            matches!(e, VmError::State(StateError::Unproven { .. })),
+            "{r:?}: {e}"
+        );
+        assert!(e.to_string().contains("did not signal"), "{e}");
+        vm.kill();
+        assert!(matches!(
+            vm.wait_exit(Duration::from_millis(1)),
+            Err(VmError::State(StateError::Unproven { .. }))
+        ));
+        drop(vm);
+        assert!(
+            sleep.try_wait().unwrap().is_none(),
+            "{r:?} signalled the sleep"
+        );
+    }
+    // A record proving the process reaches it (it is no QEMU, so only `kill` would).
+    let r = run(1, ProcStamp::of(1), Some(sleep.id()));
+    let mut r = r;
+    r.backend_stamp = Some(real);
+    attached(d.path(), r).try_kill().unwrap_err();
+    let status = sleep.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
