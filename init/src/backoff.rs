@@ -1,5 +1,7 @@
-//! Restart backoff of a crashing unit: 100 ms doubling up to 30 s, forgotten once the unit
-//! stayed up for 10 s.
+//! Restarts of a unit: whether its policy restarts it after an exit, and when — backoff of a
+//! crashing unit, 100 ms doubling up to 30 s, forgotten once the unit stayed up for 10 s.
+
+use minke_protocol::config::Restart;
 
 /// First restart delay.
 pub const INITIAL_MS: u64 = 100;
@@ -7,6 +9,15 @@ pub const INITIAL_MS: u64 = 100;
 pub const CAP_MS: u64 = 30_000;
 /// A run at least this long resets the delay to [`INITIAL_MS`].
 pub const STABLE_MS: u64 = 10_000;
+
+/// What the restart policy says about an exit.
+pub fn should_restart(policy: Restart, success: bool) -> bool {
+    match policy {
+        Restart::No => false,
+        Restart::OnFailure => !success,
+        Restart::Always => true,
+    }
+}
 
 /// Backoff state of one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,5 +68,13 @@ mod tests {
         assert_eq!(b.delay_after(STABLE_MS - 1), 3200);
         assert_eq!(b.delay_after(STABLE_MS), 100);
         assert_eq!(b.delay_after(0), 200);
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert!(!should_restart(Restart::No, false));
+        assert!(should_restart(Restart::OnFailure, false));
+        assert!(!should_restart(Restart::OnFailure, true));
+        assert!(should_restart(Restart::Always, true));
     }
 }

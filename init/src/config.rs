@@ -1,10 +1,12 @@
 //! Reads the image config (`/etc/minke/image.cfg`, see [`ImageConfig::decode`]) and turns it
-//! into what the init acts on: unit specs for agents and services (argv, env, cgroup,
-//! readiness), sysctl paths and rlimit resources.
+//! into what the init acts on: unit specs for agents and services (how each is launched, env,
+//! cgroup, readiness), sysctl paths and rlimit resources.
 
 use std::collections::BTreeMap;
 
-use minke_protocol::config::{Agent, Command, ImageConfig, Readiness, Restart, Service, Task};
+use minke_protocol::config::{
+    Agent, AgentKind, Command, ImageConfig, Readiness, Restart, Service, Task,
+};
 
 /// Default environment of every child; a unit's own `env` is applied on top.
 pub const DEFAULT_ENV: [(&str, &str); 3] = [
@@ -21,6 +23,9 @@ pub const NOTIFY_ENV: &str = "MINKE_NOTIFY_FD";
 
 /// oom_score_adj of agents: the OOM killer picks a guest memory hog, never an agent.
 pub const AGENT_OOM_SCORE_ADJ: i32 = -1000;
+
+/// argv\[0\] of an agent, so that `ps` shows `/init agent control`.
+const AGENT_ARGV0: &str = "/init";
 
 /// Errors reading the image config.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +65,36 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<ImageConfig, ConfigError> {
     })
 }
 
+/// How a unit's process is started; decided when the unit is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// Execute a program.
+    Exec {
+        /// Program to execute.
+        program: String,
+        /// Full argv including argv\[0\] (which need not be `program`).
+        argv: Vec<String>,
+    },
+    /// Run an agent of this binary: in a forked copy of PID1 when the supervisor holds the
+    /// image config to hand over (see `Supervisor::fork_agents`), otherwise by executing
+    /// `exe` as `/init agent KIND ARGS…`.
+    Agent {
+        /// This binary, for the exec.
+        exe: String,
+        /// Which agent.
+        kind: AgentKind,
+        /// Its arguments after the kind (`--port 1024`).
+        args: Vec<String>,
+    },
+}
+
 /// Everything needed to start (and restart) one supervised process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitSpec {
     /// Name: the service name or the agent kind (`control`); also its cgroup and log name.
     pub name: String,
-    /// Program to execute (argv\[0\] unless `argv0` differs).
-    pub program: String,
-    /// Full argv including argv\[0\].
-    pub argv: Vec<String>,
+    /// How the process is started.
+    pub launch: Launch,
     /// Complete environment (defaults + the unit's own).
     pub env: BTreeMap<String, String>,
     /// Working directory.
@@ -87,8 +113,32 @@ pub struct UnitSpec {
     pub exit_on_stop: bool,
     /// oom_score_adj (`None`: inherit PID1's, 0).
     pub oom_score_adj: Option<i32>,
-    /// Agent (counts for the `ready` marker).
+    /// Agent: starts with the agents, before the boot stages are done, and counts for the
+    /// `ready` marker.
     pub agent: bool,
+}
+
+impl UnitSpec {
+    /// The program executed (for an agent: this binary, when it is not forked).
+    pub fn program(&self) -> &str {
+        match &self.launch {
+            Launch::Exec { program, .. } => program,
+            Launch::Agent { exe, .. } => exe,
+        }
+    }
+
+    /// The full command line including argv\[0\]; an agent's is `/init agent KIND ARGS…`,
+    /// forked or executed.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.launch {
+            Launch::Exec { argv, .. } => argv.clone(),
+            Launch::Agent { kind, args, .. } => [AGENT_ARGV0, "agent", kind.name()]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args.iter().cloned())
+                .collect(),
+        }
+    }
 }
 
 /// Environment of a child: the defaults with `extra` on top.
@@ -101,20 +151,22 @@ pub fn child_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     env
 }
 
-/// The unit of an agent: this same binary with the `agent` subcommand, restarted when it
-/// fails (an agent that exits 0 has finished its job: binfmt once it registered, serial when
-/// the host chose vsock), ready when it says so, protected from the OOM killer.
+/// The unit of an agent: an agent of this same binary (`exe`), restarted when it fails (an
+/// agent that exits 0 has finished its job: binfmt once it registered, serial when the host
+/// chose vsock), ready when it says so, protected from the OOM killer.
 pub fn agent_unit(agent: &Agent, exe: &str) -> UnitSpec {
-    let name = agent.kind.name().to_owned();
-    let mut argv = vec!["/init".to_owned(), "agent".to_owned(), name.clone()];
+    let mut args = Vec::new();
     if let Some(port) = agent.port {
-        argv.push("--port".to_owned());
-        argv.push(port.to_string());
+        args.push("--port".to_owned());
+        args.push(port.to_string());
     }
     UnitSpec {
-        name,
-        program: exe.to_owned(),
-        argv,
+        name: agent.kind.name().to_owned(),
+        launch: Launch::Agent {
+            exe: exe.to_owned(),
+            kind: agent.kind,
+            args,
+        },
         env: child_env(&BTreeMap::new()),
         cwd: "/".to_owned(),
         uid: 0,
@@ -133,8 +185,10 @@ pub fn service_unit(svc: &Service) -> UnitSpec {
     let cmd = &svc.command;
     UnitSpec {
         name: svc.name.clone(),
-        program: cmd.argv.first().cloned().unwrap_or_default(),
-        argv: cmd.argv.clone(),
+        launch: Launch::Exec {
+            program: cmd.argv.first().cloned().unwrap_or_default(),
+            argv: cmd.argv.clone(),
+        },
         env: child_env(&cmd.env),
         cwd: cmd.cwd.clone().unwrap_or_else(|| "/".to_owned()),
         uid: cmd.uid,
@@ -159,8 +213,10 @@ pub fn task_unit(task: &Task) -> UnitSpec {
     } = &task.command;
     UnitSpec {
         name: task.name.clone(),
-        program: argv.first().cloned().unwrap_or_default(),
-        argv: argv.clone(),
+        launch: Launch::Exec {
+            program: argv.first().cloned().unwrap_or_default(),
+            argv: argv.clone(),
+        },
         env: child_env(env),
         cwd: cwd.clone().unwrap_or_else(|| "/".to_owned()),
         uid: *uid,
@@ -200,7 +256,7 @@ pub fn units(cfg: &ImageConfig, exe: &str) -> (Vec<UnitSpec>, Vec<(String, Strin
             rejected.push((unit.name, "invalid name".to_owned()));
         } else if out.iter().any(|u| u.name == unit.name) {
             rejected.push((unit.name, "duplicate name".to_owned()));
-        } else if unit.argv.is_empty() || unit.program.is_empty() {
+        } else if unit.argv().is_empty() || unit.program().is_empty() {
             rejected.push((unit.name, "empty argv".to_owned()));
         } else {
             out.push(unit);
@@ -282,20 +338,20 @@ mod tests {
             ]
         );
         let control = &units[0];
-        assert_eq!(control.program, "/proc/self/exe");
+        assert_eq!(control.program(), "/proc/self/exe");
         assert_eq!(
-            control.argv,
+            control.argv(),
             ["/init", "agent", "control", "--port", "1024"]
         );
         assert_eq!(control.readiness, Readiness::Notify);
         assert_eq!(control.restart, Restart::OnFailure);
         assert_eq!(control.oom_score_adj, Some(AGENT_OOM_SCORE_ADJ));
         assert!(control.agent);
-        assert_eq!(units[1].argv, ["/init", "agent", "timesync"]);
+        assert_eq!(units[1].argv(), ["/init", "agent", "timesync"]);
         assert_eq!(units[1].after, ["serial"]);
-        assert_eq!(units[2].argv, ["/init", "agent", "serial"]);
+        assert_eq!(units[2].argv(), ["/init", "agent", "serial"]);
         let web = &units[3];
-        assert_eq!(web.program, "/bin/web");
+        assert_eq!(web.program(), "/bin/web");
         assert_eq!(web.env["PATH"], "/opt/bin");
         assert_eq!(web.env["HOME"], "/root");
         assert_eq!(web.env["TERM"], "linux");
@@ -328,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn agents_are_launched_as_agents_and_services_by_exec() {
+        let cfg = parse("image.cfg", &sample()).expect("sample decodes");
+        let (units, _) = units(&cfg, "/proc/self/exe");
+        assert_eq!(
+            units[0].launch,
+            Launch::Agent {
+                exe: "/proc/self/exe".to_owned(),
+                kind: AgentKind::Control,
+                args: vec!["--port".to_owned(), "1024".to_owned()],
+            }
+        );
+        assert_eq!(
+            units[3].launch,
+            Launch::Exec {
+                program: "/bin/web".to_owned(),
+                argv: vec!["/bin/web".to_owned(), "-p".to_owned(), "80".to_owned()],
+            }
+        );
+    }
+
+    #[test]
     fn agent_without_port_has_no_port_flag() {
         let u = agent_unit(
             &Agent {
@@ -337,7 +414,7 @@ mod tests {
             },
             "/init",
         );
-        assert_eq!(u.argv, ["/init", "agent", "binfmt"]);
+        assert_eq!(u.argv(), ["/init", "agent", "binfmt"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::timeline::{boottime_ns, now_ms, Timeline};
 use crate::{config, disks, modules, setup, sys};
 
 /// Program agents are started from: this very binary.
-pub const SELF_EXE: &str = "/proc/self/exe";
+const SELF_EXE: &str = "/proc/self/exe";
 /// More panics than this within [`PANIC_WINDOW_MS`] and the init gives up (powers off).
 const PANIC_LIMIT: usize = 20;
 const PANIC_WINDOW_MS: u64 = 10_000;

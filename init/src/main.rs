@@ -23,6 +23,20 @@
 //!   `NAME.1`). Agents get oom_score_adj -1000, which their own children inherit unless reset.
 //! - **Timeline**: `/run/minke/boot.json` (`BootTimeline`), rewritten atomically whenever PID1
 //!   is about to wait with new events, and before `minke: ready` is printed.
+//!
+//! # Map
+//! - [`init`]: PID1's life: early set-up, the boot stages, the shutdown sequence
+//!   ([`shutdown`]), the last resort. It reads [`config`], which turns the image config into
+//!   units, each with its [`config::Launch`]: exec a program, or run an agent of this binary.
+//! - [`supervise`]: the event loop over the units and tasks. It starts processes through
+//!   [`spawn`] (exec, or a forked copy of PID1 for an agent), reaps them with [`reap`],
+//!   restarts them as [`backoff`] says, orders them with [`order`], and copies their output to
+//!   [`console`] and to the logs of [`logring`].
+//! - [`setup`], [`modules`], [`disks`], [`power`], [`timeline`]: the system's set-up, kernel
+//!   modules, data disks, power buttons and the boot timeline.
+//! - [`sys`]: the raw syscalls, the only `unsafe` code.
+
+#![deny(unsafe_code)]
 
 mod backoff;
 mod config;
@@ -33,9 +47,12 @@ mod logring;
 mod modules;
 mod order;
 mod power;
+mod reap;
 mod setup;
 mod shutdown;
+mod spawn;
 mod supervise;
+#[allow(unsafe_code)] // the one module with raw syscalls, each with a SAFETY comment
 mod sys;
 mod timeline;
 

@@ -3,22 +3,22 @@
 //! every zombie, restarts with backoff, and runs run-to-completion tasks.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::os::fd::OwnedFd;
 
 use rustix::io::Errno;
-use rustix::process::{WaitOptions, WaitStatus};
 
-use crate::backoff::Backoff;
-use crate::config::{self, UnitSpec, NOTIFY_ENV};
+use crate::backoff::{should_restart, Backoff};
+use crate::config::{self, UnitSpec};
 use crate::console::{self, log, ServiceConsole};
 use crate::logring::{LineSplitter, LogFile, LOG_DIR, LOG_MAX};
 use crate::order;
+use crate::reap::{reap_next, Exit, Reaped};
 use crate::setup::CGROUP_ROOT;
 use crate::shutdown::PowerAction;
+use crate::spawn;
 use crate::timeline::boottime_ns;
 use crate::timeline::{now_ms, Timeline};
-use minke_protocol::config::{Readiness, Restart, Task};
+use minke_protocol::config::{Readiness, Task};
 
 /// How often to look for power button devices while none is found, and for how long.
 const BUTTON_SCAN_EVERY_MS: u64 = 500;
@@ -60,15 +60,6 @@ pub struct Unit {
     pub ready: bool,
     backoff: Backoff,
     starts: u64,
-}
-
-/// What the restart policy says about an exit.
-pub fn should_restart(policy: Restart, success: bool) -> bool {
-    match policy {
-        Restart::No => false,
-        Restart::OnFailure => !success,
-        Restart::Always => true,
-    }
 }
 
 /// How a run-to-completion task ended.
@@ -659,7 +650,7 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                log!("{}: cannot start {}: {e}", spec.name, spec.program);
+                log!("{}: cannot start {}: {e}", spec.name, spec.program());
                 // Count it as a failed run so the restart policy and backoff apply.
                 if let Some(u) = self.units.get_mut(i) {
                     u.state = State::Running {
@@ -672,51 +663,12 @@ impl Supervisor {
         }
     }
 
-    /// Spawns `spec` with its output on a pipe (and a readiness pipe if `notify`).
+    /// Starts `spec` (see [`spawn::start`]) and watches its pipes.
     fn spawn(&mut self, spec: &UnitSpec, notify: bool) -> std::io::Result<i32> {
-        let io = UnitIo::new(self.child_setup(spec), notify)?;
-        if spec.agent && spec.program == crate::init::SELF_EXE && self.agent_config.is_some() {
-            return self.fork_agent(spec, io);
-        }
-        let mut cmd = Command::new(&spec.program);
-        {
-            use std::os::unix::process::CommandExt;
-            if let Some(a0) = spec.argv.first() {
-                cmd.arg0(a0);
-            }
-            if spec.gid != 0 {
-                cmd.gid(spec.gid);
-            }
-            if spec.uid != 0 {
-                cmd.uid(spec.uid);
-            }
-        }
-        cmd.args(spec.argv.iter().skip(1))
-            .env_clear()
-            .envs(&spec.env)
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(io.out_w.try_clone()?))
-            .stderr(Stdio::from(io.out_w.try_clone()?));
-        let UnitIo {
-            out_r,
-            out_w,
-            notify,
-            setup,
-        } = io;
-        if let Some((_, w)) = &notify {
-            cmd.env(NOTIFY_ENV, w.as_raw_fd().to_string());
-        }
-        crate::sys::child_setup(&mut cmd, setup);
-        let child = cmd.spawn();
-        drop(cmd);
-        drop(out_w);
-        let pid = i32::try_from(child?.id()).unwrap_or(-1);
-        if let Some(v) = spec.oom_score_adj {
-            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string());
-        }
-        self.watch_pipes(&spec.name, pid, out_r, notify.map(|(r, _)| r));
-        Ok(pid)
+        let setup = self.child_setup(spec);
+        let started = spawn::start(spec, setup, notify, self.agent_config.as_ref())?;
+        self.watch_pipes(&spec.name, started.pid, started.out, started.notify);
+        Ok(started.pid)
     }
 
     /// What a child gets set up with before it runs: its cgroup and oom_score_adj.
@@ -750,57 +702,11 @@ impl Supervisor {
         }
     }
 
-    /// Starts agent `spec` in a forked copy of PID1 (see [`Supervisor::fork_agents`]); the
-    /// child gets what a spawned unit gets: its cgroup, session, oom_score_adj, environment,
-    /// stdin on /dev/null, output on the unit's pipe, the readiness pipe as fd 3.
-    fn fork_agent(&mut self, spec: &UnitSpec, io: UnitIo) -> std::io::Result<i32> {
-        let devnull = rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        let UnitIo {
-            out_r,
-            out_w,
-            notify,
-            setup,
-        } = io;
-        let args: Vec<String> = spec.argv.iter().skip(2).cloned().collect();
-        let cfg = self.agent_config.clone().unwrap_or_default();
-        match crate::sys::fork()? {
-            crate::sys::Forked::Child => {
-                let kept = crate::sys::become_forked_child(setup, &devnull, &out_w, &spec.argv);
-                for (k, _) in std::env::vars_os() {
-                    std::env::remove_var(k);
-                }
-                for (k, v) in &spec.env {
-                    std::env::set_var(k, v);
-                }
-                if let Some(fd) = kept {
-                    std::env::set_var(NOTIFY_ENV, fd.to_string());
-                }
-                let _ = std::env::set_current_dir(&spec.cwd);
-                // Never back into PID1's loop, not even by a panic (the loop would catch it
-                // and this copy would carry on as a second init).
-                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    minke_agents::agent_main_forked(&args, cfg)
-                }))
-                .unwrap_or(101);
-                std::process::exit(code)
-            }
-            crate::sys::Forked::Parent(pid) => {
-                drop(out_w);
-                self.watch_pipes(&spec.name, pid, out_r, notify.map(|(r, _)| r));
-                Ok(pid)
-            }
-        }
-    }
-
     /// Runs a task to completion (honouring its timeout). With `abortable`, a shutdown request
     /// kills it early.
     pub fn run_task(&mut self, task: &Task, abortable: bool) -> TaskEnd {
         let spec = config::task_unit(task);
-        if !config::valid_name(&spec.name) || spec.program.is_empty() {
+        if !config::valid_name(&spec.name) || spec.program().is_empty() {
             return TaskEnd::SpawnFailed("invalid name or empty argv".to_owned());
         }
         self.task_exit = None;
@@ -846,96 +752,6 @@ impl Supervisor {
     }
 }
 
-/// Result of one non-blocking wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reaped {
-    /// This child ended.
-    Exited(i32, Exit),
-    /// Children are left, none has ended.
-    Alive,
-    /// No child at all.
-    NoChildren,
-}
-
-/// Reaps one ended child of any process group or session (`waitpid(-1, WNOHANG)`).
-pub fn reap_next() -> Reaped {
-    loop {
-        match rustix::process::wait(WaitOptions::NOHANG) {
-            Ok(Some((pid, status))) => {
-                return Reaped::Exited(pid.as_raw_nonzero().get(), status.into())
-            }
-            Ok(None) => return Reaped::Alive,
-            Err(Errno::INTR) => {}
-            Err(_) => return Reaped::NoChildren,
-        }
-    }
-}
-
-fn set_nonblock(fd: &OwnedFd) -> std::io::Result<()> {
-    let fl = rustix::fs::fcntl_getfl(fd.as_fd())?;
-    rustix::fs::fcntl_setfl(fd.as_fd(), fl | rustix::fs::OFlags::NONBLOCK)?;
-    Ok(())
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Exited with this code.
-    Code(i32),
-    /// Killed by this signal.
-    Signal(i32),
-}
-
-impl From<WaitStatus> for Exit {
-    fn from(s: WaitStatus) -> Self {
-        match (s.exit_status(), s.terminating_signal()) {
-            (Some(code), _) => Exit::Code(code),
-            (None, Some(sig)) => Exit::Signal(sig),
-            _ => Exit::Code(-1),
-        }
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exited with status {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}"),
-        }
-    }
-}
-
-/// A unit's pipes as it starts: output (read end for PID1, write end for the child), the
-/// readiness pipe if it has one, and the child's set-up, which keeps the readiness write end.
-struct UnitIo {
-    out_r: OwnedFd,
-    out_w: OwnedFd,
-    notify: Option<(OwnedFd, OwnedFd)>,
-    setup: crate::sys::ChildSetup,
-}
-
-impl UnitIo {
-    fn new(mut setup: crate::sys::ChildSetup, notify: bool) -> std::io::Result<UnitIo> {
-        use rustix::pipe::{pipe_with, PipeFlags};
-        let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        set_nonblock(&out_r)?;
-        let notify = if notify {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
-            set_nonblock(&r)?;
-            setup.keep_fd = Some(w.as_raw_fd());
-            Some((r, w))
-        } else {
-            None
-        };
-        Ok(UnitIo {
-            out_r,
-            out_w,
-            notify,
-            setup,
-        })
-    }
-}
-
 /// When a readiness line says the unit was ready: `READY <CLOCK_BOOTTIME ns>` gives the moment
 /// itself (PID1 may read the line later, after a boot stage); any other line, or a moment not
 /// in the past, counts as `now`.
@@ -951,6 +767,7 @@ fn ready_moment(line: &[u8], now: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use minke_protocol::config::Restart;
 
     #[test]
     fn readiness_lines_may_carry_their_moment() {
@@ -961,35 +778,6 @@ mod tests {
         // A moment in the future is not believed.
         assert_eq!(ready_moment(b"READY 9999", 5000), 5000);
         assert_eq!(ready_moment(b"READY -1", 5000), 5000);
-    }
-
-    #[test]
-    #[allow(clippy::zombie_processes)] // reaped by reap_next, which is what is tested
-    fn reaps_children_that_left_our_process_group() {
-        // Units call setsid(); waitpid(0, …) would never see them.
-        let _guard = crate::sys::CHILDREN_LOCK
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        use std::os::unix::process::CommandExt;
-        let child = Command::new("/bin/sh")
-            .args(["-c", "exit 7"])
-            .process_group(0)
-            .spawn()
-            .expect("spawn sh");
-        let pid = i32::try_from(child.id()).expect("pid");
-        let deadline = now_ms() + 10_000;
-        loop {
-            match reap_next() {
-                Reaped::Exited(p, exit) if p == pid => {
-                    assert_eq!(exit, Exit::Code(7));
-                    break;
-                }
-                _ => {
-                    assert!(now_ms() < deadline, "child never reaped");
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-        }
     }
 
     fn sh(name: &str, script: &str, restart: Restart, after: &[&str]) -> UnitSpec {
@@ -1179,19 +967,5 @@ mod tests {
             sup.pump(Some(now_ms() + 20));
         }
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn restart_policies() {
-        assert!(!should_restart(Restart::No, false));
-        assert!(should_restart(Restart::OnFailure, false));
-        assert!(!should_restart(Restart::OnFailure, true));
-        assert!(should_restart(Restart::Always, true));
-    }
-
-    #[test]
-    fn exit_descriptions() {
-        assert_eq!(Exit::Code(3).to_string(), "exited with status 3");
-        assert_eq!(Exit::Signal(9).to_string(), "killed by signal 9");
     }
 }

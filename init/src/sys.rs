@@ -166,12 +166,13 @@ pub fn fork() -> io::Result<Forked> {
 
 /// In a child forked by [`fork`] that will not exec: applies `setup` (signal mask, session,
 /// cgroup, oom_score_adj), puts `stdin` and `out` on fds 0, 1 and 2 and the kept descriptor on
-/// fd 3, closes every other descriptor PID1 had open, and names the process after `argv`
-/// (comm and /proc/PID/cmdline). Returns 3 when a descriptor was kept.
+/// fd 3, closes every other descriptor PID1 had open, and names the process: comm `name`,
+/// /proc/PID/cmdline `argv`. Returns 3 when a descriptor was kept.
 pub fn become_forked_child(
     setup: ChildSetup,
     stdin: &OwnedFd,
     out: &OwnedFd,
+    name: &str,
     argv: &[String],
 ) -> Option<RawFd> {
     let ChildSetup {
@@ -211,17 +212,15 @@ pub fn become_forked_child(
     unsafe {
         libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32);
     }
-    set_process_name(argv);
+    set_process_name(name, argv);
     kept
 }
 
-/// Sets comm to the agent's name and /proc/self/cmdline to `argv`, so `ps` shows
+/// Sets comm to `name` (the agent's) and /proc/self/cmdline to `argv`, so `ps` shows
 /// `/init agent control` rather than PID1's command line. Best effort.
-fn set_process_name(argv: &[String]) {
-    if let Some(name) = argv.get(2).or(argv.first()) {
-        if let Ok(c) = std::ffi::CString::new(name.as_str()) {
-            let _ = rustix::thread::set_name(&c);
-        }
+fn set_process_name(name: &str, argv: &[String]) {
+    if let Ok(c) = std::ffi::CString::new(name) {
+        let _ = rustix::thread::set_name(&c);
     }
     let mut block = Vec::new();
     for a in argv {
