@@ -363,7 +363,9 @@ pub fn cp(src: &str, dst: &str, timeout: Duration, preserve: bool) -> Result<()>
                     let opts = minke_shim::getfiles::GetOptions { preserve };
                     vm.get_tree_with(path, local, opts).map_err(|tree_err| {
                         anyhow::anyhow!(
-                            "cannot copy {src}: as a file: {file_err}; as a directory: {tree_err}"
+                            "cannot copy {src}: as a file: {}; as a directory: {}",
+                            minke_shim::error_chain(&file_err),
+                            minke_shim::error_chain(&tree_err)
                         )
                     })
                 }

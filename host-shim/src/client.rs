@@ -13,7 +13,7 @@ use crate::transport::Duplex;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// Framing or transport failure.
-    #[error("talking to the guest agent failed: {0}")]
+    #[error("talking to the guest agent failed")]
     Frame(#[from] FrameError),
     /// The agent refused or failed the request.
     #[error("the guest agent said: {0}")]
@@ -27,7 +27,7 @@ pub enum AgentError {
         got: String,
     },
     /// A local stream (stdin, stdout, a file) failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Local {
         /// Which stream.
         what: &'static str,

@@ -19,7 +19,7 @@ pub enum DiskError {
     #[error(transparent)]
     Tool(#[from] NotFound),
     /// Creating the file failed.
-    #[error("cannot create disk image {path}: {source}")]
+    #[error("cannot create disk image {path}")]
     Create {
         /// Image path.
         path: PathBuf,

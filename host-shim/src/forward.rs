@@ -148,11 +148,11 @@ fn pipe(
 ) -> Result<(), String> {
     let mut g = connector
         .connect(CONTROL_PORT, std::time::Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    client::handshake(g.as_mut(), "forward", secret).map_err(|e| e.to_string())?;
-    client::forward(g.as_mut(), target).map_err(|e| e.to_string())?;
-    let (mut from_client, mut to_client) = c.halves().map_err(|e| e.to_string())?;
-    let mut to_guest: Box<dyn Duplex> = g.try_clone_box().map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error_chain(&e))?;
+    client::handshake(g.as_mut(), "forward", secret).map_err(|e| crate::error_chain(&e))?;
+    client::forward(g.as_mut(), target).map_err(|e| crate::error_chain(&e))?;
+    let (mut from_client, mut to_client) = c.halves().map_err(|e| crate::error_chain(&e))?;
+    let mut to_guest: Box<dyn Duplex> = g.try_clone_box().map_err(|e| crate::error_chain(&e))?;
     let up = std::thread::spawn(move || {
         let _ = io::copy(&mut from_client, &mut to_guest);
         let _ = to_guest.shutdown_write();

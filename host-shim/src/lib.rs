@@ -50,3 +50,131 @@ pub use forward::{ForwardListen, Forwarder};
 pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};
 pub use state::{list_vms, VmEntry};
 pub use vm::{PowerOff, Vm, VmError, ATTACH_TIMEOUT};
+
+/// An error and each of its causes on one line, joined by `": "`: for a log line, a report or
+/// a test message, where `{e}` alone would drop the causes. No message here repeats its
+/// source, so each cause is said once — here as in `minke`'s `caused by:` lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+    use std::path::PathBuf;
+
+    use minke_protocol::FrameError;
+
+    use super::error_chain;
+    use crate::client::AgentError;
+    use crate::qmp::QmpError;
+    use crate::reliability::DrillError;
+    use crate::state::StateError;
+    use crate::transport::ConnectError;
+    use crate::VmError;
+
+    /// The lines `minke` prints for `e`: the message, then each cause.
+    fn printed(e: &dyn Error) -> Vec<String> {
+        let mut lines = vec![e.to_string()];
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            lines.push(c.to_string());
+            cause = c.source();
+        }
+        lines
+    }
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let enoent = os(libc::ENOENT).to_string();
+        let epipe = os(libc::EPIPE).to_string();
+        let agent = |e: io::Error| VmError::Agent(AgentError::Frame(FrameError::Io(e)));
+        let cases: Vec<(Box<dyn Error>, &str)> = vec![
+            (Box::new(agent(os(libc::ENOENT))), &enoent),
+            (Box::new(agent(os(libc::EPIPE))), &epipe),
+            (
+                Box::new(DrillError::Vm {
+                    what: "exec `true`".into(),
+                    source: Box::new(agent(os(libc::EPIPE))),
+                    console: "\nconsole log tail:\nLinux version".into(),
+                }),
+                &epipe,
+            ),
+            (
+                Box::new(VmError::Connect(ConnectError::Socket {
+                    path: PathBuf::from("/run/vm/vm.vsock"),
+                    source: os(libc::ENOENT),
+                })),
+                &enoent,
+            ),
+            (
+                Box::new(VmError::Connect(ConnectError::Serial {
+                    port: 1024,
+                    source: minke_mux::OpenError::Local(os(libc::EPIPE)),
+                })),
+                &epipe,
+            ),
+            (
+                Box::new(VmError::Qmp(QmpError::Connect {
+                    path: PathBuf::from("/run/vm/qmp.sock"),
+                    source: os(libc::ENOENT),
+                })),
+                &enoent,
+            ),
+            (
+                Box::new(VmError::State(StateError::Io {
+                    path: PathBuf::from("/run/vm/run.json"),
+                    source: os(libc::ENOENT),
+                })),
+                &enoent,
+            ),
+            (
+                Box::new(VmError::Spawn {
+                    what: "qemu-system-x86_64".into(),
+                    source: os(libc::ENOENT),
+                }),
+                &enoent,
+            ),
+        ];
+        for (e, leaf) in cases {
+            let lines = printed(e.as_ref());
+            assert!(lines.len() >= 2, "{lines:?}");
+            assert_eq!(lines.last().map(String::as_str), Some(leaf), "{lines:?}");
+            for (i, a) in lines.iter().enumerate() {
+                for (j, b) in lines.iter().enumerate() {
+                    assert!(
+                        i == j || !a.contains(b.as_str()),
+                        "line {i} repeats {j}: {lines:?}"
+                    );
+                }
+            }
+            let one_line = error_chain(e.as_ref());
+            assert_eq!(one_line, lines.join(": "));
+            assert_eq!(one_line.matches(leaf).count(), 1, "{one_line}");
+        }
+    }
+
+    #[test]
+    fn a_nested_agent_error_reads_as_one_line() {
+        let e = VmError::Agent(AgentError::Frame(FrameError::Io(os(libc::EPIPE))));
+        assert_eq!(
+            error_chain(&e),
+            format!(
+                "talking to the guest agent failed: transport error: {}",
+                os(libc::EPIPE)
+            )
+        );
+    }
+}

@@ -15,7 +15,7 @@ use qapi::qmp;
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     /// The socket could not be reached.
-    #[error("cannot connect to the QMP socket {path}: {source} (is the VM running?)")]
+    #[error("cannot connect to the QMP socket {path} (is the VM running?)")]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum QmpError {
         source: io::Error,
     },
     /// QEMU closed the connection or sent something that is not QMP.
-    #[error("QMP {what} failed: {source}")]
+    #[error("QMP {what} failed")]
     Io {
         /// Which step.
         what: &'static str,

@@ -40,7 +40,7 @@ pub const KEPT_AFTER_POWEROFF: [&str; 5] = [
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
     /// A VM operation failed.
-    #[error("{what}: {source}{console}")]
+    #[error("{what}{console}")]
     Vm {
         /// What the drill was doing.
         what: String,
@@ -66,7 +66,7 @@ fn vm_err(vm: &Vm, what: impl Into<String>) -> impl FnOnce(VmError) -> DrillErro
     let what = what.into();
     let console = vm.console_tail();
     move |source| {
-        let console = if source.to_string().contains("console log tail") {
+        let console = if crate::error_chain(&source).contains("console log tail") {
             String::new()
         } else {
             format!("\nconsole log tail:\n{console}")
@@ -833,7 +833,7 @@ pub fn enospc(vm: &Vm, mount: &str, elsewhere: &str) -> Result<EnospcReport, Dri
     );
     let put_full = vm
         .put_bytes(&[7u8; 64 << 10], &format!("{mount}/upload"), 0o644)
-        .map_err(|e| e.to_string());
+        .map_err(|e| crate::error_chain(&e));
     let temp_left: Vec<String> = sh(vm, &format!("ls -A {mount}"))?
         .lines()
         .filter(|l| l.contains(".minke-"))
@@ -842,7 +842,7 @@ pub fn enospc(vm: &Vm, mount: &str, elsewhere: &str) -> Result<EnospcReport, Dri
     let agents_work = (|| -> Result<(), String> {
         let o = vm
             .exec_output(&["echo", "alive"])
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error_chain(&e))?;
         if o.stdout != b"alive\n" {
             return Err(format!(
                 "exec printed {:?}",
@@ -851,11 +851,11 @@ pub fn enospc(vm: &Vm, mount: &str, elsewhere: &str) -> Result<EnospcReport, Dri
         }
         let p = format!("{elsewhere}/enospc-check");
         vm.put_bytes(b"elsewhere\n", &p, 0o644)
-            .map_err(|e| e.to_string())?;
-        if vm.read_file(&p).map_err(|e| e.to_string())? != b"elsewhere\n" {
+            .map_err(|e| crate::error_chain(&e))?;
+        if vm.read_file(&p).map_err(|e| crate::error_chain(&e))? != b"elsewhere\n" {
             return Err(format!("{p} read back differently"));
         }
-        if vm.read_file(&kept).map_err(|e| e.to_string())? != b"kept\n" {
+        if vm.read_file(&kept).map_err(|e| crate::error_chain(&e))? != b"kept\n" {
             return Err(format!("{kept} read back differently"));
         }
         Ok(())
@@ -867,8 +867,9 @@ pub fn enospc(vm: &Vm, mount: &str, elsewhere: &str) -> Result<EnospcReport, Dri
     let recovered = (|| -> Result<(), String> {
         let p = format!("{mount}/upload");
         let body = vec![7u8; 64 << 10];
-        vm.put_bytes(&body, &p, 0o644).map_err(|e| e.to_string())?;
-        if vm.read_file(&p).map_err(|e| e.to_string())? != body {
+        vm.put_bytes(&body, &p, 0o644)
+            .map_err(|e| crate::error_chain(&e))?;
+        if vm.read_file(&p).map_err(|e| crate::error_chain(&e))? != body {
             return Err(format!("{p} read back differently"));
         }
         Ok(())

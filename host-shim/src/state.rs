@@ -28,7 +28,7 @@ pub enum StateError {
     #[error("cannot find a state directory: set XDG_STATE_HOME or HOME")]
     NoHome,
     /// A file in the state directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File.
         path: PathBuf,

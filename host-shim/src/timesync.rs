@@ -174,7 +174,8 @@ impl TimeServer {
                 true
             }
             Err(e) => {
-                self.shared.record(format!("cannot push Resumed: {e}"));
+                self.shared
+                    .record(format!("cannot push Resumed: {}", crate::error_chain(&e)));
                 false
             }
         });
@@ -374,7 +375,7 @@ mod hello_deadline_tests {
 }
 
 fn serve_conn(shared: &Shared, id: u64, mut conn: Box<dyn Duplex>) -> Result<(), String> {
-    let err = |what: &str, e: FrameError| format!("time sync {what}: {e}");
+    let err = |what: &str, e: FrameError| format!("time sync {what}: {}", crate::error_chain(&e));
     conn.set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(|e| format!("time sync setup: {e}"))?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT))

@@ -35,7 +35,7 @@ pub const MAX_REPLY: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The transport socket could not be reached.
-    #[error("cannot connect to {path}: {source} (is the VM running?)")]
+    #[error("cannot connect to {path} (is the VM running?)")]
     Socket {
         /// Socket path.
         path: PathBuf,
@@ -57,7 +57,7 @@ pub enum ConnectError {
         reply: String,
     },
     /// I/O failed during the handshake.
-    #[error("hybrid vsock handshake for guest port {port} failed: {source}")]
+    #[error("hybrid vsock handshake for guest port {port} failed")]
     Io {
         /// Guest port.
         port: u32,
@@ -73,7 +73,7 @@ pub enum ConnectError {
         timeout: Duration,
     },
     /// The virtio-serial multiplexer could not open the stream.
-    #[error("virtio-serial transport, guest port {port}: {source}")]
+    #[error("cannot open guest port {port} over the virtio-serial transport")]
     Serial {
         /// Guest port.
         port: u32,

@@ -65,7 +65,7 @@ pub enum VmError {
     #[error(transparent)]
     Agent(#[from] AgentError),
     /// A process could not be started.
-    #[error("cannot start {what}: {source}")]
+    #[error("cannot start {what}")]
     Spawn {
         /// Which program.
         what: String,
@@ -73,7 +73,7 @@ pub enum VmError {
         source: io::Error,
     },
     /// A local I/O operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -203,7 +203,8 @@ impl Vm {
                     Ok(t) => Some(t),
                     Err(e) => {
                         tracing::warn!(
-                            "time sync disabled: cannot listen on vsock port {TIMESYNC_PORT}: {e}"
+                            "time sync disabled: cannot listen on vsock port {TIMESYNC_PORT}: {}",
+                            crate::error_chain(&e)
                         );
                         None
                     }
@@ -441,7 +442,7 @@ impl Vm {
                 // the next attempt is.
                 match self.agent_within("minke-ready", READY_ATTEMPT_TIMEOUT) {
                     Ok(_) => break,
-                    Err(e) => last = e.to_string(),
+                    Err(e) => last = crate::error_chain(&e),
                 }
             }
             let now = Instant::now();
@@ -870,7 +871,7 @@ impl Vm {
     /// [`Vm::try_kill`]); a refusal is logged.
     pub fn kill(&mut self) {
         if let Err(e) = self.try_kill() {
-            tracing::warn!("{e}");
+            tracing::warn!("{}", crate::error_chain(&e));
         }
     }
 

@@ -58,7 +58,10 @@ fn exec_codes_streams_and_runtime_config() {
     assert_eq!(o.code, 128 + 9);
     assert_eq!(out(vm, &["cat", "/run/config/env"]), "GREETING=hi\n");
     let e = vm.exec_output(&["/nonexistent"]).unwrap_err();
-    assert!(e.to_string().contains("/nonexistent"), "{e}");
+    assert!(
+        minke_shim::error_chain(&e).contains("/nonexistent"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -91,7 +94,13 @@ fn control_agent_refuses_a_guest_peer() {
     let vm = shared();
     let o = vm
         .exec_output(&["sh", "-c", "/init vsock 1 1024 </dev/null"])
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_tail()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nconsole:\n{}",
+                vm.console_tail(),
+                e = minke_shim::error_chain(&e)
+            )
+        });
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(
         said.contains("only the host (cid 2) may use the control agent"),
@@ -135,7 +144,13 @@ fn hostile_guest_cannot_hurt_the_shim() {
         let script = script.as_str();
         let o = vm
             .exec_output(&["sh", "-c", script])
-            .unwrap_or_else(|e| panic!("{script}: {e}\nconsole:\n{}", vm.console_tail()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{script}: {e}\nconsole:\n{}",
+                    vm.console_tail(),
+                    e = minke_shim::error_chain(&e)
+                )
+            });
         eprintln!("{script}: exit {}", o.code);
     }
     let stats = vm
@@ -482,7 +497,13 @@ fn serial_exec_exit_codes_and_stdin() {
     for code in [0, 1, 42] {
         let o = vm
             .exec_output(&["sh", "-c", &format!("echo out; echo err >&2; exit {code}")])
-            .unwrap_or_else(|e| panic!("{e}\n{}", vm.console_tail()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n{}",
+                    vm.console_tail(),
+                    e = minke_shim::error_chain(&e)
+                )
+            });
         assert_eq!(
             (o.code, &o.stdout[..], &o.stderr[..]),
             (code, &b"out\n"[..], &b"err\n"[..])
@@ -514,7 +535,11 @@ fn serial_short_execs_all_answer() {
     for i in 0..400 {
         match vm.exec_output(&["true"]) {
             Ok(o) => assert_eq!(o.code, 0, "exec {i}"),
-            Err(e) => panic!("exec {i}: {e}\n{}", vm.console_tail()),
+            Err(e) => panic!(
+                "exec {i}: {e}\n{}",
+                vm.console_tail(),
+                e = minke_shim::error_chain(&e)
+            ),
         }
     }
 }
@@ -917,7 +942,11 @@ fn thousands_of_connections_keep_working() {
     }
     for i in 0..1200 {
         if let Err(e) = vm.info() {
-            panic!("request {i} failed: {e}\n{}", vm.console_tail());
+            panic!(
+                "request {i} failed: {e}\n{}",
+                vm.console_tail(),
+                e = minke_shim::error_chain(&e)
+            );
         }
     }
     assert_eq!(out(vm, &["echo", "still here"]), "still here\n");
@@ -974,7 +1003,10 @@ fn assert_files_and_trees_round_trip(vm: &Vm) {
     );
     assert_eq!(std::fs::read_to_string(back.join("top")).unwrap(), "top");
     let e = vm.read_file("/nope").unwrap_err();
-    assert!(e.to_string().contains("guest agent said"), "{e}");
+    assert!(
+        minke_shim::error_chain(&e).contains("guest agent said"),
+        "{e:?}"
+    );
 }
 
 /// A symlink a guest user planted (made by root here and handed to uid 1000, which is the
@@ -995,7 +1027,10 @@ fn transfers_do_not_follow_a_guest_users_symlinks() {
         ],
     );
     let e = vm.put_bytes(b"x", "/tmp/u/up/x", 0o644).unwrap_err();
-    assert!(e.to_string().contains("owned by uid 1000"), "{e}");
+    assert!(
+        minke_shim::error_chain(&e).contains("owned by uid 1000"),
+        "{e:?}"
+    );
     assert_eq!(
         out(
             vm,
@@ -1004,7 +1039,10 @@ fn transfers_do_not_follow_a_guest_users_symlinks() {
         "absent\n"
     );
     let e = vm.read_file("/tmp/u/up/passwd").unwrap_err();
-    assert!(e.to_string().contains("owned by uid 1000"), "{e}");
+    assert!(
+        minke_shim::error_chain(&e).contains("owned by uid 1000"),
+        "{e:?}"
+    );
 
     out(
         vm,
@@ -1033,7 +1071,8 @@ fn assert_no_false_success_while_booting(transport: Transport, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(name, &dir.path().join("state"));
     c.transport = transport;
-    let r = minke_shim::reliability::exec_while_booting(c, 20).unwrap_or_else(|e| panic!("{e}"));
+    let r = minke_shim::reliability::exec_while_booting(c, 20)
+        .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     eprintln!("{name}: {r:?}");
     assert!(r.false_answers.is_empty(), "{:#?}", r.false_answers);
     assert!(r.successes >= 20, "{r:?}");

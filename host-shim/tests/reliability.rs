@@ -38,7 +38,7 @@ fn power_loss_keeps_every_acknowledged_record() {
                 }
             )
         })
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}", e = minke_shim::error_chain(&e)));
     assert_eq!(report.cuts.len(), 20);
     assert!(
         report.violations.is_empty(),
@@ -65,7 +65,8 @@ fn killed_agents_come_back() {
     require_boot!();
     let dir = tempfile::tempdir().unwrap();
     let mut vm = boot(config("agents", dir.path()));
-    let r = reliability::kill_agents(&mut vm).unwrap_or_else(|e| panic!("{e}"));
+    let r = reliability::kill_agents(&mut vm)
+        .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     for a in &r.restarts {
         eprintln!(
             "{} agent: pid {} killed, pid {} serving {:?} later",
@@ -100,7 +101,8 @@ fn memory_hog_is_oom_killed_not_pid1_or_the_agents() {
     let mut c = config("oom", dir.path());
     c.mem_mib = 256; // less for the hog to fill under TCG
     let vm = boot(c);
-    let r = reliability::oom(&vm).unwrap_or_else(|e| panic!("{e}"));
+    let r =
+        reliability::oom(&vm).unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     eprintln!(
         "memory hog: exit code {} after {:?}; kernel: {}",
         r.hog_code,
@@ -152,7 +154,8 @@ fn full_filesystems_fail_writes_not_the_agents() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     for (mount, elsewhere) in [("/tmp", "/run"), ("/var", "/tmp")] {
-        let r = reliability::enospc(&vm, mount, elsewhere).unwrap_or_else(|e| panic!("{e}"));
+        let r = reliability::enospc(&vm, mount, elsewhere)
+            .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
         eprintln!(
             "{mount}: {} KiB, filled {} KiB; dd: {:?}; write: {:?}; upload: {:?}",
             r.size_kib, r.filled_kib, r.fill, r.write_full, r.put_full
@@ -206,7 +209,7 @@ fn fifty_boot_exec_poweroff_cycles_leak_nothing() {
             eprintln!("cycles: {} done, the last took {t:?}", i + 1);
         }
     })
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     let mut walls = r.walls.clone();
     walls.sort();
     eprintln!(

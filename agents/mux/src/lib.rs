@@ -101,7 +101,7 @@ pub enum OpenError {
     #[error("too many open streams (at most {MAX_STREAMS})")]
     TooMany,
     /// A local socket or thread could not be made.
-    #[error("cannot set up the stream: {0}")]
+    #[error("cannot set up the stream")]
     Local(#[from] io::Error),
 }
 
@@ -823,7 +823,10 @@ fn writer_loop(sh: &Shared, mut w: Box<dyn Write + Send>) {
         sh.wake();
         if let Err(e) = w.write_all(&batch).and_then(|()| w.flush()) {
             let mut st = sh.lock();
-            st.stats.last_error = Some(format!("writing to the serial line failed: {e}"));
+            st.stats.last_error = Some(format!(
+                "writing to the serial line failed: {}",
+                error_chain(&e)
+            ));
             st.end_session();
             st.closed = true;
             sh.wake();
@@ -866,14 +869,17 @@ fn reader_loop(
                     match dec.next_frame() {
                         Ok(Some(f)) => handle(sh, f),
                         Ok(None) => break,
-                        Err(e) => protocol_error(sh, &e.to_string()),
+                        Err(e) => protocol_error(sh, &error_chain(&e)),
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 let mut st = sh.lock();
-                st.stats.last_error = Some(format!("reading the serial line failed: {e}"));
+                st.stats.last_error = Some(format!(
+                    "reading the serial line failed: {}",
+                    error_chain(&e)
+                ));
                 st.end_session();
                 st.closed = true;
                 sh.wake();
@@ -890,6 +896,18 @@ fn new_guest_session(st: &mut State) {
         version: MUX_VERSION,
         nonce: st.nonce,
     });
+}
+
+/// `e` and its causes, joined by `": "` (no message repeats its source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// A frame that breaks the protocol: the session in progress ends. The guest asks for a new

@@ -268,7 +268,7 @@ pub enum ConfigDecodeError {
     )]
     Magic,
     /// The bytes after the header do not decode.
-    #[error("corrupt image config: {0}; rebuild the image")]
+    #[error("corrupt image config; rebuild the image")]
     Body(#[from] postcard::Error),
 }
 

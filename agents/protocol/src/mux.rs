@@ -200,7 +200,7 @@ pub enum MuxError {
         max: usize,
     },
     /// The payload is not a valid frame.
-    #[error("malformed multiplexer frame: {0}")]
+    #[error("malformed multiplexer frame")]
     Malformed(#[from] postcard::Error),
     /// A `Data` frame above [`MAX_DATA`].
     #[error("multiplexer data frame of {0} bytes exceeds {MAX_DATA}")]

@@ -38,7 +38,7 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The transport failed (the OS error is kept).
-    #[error("transport error: {0}")]
+    #[error("transport error")]
     Io(#[from] io::Error),
     /// The peer closed the connection cleanly between frames.
     #[error("connection closed by peer")]
@@ -52,7 +52,7 @@ pub enum FrameError {
         max: usize,
     },
     /// The payload is not a valid message.
-    #[error("malformed message: {0}")]
+    #[error("malformed message")]
     Malformed(#[from] postcard::Error),
 }
 

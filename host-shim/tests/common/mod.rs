@@ -177,9 +177,10 @@ pub fn config(name: &str, state: &Path) -> VmConfig {
 /// Boots `c` and waits for the agent's handshake; panics with the console log on failure.
 pub fn boot(c: VmConfig) -> Vm {
     let t0 = Instant::now();
-    let mut vm = Vm::boot(c).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let mut vm =
+        Vm::boot(c).unwrap_or_else(|e| panic!("boot failed: {e}", e = minke_shim::error_chain(&e)));
     vm.wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     eprintln!(
         "{}: QEMU start → agent ready {:?} (boot() call to ready {:?}, {:?})",
         vm.name(),
@@ -193,9 +194,13 @@ pub fn boot(c: VmConfig) -> Vm {
 /// Runs `argv`, expects exit code 0 and returns its stdout; panics with the console log when
 /// the exec fails.
 pub fn out(vm: &Vm, argv: &[&str]) -> String {
-    let o = vm
-        .exec_output(argv)
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}\nconsole:\n{}", vm.console_tail()));
+    let o = vm.exec_output(argv).unwrap_or_else(|e| {
+        panic!(
+            "{argv:?}: {e}\nconsole:\n{}",
+            vm.console_tail(),
+            e = minke_shim::error_chain(&e)
+        )
+    });
     assert_eq!(
         o.code,
         0,
