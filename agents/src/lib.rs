@@ -16,12 +16,15 @@
 //! touch vsock directly, so tests run them over Unix socket pairs, and the serial transport
 //! reaches them through Unix sockets ([`conn::HostListener`], [`conn::connect_host`]).
 
+#![deny(unsafe_code)]
+
 pub mod auth;
 pub mod binfmt;
 pub mod conn;
 pub mod container;
 pub mod control;
 pub mod serial;
+#[allow(unsafe_code)] // the one module with raw syscalls, each with a SAFETY comment
 mod sys;
 pub mod timesync;
 pub mod vsockcat;
@@ -93,7 +96,10 @@ pub(crate) fn load_config(agent: &str) -> ImageConfig {
         Ok(bytes) => match ImageConfig::decode(&bytes) {
             Ok(cfg) => cfg,
             Err(e) => {
-                eprintln!("minke agent {agent}: {path}: {e}");
+                eprintln!(
+                    "minke agent {agent}: {path}: {}",
+                    minke_protocol::error_chain(&e)
+                );
                 ImageConfig::default()
             }
         },

@@ -84,8 +84,12 @@ fn serve(dev: &Path) -> Result<(), String> {
         writer: Box::new(file),
         wait_peer: Some(Box::new(move || wait_for_host(&watch))),
     };
-    let mux = Mux::start(Role::Guest, line, acceptor)
-        .map_err(|e| format!("cannot start the multiplexer: {e}"))?;
+    let mux = Mux::start(Role::Guest, line, acceptor).map_err(|e| {
+        format!(
+            "cannot start the multiplexer: {}",
+            minke_protocol::error_chain(&e)
+        )
+    })?;
     std::fs::create_dir_all(conn::RUN_DIR)
         .map_err(|e| format!("cannot create {}: {e}", conn::RUN_DIR))?;
     let host = Path::new(conn::HOST_SOCKET);

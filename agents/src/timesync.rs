@@ -262,7 +262,7 @@ impl JumpWatch {
 pub enum SyncError {
     /// Connecting failed.
     #[error(
-        "cannot connect to the host's time service (port {port} over {}): {source}",
+        "cannot connect to the host's time service (port {port} over {})",
         conn::transport_name()
     )]
     Connect {
@@ -532,7 +532,8 @@ pub fn run(port: u32) -> i32 {
     loop {
         if let Err(e) = session(port, &mut disc, &mut ready, &mut backoff) {
             eprintln!(
-                "minke agent timesync: {e}; retrying in {} ms",
+                "minke agent timesync: {}; retrying in {} ms",
+                minke_protocol::error_chain(&e),
                 backoff.as_millis()
             );
             if matches!(e, SyncError::Clock(_)) && !rustix::process::geteuid().is_root() {

@@ -5,6 +5,8 @@
 //! cached as layers, kernel modules resolved by [`kmod`], and the merged tree archived by
 //! [`cpio`] and [`compress`] into the initrd.
 
+#![forbid(unsafe_code)]
+
 pub mod binfmt;
 pub mod compress;
 pub mod cpio;

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 failure (the whole error chain is printed once on stderr);
 //! 2 bad usage; `minke run -- CMD` and `minke exec` exit with CMD's own code.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod run;
 

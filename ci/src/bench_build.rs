@@ -27,7 +27,7 @@ const TREE_FILES: usize = 1300;
 const TREE_VERSION: &str = "6";
 
 /// A tool to time: name, output file, index of the peer row, and the run itself.
-type Job = (String, PathBuf, Option<usize>, Box<dyn Fn() -> Result<()>>);
+type Job = (String, PathBuf, Vec<usize>, Box<dyn Fn() -> Result<()>>);
 
 /// One measured tool.
 struct Row {
@@ -36,8 +36,8 @@ struct Row {
     /// CPU seconds (user + system, this process and its children).
     cpu: f64,
     bytes: u64,
-    /// Index of the row this one is compared with.
-    peer: Option<usize>,
+    /// Indexes of the rows this one is compared with.
+    peers: Vec<usize>,
 }
 
 /// Runs the benchmark and prints the table.
@@ -66,9 +66,9 @@ pub fn run(sh: &Shell) -> Result<()> {
             .run()
             .is_ok()
     };
-    for tool in ["cpio", "gzip", "zstd", "find", "sort"] {
+    for tool in ["cpio", "gzip", "pigz", "zstd", "find", "sort"] {
         if !have(tool) {
-            bail!("{tool} not found: run `cargo xtask setup` (or apt-get install cpio gzip zstd)");
+            bail!("{tool} not found: run `cargo xtask setup` (or apt-get install cpio gzip pigz zstd)");
         }
     }
     let _cd = sh.push_dir(&tree);
@@ -100,22 +100,32 @@ pub fn run(sh: &Shell) -> Result<()> {
         (
             "cpio | gzip -6 -n".into(),
             o.join("gnu.cpio.gz"),
-            None,
+            vec![],
             Box::new(shell(format!(
                 "{gnu} | gzip -6 -n > {}",
                 o.join("gnu.cpio.gz").display()
             ))),
         ),
+        // The parallel gzip a user would pick.
+        (
+            "cpio | pigz -6 -n".into(),
+            o.join("pigz.cpio.gz"),
+            vec![],
+            Box::new(shell(format!(
+                "{gnu} | pigz -6 -n > {}",
+                o.join("pigz.cpio.gz").display()
+            ))),
+        ),
         (
             "minke gzip".into(),
             o.join("minke.cpio.gz"),
-            Some(0),
+            vec![0, 1],
             Box::new(minke(Compression::Gzip, o.join("minke.cpio.gz"))),
         ),
         (
             "cpio | zstd -3 -T2".into(),
             o.join("gnu.cpio.zst"),
-            None,
+            vec![],
             Box::new(shell(format!(
                 "{gnu} | zstd -q -3 -T2 > {}",
                 o.join("gnu.cpio.zst").display()
@@ -124,7 +134,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         (
             "minke zstd".into(),
             o.join("minke.cpio.zst"),
-            Some(2),
+            vec![3],
             Box::new(minke(Compression::Zstd, o.join("minke.cpio.zst"))),
         ),
     ];
@@ -133,7 +143,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         jobs.push((
             "3cpio --create".into(),
             f.clone(),
-            None,
+            vec![],
             Box::new(shell(format!(
                 "find . | sort | sed '1d; s|^\\./||' | 3cpio --create {}",
                 f.display()
@@ -142,7 +152,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         jobs.push((
             "minke none".into(),
             o.join("minke.cpio"),
-            Some(4),
+            vec![5],
             Box::new(minke(Compression::None, o.join("minke.cpio"))),
         ));
     } else {
@@ -150,7 +160,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         jobs.push((
             "minke none".into(),
             o.join("minke.cpio"),
-            None,
+            vec![],
             Box::new(minke(Compression::None, o.join("minke.cpio"))),
         ));
     }
@@ -175,7 +185,7 @@ pub fn run(sh: &Shell) -> Result<()> {
             secs,
             cpu,
             bytes,
-            peer: *peer,
+            peers: peer.clone(),
         });
     }
 
@@ -217,20 +227,34 @@ fn print_table(dir: &Path, t: &minke::tree::Tree, rows: &[Row], runs: usize) {
         bytes as f64 / 1e6
     );
     println!(
-        "{:<20} {:>8} {:>8} {:>12} {:>14} {:>14}",
-        "tool", "seconds", "cpu s", "bytes", "time vs peer", "size vs peer"
+        "{:<20} {:>8} {:>8} {:>12}  vs peer: time, size",
+        "tool", "seconds", "cpu s", "bytes"
     );
     for r in rows {
-        let (time, size) = match r.peer.and_then(|p| rows.get(p)) {
-            Some(p) => (
-                format!("{:.2}x faster", p.secs / r.secs),
-                format!("{:+.2} %", (r.bytes as f64 / p.bytes as f64 - 1.0) * 100.0),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+        let vs: Vec<String> = r
+            .peers
+            .iter()
+            .filter_map(|&p| rows.get(p))
+            .map(|p| {
+                format!(
+                    "{:.2}x faster, {:+.2} % than {}",
+                    p.secs / r.secs,
+                    (r.bytes as f64 / p.bytes as f64 - 1.0) * 100.0,
+                    p.tool
+                )
+            })
+            .collect();
         println!(
-            "{:<20} {:>8.3} {:>8.2} {:>12} {:>14} {:>14}",
-            r.tool, r.secs, r.cpu, r.bytes, time, size
+            "{:<20} {:>8.3} {:>8.2} {:>12}  {}",
+            r.tool,
+            r.secs,
+            r.cpu,
+            r.bytes,
+            if vs.is_empty() {
+                "-".into()
+            } else {
+                vs.join("; ")
+            }
         );
     }
 }

@@ -3,6 +3,8 @@
 //! Each task is a module; every task runs from the workspace root through one xshell `Shell`.
 //! `cargo xtask test` is exactly what CI runs.
 
+#![forbid(unsafe_code)]
+
 mod bench_build;
 mod bench_reliability;
 mod bench_vm;

@@ -24,6 +24,8 @@
 //! - [`chart`]: boot chart SVG;
 //! - [`binaries`]: finding host programs.
 
+#![deny(unsafe_code)]
+
 pub mod binaries;
 pub mod chart;
 pub mod client;
@@ -38,6 +40,7 @@ pub mod qmp;
 pub mod reliability;
 pub mod serial;
 pub mod state;
+#[allow(unsafe_code)] // the one module with raw syscalls, each with a SAFETY comment
 mod sys;
 pub mod timesync;
 pub mod transport;
@@ -51,19 +54,7 @@ pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};
 pub use state::{list_vms, VmEntry};
 pub use vm::{PowerOff, Vm, VmError, ATTACH_TIMEOUT};
 
-/// An error and each of its causes on one line, joined by `": "`: for a log line, a report or
-/// a test message, where `{e}` alone would drop the causes. No message here repeats its
-/// source, so each cause is said once — here as in `minke`'s `caused by:` lines.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+pub use minke_protocol::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -31,7 +31,7 @@ const AGENT_ARGV0: &str = "/init";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// Path read.
         path: String,
@@ -39,7 +39,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The bytes are not an image config of this init.
-    #[error("{path}: {source}")]
+    #[error("cannot decode {path}")]
     Decode {
         /// Path read.
         path: String,

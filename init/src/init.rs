@@ -84,7 +84,10 @@ impl Init {
         let (cfg, ok) = match config::load(IMAGE_CONFIG_BIN_PATH) {
             Ok(cfg) => (cfg, true),
             Err(e) => {
-                console::loud(format_args!("image config: {e}"));
+                console::loud(format_args!(
+                    "image config: {}",
+                    minke_protocol::error_chain(&e)
+                ));
                 (ImageConfig::default(), false)
             }
         };

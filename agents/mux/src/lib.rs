@@ -17,6 +17,8 @@
 //! **Invariant:** no input from the line panics or grows memory without bound: bad frames end
 //! the session, windows bound every queue, and at most [`MAX_STREAMS`] streams exist.
 
+#![forbid(unsafe_code)]
+
 pub mod connect;
 
 use std::collections::VecDeque;
@@ -825,7 +827,7 @@ fn writer_loop(sh: &Shared, mut w: Box<dyn Write + Send>) {
             let mut st = sh.lock();
             st.stats.last_error = Some(format!(
                 "writing to the serial line failed: {}",
-                error_chain(&e)
+                minke_protocol::error_chain(&e)
             ));
             st.end_session();
             st.closed = true;
@@ -869,7 +871,7 @@ fn reader_loop(
                     match dec.next_frame() {
                         Ok(Some(f)) => handle(sh, f),
                         Ok(None) => break,
-                        Err(e) => protocol_error(sh, &error_chain(&e)),
+                        Err(e) => protocol_error(sh, &minke_protocol::error_chain(&e)),
                     }
                 }
             }
@@ -878,7 +880,7 @@ fn reader_loop(
                 let mut st = sh.lock();
                 st.stats.last_error = Some(format!(
                     "reading the serial line failed: {}",
-                    error_chain(&e)
+                    minke_protocol::error_chain(&e)
                 ));
                 st.end_session();
                 st.closed = true;
@@ -896,18 +898,6 @@ fn new_guest_session(st: &mut State) {
         version: MUX_VERSION,
         nonce: st.nonce,
     });
-}
-
-/// `e` and its causes, joined by `": "` (no message repeats its source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// A frame that breaks the protocol: the session in progress ends. The guest asks for a new

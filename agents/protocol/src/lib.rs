@@ -14,6 +14,8 @@
 //! helpers are generic over `std::io::Read`/`Write` so callers choose the transport (vsock,
 //! vhost-user hybrid vsock, virtio-serial, or an in-memory pipe in tests).
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod msg;
@@ -56,5 +58,18 @@ pub const IMAGE_CONFIG_PATH: &str = "/etc/minke/image.json";
 pub const BOOT_TIMELINE_PATH: &str = "/run/minke/boot.json";
 /// Where runtime config sent by the host at boot lands.
 pub const RUNTIME_CONFIG_DIR: &str = "/run/config";
+/// An error and each of its causes, joined with ": " on one line: for logs that show no
+/// chain of their own (errors here keep their cause as `source()`, not in their message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Line the init prints on the console once every agent is ready.
 pub const READY_MARKER: &str = "minke: ready";

@@ -288,7 +288,10 @@ fn pump<C: Conn>(
                     host_open = false;
                     host_gone = true;
                     if !matches!(e, FrameError::Closed) {
-                        eprintln!("minke agent control: exec connection failed: {e}");
+                        eprintln!(
+                            "minke agent control: exec connection failed: {}",
+                            minke_protocol::error_chain(&e)
+                        );
                     }
                     if code.is_none() {
                         eprintln!(

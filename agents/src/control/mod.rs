@@ -392,9 +392,13 @@ fn serve_within<C: Conn>(conn: C, ctx: &Ctx, handshake_within: Duration) {
         }
         Err(ControlError::Frame(FrameError::Closed)) => {}
         Err(ControlError::Frame(e)) => {
-            eprintln!("minke agent control: connection ended: {e}");
+            let why = minke_protocol::error_chain(&e);
+            eprintln!("minke agent control: connection ended: {why}");
             if matches!(e, FrameError::Malformed(_) | FrameError::TooLarge { .. }) {
-                let _ = write_frame(&mut conn, &GuestMsg::Error(format!("protocol error: {e}")));
+                let _ = write_frame(
+                    &mut conn,
+                    &GuestMsg::Error(format!("protocol error: {why}")),
+                );
             }
         }
     }
