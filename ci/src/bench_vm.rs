@@ -52,7 +52,7 @@ pub(crate) fn spec_image(
         .collect();
     cmd!(
         sh,
-        "cargo run --quiet --release -p minke -- build {spec...} -o {out} {extra...}"
+        "cargo run --quiet --release -p minke-cli -- build {spec...} -o {out} {extra...}"
     )
     .run()?;
     let cmdline = std::fs::read_to_string(out.join(format!("{name}-cmdline")))?

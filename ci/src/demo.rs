@@ -6,7 +6,7 @@ use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell) -> Result<()> {
     crate::setup::run(sh)?;
-    cmd!(sh, "cargo build --quiet --release -p minke").run()?;
+    cmd!(sh, "cargo build --quiet --release -p minke-cli").run()?;
     let minke = crate::workspace_root().join("target/release/minke");
     let out = crate::workspace_root().join("out");
     println!("\n== minke build (the built-in default spec)");

@@ -87,7 +87,7 @@ pub fn run(sh: &Shell) -> Result<()> {
     }
     // The default kernel, into the cache, through the builder itself.
     eprintln!("xtask setup: default kernel");
-    cmd!(sh, "cargo run --quiet -p minke -- kernel modules --kernel linux-image-cloud-amd64 --closure virtio_pci")
+    cmd!(sh, "cargo run --quiet -p minke-cli -- kernel modules --kernel linux-image-cloud-amd64 --closure virtio_pci")
         .quiet()
         .ignore_stdout()
         .run()

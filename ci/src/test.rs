@@ -55,7 +55,7 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
 /// a fresh cache elsewhere and compares the bzImages, checks its embedded config, then boots
 /// every boot test on it.
 fn built_kernel(sh: &Shell) -> Result<()> {
-    cmd!(sh, "cargo build --quiet --release -p minke").run()?;
+    cmd!(sh, "cargo build --quiet --release -p minke-cli").run()?;
     let minke = crate::workspace_root().join("target/release/minke");
     // `minke kernel build` prints the bzImage, the PVH vmlinux when there is one, then the
     // release: every line but the last is an output path.

@@ -94,7 +94,7 @@ pub fn build_image(spec: &str, name: &str) -> Result<String, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(cargo);
     c.current_dir(ws)
-        .args(["run", "--quiet", "-p", "minke", "--", "build"])
+        .args(["run", "--quiet", "-p", "minke-cli", "--", "build"])
         .arg(&spec)
         .arg("-o")
         .arg(&out);

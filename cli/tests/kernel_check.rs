@@ -113,8 +113,8 @@ fn build_refuses_a_kernel_that_cannot_run_the_image() {
     // The corpus case builds the minimal image against a kernel whose config lacks vsock; the
     // bad-spec harness checks the exit code and that no output is written, this checks the
     // report's content.
-    let spec =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-specs/kernel-without-vsock.yml");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../builder/tests/bad-specs/kernel-without-vsock.yml");
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_minke"))
         .arg("build")

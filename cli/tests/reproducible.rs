@@ -11,6 +11,7 @@ const COPIED: &[&str] = &[
     "init",
     "agents",
     "builder",
+    "cli",
     "host-shim",
     "ci",
     "packages",

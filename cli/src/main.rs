@@ -1,4 +1,6 @@
-//! The `minke` command line: parses arguments, calls the image library and the host shim, prints.
+//! The `minke` command line over the image library (`minke`) and the host shim (`minke-shim`):
+//! argument parsing, progress, printing and exit codes. The image and VM logic lives in the two
+//! libraries; every command here is a call into one of them.
 //!
 //! Exit codes: 0 success; 1 failure (the whole error chain is printed once on stderr);
 //! 2 bad usage; `minke run -- CMD` and `minke exec` exit with CMD's own code.

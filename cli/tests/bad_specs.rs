@@ -1,5 +1,6 @@
-//! Malformed specs and packages: each file in `tests/bad-specs/` must make `minke build` fail
-//! with a clear error, a non-zero exit code, and no output files.
+//! Malformed specs and packages: each file in `builder/tests/bad-specs/` (the library's corpus,
+//! also seeds of its decoder test) must make `minke build` fail with a clear error, a non-zero
+//! exit code, and no output files.
 //!
 //! Each case's first line is `# error: TEXT`: the text the error must contain. Spec-level
 //! errors (every case not named `package-*`, `missing-*`, `kernel-*` or `*-binfmt`) must also
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-specs")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../builder/tests/bad-specs")
 }
 
 fn check(case: &Path) -> Result<(), String> {
