@@ -1,7 +1,16 @@
 //! An attached handle signals nothing its `run.json` cannot prove is the VM's.
 
-use super::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use minke_protocol::Secret;
+
+use super::{Vm, VmError};
 use crate::process::ProcStamp;
+use crate::qemu::{files, UsedAccel, UsedTransport};
+use crate::state::{self, RunInfo, StateError};
+use crate::transport::Connector;
 
 fn attached(dir: &Path, run: RunInfo) -> Vm {
     Vm {
