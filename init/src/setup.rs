@@ -177,7 +177,34 @@ fn console_on_stdio() {
     }
 }
 
-/// Hostname, loopback, sysctls, rlimits from the config.
+/// Sysctls set at every boot unless the image's `sysctls:` gives its own value: the kernel's
+/// link protections, off by default, without which any guest user can hard-link a file they
+/// cannot read (`/etc/shadow`) into a directory of theirs, or have root follow their symlinks
+/// and open their fifos and files in sticky world-writable directories.
+pub const DEFAULT_SYSCTLS: [(&str, &str); 4] = [
+    ("fs.protected_hardlinks", "1"),
+    ("fs.protected_symlinks", "1"),
+    ("fs.protected_fifos", "1"),
+    ("fs.protected_regular", "1"),
+];
+
+/// The sysctls to apply, in order: the [`DEFAULT_SYSCTLS`] the config does not set (under any
+/// spelling of the key, dotted or with slashes), then the config's own.
+pub fn sysctls(cfg: &ImageConfig) -> Vec<(&str, &str)> {
+    let configured: Vec<Option<String>> = cfg
+        .sysctls
+        .keys()
+        .map(|k| crate::config::sysctl_path(k))
+        .collect();
+    DEFAULT_SYSCTLS
+        .iter()
+        .filter(|(k, _)| !configured.contains(&crate::config::sysctl_path(k)))
+        .copied()
+        .chain(cfg.sysctls.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect()
+}
+
+/// Hostname, loopback, sysctls ([`sysctls`]: the defaults, then the config's), rlimits.
 pub fn system(cfg: &ImageConfig) {
     if !cfg.hostname.is_empty() {
         if let Err(e) = rustix::system::sethostname(cfg.hostname.as_bytes()) {
@@ -187,7 +214,7 @@ pub fn system(cfg: &ImageConfig) {
     if let Err(e) = crate::sys::loopback_up() {
         log!("loopback up: {e}");
     }
-    for (key, value) in &cfg.sysctls {
+    for (key, value) in sysctls(cfg) {
         let Some(path) = crate::config::sysctl_path(key) else {
             log!("sysctl {key:?}: invalid key, skipped");
             continue;
@@ -254,4 +281,33 @@ pub fn unit_cgroup(root: &str, name: &str) -> Option<std::os::fd::OwnedFd> {
 /// Kills whatever is left in unit `name`'s cgroup (`cgroup.kill`, Linux ≥ 5.14).
 pub fn kill_unit_cgroup(root: &str, name: &str) {
     let _ = std::fs::write(format!("{root}/{name}/cgroup.kill"), b"1");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_protections_are_on_unless_the_image_says_otherwise() {
+        let mut cfg = ImageConfig::default();
+        assert_eq!(sysctls(&cfg), DEFAULT_SYSCTLS.to_vec());
+        for (k, _) in DEFAULT_SYSCTLS {
+            assert!(crate::config::sysctl_path(k).is_some(), "{k}");
+        }
+        // The image's own value wins, whatever the spelling of the key; others are kept.
+        cfg.sysctls
+            .insert("fs.protected_hardlinks".into(), "0".into());
+        cfg.sysctls.insert("fs/protected_fifos".into(), "2".into());
+        cfg.sysctls.insert("vm.swappiness".into(), "10".into());
+        assert_eq!(
+            sysctls(&cfg),
+            vec![
+                ("fs.protected_symlinks", "1"),
+                ("fs.protected_regular", "1"),
+                ("fs.protected_hardlinks", "0"),
+                ("fs/protected_fifos", "2"),
+                ("vm.swappiness", "10"),
+            ]
+        );
+    }
 }
