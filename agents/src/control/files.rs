@@ -20,12 +20,22 @@
 //! ownership is not (files belong to the agent's user). The guest kernel needs openat2
 //! (Linux 5.6+): without it `PutTree` fails. On a refusal the rest of the upload is still read
 //! up to `End`, then `Error` is sent.
+//!
+//! Whatever modes the host gives, a `PutFile` or `PutTree` whose target is (as given or once
+//! resolved) at or under the runtime config directory (`RUNTIME_CONFIG_DIR`) creates
+//! directories 0700 and files 0600, that directory itself included when the put creates it.
+//!
+//! `GetFile` and `GetTree` open nothing before its type is known (first `O_PATH |
+//! O_NOFOLLOW`, then only regular files and directories, as the very inode checked), never
+//! send a regular file with other hard links from a directory a guest user may write to
+//! (unless it is that user's own file), and `GetTree` refuses entries more than 256 levels
+//! deep.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,10 +164,16 @@ impl Resolved {
 /// rule; absolute targets restart from `/`, `..` in a target steps back to the directory the
 /// walk came from; at most [`MAX_HOPS`] symlinks are followed.
 ///
-/// Missing directories on the way are created (mode 0755) when `create_dirs` is set. The last
-/// component is not opened unless `follow_last` is set, in which case a root-owned symlink
-/// there is followed too (a missing last component is not an error: the caller decides).
-fn resolve(path: &Path, create_dirs: bool, follow_last: bool) -> Result<Resolved, ControlError> {
+/// Missing directories on the way are created when `create` is given: mode 0700 when the
+/// directory created is (resolved) at or under the private directory `create` names, 0755
+/// elsewhere. The last component is not opened unless `follow_last` is set, in which case a
+/// root-owned symlink there is followed too (a missing last component is not an error: the
+/// caller decides).
+fn resolve(
+    path: &Path,
+    create: Option<&Path>,
+    follow_last: bool,
+) -> Result<Resolved, ControlError> {
     let whole = path.display();
     let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let root = rfs::openat(rfs::CWD, "/", opath | OFlags::DIRECTORY, Mode::empty())
@@ -195,9 +211,13 @@ fn resolve(path: &Path, create_dirs: bool, follow_last: bool) -> Result<Resolved
             Err(Errno::NOENT) if last => {
                 return Ok(landed(stack, root, Some(comp)));
             }
-            Err(Errno::NOENT) if create_dirs && creations < 16 => {
+            Err(Errno::NOENT) if create.is_some() && creations < 16 => {
                 creations += 1;
-                match rfs::mkdirat(cur, &*comp, Mode::from_raw_mode(0o755)) {
+                let mode = match create {
+                    Some(private) if here().starts_with(private) => 0o700,
+                    _ => 0o755,
+                };
+                match rfs::mkdirat(cur, &*comp, Mode::from_raw_mode(mode)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => {
                         return Err(refused(
@@ -334,9 +354,26 @@ fn open_dir_in(at: BorrowedFd<'_>, name: Option<&OsStr>) -> Result<OwnedFd, Errn
 
 /// `PutFile`: receives the file and puts it in place atomically.
 pub fn put_file<C: Read + Write>(conn: &mut C, path: &str, mode: u32) -> Result<(), ControlError> {
+    put_file_with(conn, path, mode, Path::new(RUNTIME_CONFIG_DIR))
+}
+
+/// Whether `target`, as requested (`asked`, already through [`check_path`]) or as resolved
+/// (`resolved`), is the private directory `private` or lies under it.
+fn is_private(asked: &Path, resolved: &Path, private: &Path) -> bool {
+    asked.starts_with(private) || resolved.starts_with(private)
+}
+
+/// [`put_file`], with `private` the directory kept private: a file put at or under it is made
+/// 0600, and the directories created for it 0700, whatever mode the host asked for.
+fn put_file_with<C: Read + Write>(
+    conn: &mut C,
+    path: &str,
+    mode: u32,
+    private: &Path,
+) -> Result<(), ControlError> {
     let checked = check_path(path);
     let mut input = DataIn::new(conn);
-    let result = checked.and_then(|p| write_atomically(&p, mode, &mut input));
+    let result = checked.and_then(|p| write_atomically(&p, mode, private, &mut input));
     // A broken stream wins: the host can no longer be answered in order.
     input.drain()?;
     result?;
@@ -349,17 +386,23 @@ pub fn put_file<C: Read + Write>(conn: &mut C, path: &str, mode: u32) -> Result<
 fn write_atomically<R: Read>(
     path: &Path,
     mode: u32,
+    private: &Path,
     input: &mut DataIn<'_, R>,
 ) -> Result<(), ControlError> {
     let not_a_file = || ControlError::Refused(format!("`{}` is not a file path", path.display()));
     if path.file_name().is_none() {
         return Err(not_a_file());
     }
-    let r = resolve(path, true, false)?;
+    let r = resolve(path, Some(private), false)?;
     let Some(name) = r.name.as_deref() else {
         return Err(not_a_file());
     };
     let target = r.full();
+    let mode = if is_private(path, &target, private) {
+        0o600
+    } else {
+        mode & 0o7777
+    };
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let (tmp, fd) = create_temp(|t| rfs::openat(&r.dir, t, flags, Mode::from_raw_mode(0o600)))
         .map_err(|e| {
@@ -372,7 +415,7 @@ fn write_atomically<R: Read>(
     let res = (|| -> Result<(), ControlError> {
         io::copy(input, &mut file)
             .map_err(|e| refused(format_args!("cannot write {}", target.display()), &e))?;
-        rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))
+        rfs::fchmod(&file, Mode::from_raw_mode(mode))
             .map_err(|e| refused(format_args!("cannot chmod {}", target.display()), &e.into()))?;
         file.sync_all()
             .map_err(|e| refused(format_args!("cannot fsync {}", target.display()), &e))?;
@@ -398,9 +441,10 @@ pub fn put_tree<C: Read + Write>(conn: &mut C, dest: &str) -> Result<(), Control
     put_tree_with(conn, dest, Path::new(RUNTIME_CONFIG_DIR))
 }
 
-/// [`put_tree`], with `private` the directory kept private: when `dest` is it, the directory
-/// is made 0700 and owned by the agent, directories unpacked in it 0700 and files 0600,
-/// whatever the tar headers say.
+/// [`put_tree`], with `private` the directory kept private: when `dest` is it or lies under it
+/// (as given or once resolved), `dest` is made 0700 and owned by the agent, and the
+/// directories created for it or unpacked in it 0700 and files 0600, whatever the tar headers
+/// say.
 fn put_tree_with<C: Read + Write>(
     conn: &mut C,
     dest: &str,
@@ -408,10 +452,7 @@ fn put_tree_with<C: Read + Write>(
 ) -> Result<(), ControlError> {
     let checked = check_path(dest);
     let mut input = DataIn::new(conn);
-    let result = checked.and_then(|d| {
-        let private = d.components().eq(private.components());
-        unpack(&d, private, &mut input)
-    });
+    let result = checked.and_then(|d| unpack(&d, private, &mut input));
     // A broken stream wins: the host can no longer be answered in order.
     input.drain()?;
     result?;
@@ -421,7 +462,7 @@ fn put_tree_with<C: Read + Write>(
 
 fn unpack<R: Read>(
     dest: &Path,
-    private: bool,
+    private: &Path,
     input: &mut DataIn<'_, R>,
 ) -> Result<(), ControlError> {
     let mut unpacker = Unpacker::open(dest, private)?;
@@ -534,10 +575,12 @@ struct Unpacker<'d> {
 
 impl<'d> Unpacker<'d> {
     /// Reaches the destination with [`resolve`] (creating it and missing parents), then
-    /// opens it with openat2.
-    fn open(dest: &'d Path, private: bool) -> Result<Self, ControlError> {
-        let r = resolve(dest, true, true)?;
+    /// opens it with openat2; the unpacking is private when the destination is at or under
+    /// the directory `private`.
+    fn open(dest: &'d Path, private_dir: &Path) -> Result<Self, ControlError> {
+        let r = resolve(dest, Some(private_dir), true)?;
         let shown = r.full();
+        let private = is_private(dest, &shown, private_dir);
         let fd = match r.name.as_deref() {
             Some(name) => {
                 let mode = if private { 0o700 } else { 0o755 };
@@ -900,46 +943,117 @@ pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Why the regular file with status `st`, found in the directory with status `dir`, is not
+/// sent (`None`: it may be): it has more than one hard link and sits in a directory that
+/// someone other than root may write to, where a guest user could have hard-linked a file they
+/// cannot read (the kernel lets anyone do so without `fs.protected_hardlinks`) for a transfer
+/// run as root to send. A directory's owner hard-linking their own files (in a directory no one
+/// else may write to) is harmless, and allowed.
+fn foreign_link(st: &rfs::Stat, dir: &rfs::Stat) -> Option<String> {
+    if st.st_nlink <= 1 {
+        return None;
+    }
+    let exclusive = dir.st_mode & 0o022 == 0;
+    if exclusive && (dir.st_uid == 0 || dir.st_uid == st.st_uid) {
+        return None;
+    }
+    let dir_is = if exclusive {
+        format!("owned by uid {}", dir.st_uid)
+    } else {
+        "that group or others may write to".to_string()
+    };
+    Some(format!(
+        "it is a file of uid {} with {} hard links, in a directory {dir_is}: any guest user \
+         could have linked a file they may not read there, so transfers send such files only \
+         from directories that only root (or the file's owner) may write to",
+        st.st_uid, st.st_nlink
+    ))
+}
+
+/// Opens for reading the very inode the `O_PATH` descriptor `fd` (whose status is `st`)
+/// refers to, through its `/proc/self/fd` entry, and checks it is that inode: no name is
+/// looked up again, so a name swapped meanwhile for a device, fifo or socket is never opened.
+fn reopen(fd: &OwnedFd, st: &rfs::Stat) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let file = match rfs::open(&proc_path, flags, Mode::empty()) {
+        Ok(f) => f,
+        // The descriptor is ours: only a missing /proc makes its entry missing.
+        Err(Errno::NOENT) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot reopen it through {proc_path}: is /proc mounted?"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let now = rfs::fstat(&file)?;
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(io::Error::other(format!(
+            "{proc_path} reopened another file than the one checked"
+        )));
+    }
+    Ok(File::from(file))
+}
+
 /// `GetFile`: sends the file as `Data` chunks then `End`. The path is reached with
-/// [`resolve`] and the file opened without following a symlink there (a root-owned one was
-/// followed by the walk already).
+/// [`resolve`]; the last component is first opened with `O_PATH | O_NOFOLLOW` (which opens
+/// nothing: a root-owned symlink there was followed by the walk already), checked to be a
+/// regular file that is not a [`foreign_link`], and only then that same inode opened for
+/// reading, so a device, fifo or socket swapped in under the name is never opened.
 pub fn get_file<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> {
     let p = check_path(path)?;
-    let r = resolve(&p, false, true)?;
+    let r = resolve(&p, None, true)?;
     let not_regular = || ControlError::Refused(format!("{path} is not a regular file"));
     let Some(name) = r.name.as_deref() else {
         return Err(not_regular());
     };
-    // Non-blocking: a fifo planted there must not hang the conversation; the check below
-    // refuses it anyway.
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd =
-        rfs::openat(&r.dir, name, flags | OFlags::CLOEXEC, Mode::empty()).map_err(|e| match e {
-            Errno::LOOP => ControlError::Refused(format!(
+    let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let pfd = rfs::openat(&r.dir, name, opath, Mode::empty())
+        .map_err(|e| refused(format_args!("cannot open {path}"), &e.into()))?;
+    let st =
+        rfs::fstat(&pfd).map_err(|e| refused(format_args!("cannot stat {path}"), &e.into()))?;
+    match rfs::FileType::from_raw_mode(st.st_mode) {
+        rfs::FileType::RegularFile => {}
+        rfs::FileType::Symlink => {
+            return Err(ControlError::Refused(format!(
                 "cannot open {path}: {} was replaced by a symlink while being opened",
                 r.full().display()
-            )),
-            e => refused(format_args!("cannot open {path}"), &e.into()),
-        })?;
-    let st = rfs::fstat(&fd).map_err(|e| refused(format_args!("cannot stat {path}"), &e.into()))?;
-    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
-        return Err(not_regular());
+            )))
+        }
+        _ => return Err(not_regular()),
     }
-    send_reader(conn, File::from(fd))?;
+    let dir_st = rfs::fstat(&r.dir)
+        .map_err(|e| refused(format_args!("cannot stat {}", r.shown.display()), &e.into()))?;
+    if let Some(why) = foreign_link(&st, &dir_st) {
+        return Err(ControlError::Refused(format!(
+            "refusing {path} ({}): {why}",
+            r.full().display()
+        )));
+    }
+    let file = reopen(&pfd, &st).map_err(|e| refused(format_args!("cannot open {path}"), &e))?;
+    send_reader(conn, file)?;
     write_frame(conn, &GuestMsg::End)?;
     Ok(())
 }
 
+/// Deepest level of the entries of a `GetTree` archive (1: the entries of the directory
+/// itself); deeper entries are refused. The walk keeps one directory open per level.
+const MAX_DEPTH: usize = 256;
+
 /// `GetTree`: sends the directory as a tar stream (relative entries in sorted order, symlinks
 /// kept as symlinks, modes and mtimes kept) in `Data` chunks, then `End`. The directory is
-/// reached with [`resolve`]; everything under it is walked by descriptor (each entry opened
-/// relative to its directory's descriptor, never following a symlink, and described by
-/// `fstat` on what was opened), so entries swapped for symlinks meanwhile are sent as the
-/// symlinks they have become, never followed. Sockets are left out; devices and fifos are sent
-/// as headers, never opened.
+/// reached with [`resolve`]; everything under it is walked by descriptor (each entry first
+/// opened with `O_PATH | O_NOFOLLOW` relative to its directory's descriptor, which opens
+/// nothing, and described by `fstat` on that), so entries swapped for symlinks meanwhile are
+/// sent as the symlinks they have become, never followed. Only directories and regular files
+/// are then opened, as the very inode checked; devices and fifos are sent as headers, never
+/// opened; sockets and entries removed meanwhile are left out. Regular files that are
+/// [`foreign_link`]s, and entries more than [`MAX_DEPTH`] levels deep, are refused: the
+/// archive ends there with an error naming the entry.
 pub fn get_tree<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> {
     let p = check_path(path)?;
-    let r = resolve(&p, false, true)?;
+    let r = resolve(&p, None, true)?;
     let dir = open_dir_in(r.dir.as_fd(), r.name.as_deref()).map_err(|e| match e {
         Errno::NOTDIR => ControlError::Refused(format!("{path} is not a directory")),
         Errno::LOOP => ControlError::Refused(format!(
@@ -951,7 +1065,7 @@ pub fn get_tree<C: Write>(conn: &mut C, path: &str) -> Result<(), ControlError> 
     let mut out = DataOut::new(conn);
     let res = (|| -> io::Result<()> {
         let mut builder = tar::Builder::new(&mut out);
-        append_sorted(&mut builder, &dir, Path::new(""))?;
+        append_tree(&mut builder, dir)?;
         builder.finish()?;
         Ok(())
     })();
@@ -982,78 +1096,140 @@ fn header_of(fd: OwnedFd) -> io::Result<(tar::Header, File)> {
     Ok((h, file))
 }
 
-/// Appends the entries of the directory `dir` under the archive path `rel`, sorted by name.
-fn append_sorted<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, rel: &Path) -> io::Result<()> {
-    let mut names: Vec<OsString> = Vec::new();
-    for e in rfs::Dir::read_from(dir)? {
-        let name = e?.file_name().to_bytes().to_vec();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name));
+/// The error that ends a `GetTree` archive at the entry `rel`.
+fn refuse_entry(rel: &Path, why: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("refusing `{}`: {why}", rel.display()),
+    )
+}
+
+/// One directory of the walk of [`append_tree`]: its descriptor and status, its archive path,
+/// and its entries not appended yet.
+struct Level {
+    dir: OwnedFd,
+    st: rfs::Stat,
+    rel: PathBuf,
+    names: std::vec::IntoIter<OsString>,
+}
+
+impl Level {
+    /// Lists the directory `dir` (a readable descriptor), names sorted.
+    fn read(dir: OwnedFd, rel: PathBuf) -> io::Result<Level> {
+        let st = rfs::fstat(&dir)?;
+        let mut names: Vec<OsString> = Vec::new();
+        for e in rfs::Dir::read_from(&dir)? {
+            let name = e?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name));
+            }
         }
+        names.sort();
+        Ok(Level {
+            dir,
+            st,
+            rel,
+            names: names.into_iter(),
+        })
     }
-    names.sort();
-    let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    for name in names {
-        let r = rel.join(&name);
-        // First a descriptor that opens nothing (devices and fifos must not be opened).
-        let pfd = match rfs::openat(dir, &*name, opath, Mode::empty()) {
-            Ok(fd) => fd,
-            // Removed since the listing: it is simply not part of the archive.
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
+}
+
+/// Appends everything under the directory `top`, depth first, each directory's entries sorted
+/// by name. The walk keeps its own stack (no recursion), at most [`MAX_DEPTH`] levels.
+fn append_tree<W: Write>(b: &mut tar::Builder<W>, top: OwnedFd) -> io::Result<()> {
+    let mut stack = vec![Level::read(top, PathBuf::new())?];
+    while let Some(level) = stack.last_mut() {
+        let Some(name) = level.names.next() else {
+            stack.pop();
+            continue;
         };
-        let st = rfs::fstat(&pfd)?;
-        let opened = match rfs::FileType::from_raw_mode(st.st_mode) {
-            rfs::FileType::Directory | rfs::FileType::RegularFile => {
-                let flags = OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::NOCTTY
-                    | OFlags::CLOEXEC;
-                match rfs::openat(dir, &*name, flags, Mode::empty()) {
-                    Ok(fd) => fd,
-                    Err(Errno::NOENT) => continue,
-                    // Became a symlink since: sent as what is there now.
-                    Err(Errno::LOOP) => pfd,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            _ => pfd,
+        let rel = level.rel.join(&name);
+        let Some(sub) = append_entry(b, level, &name, &rel)? else {
+            continue;
         };
-        // What was opened decides, not what the name was a moment ago.
-        let st = rfs::fstat(&opened)?;
-        match rfs::FileType::from_raw_mode(st.st_mode) {
-            rfs::FileType::Directory => {
-                let sub = opened.try_clone()?;
-                let (mut h, _) = header_of(opened)?;
-                h.set_size(0);
-                b.append_data(&mut h, &r, io::empty())?;
-                append_sorted(b, &sub, &r)?;
+        let sub = Level::read(sub, rel)?;
+        if stack.len() >= MAX_DEPTH {
+            if let Some(first) = sub.names.as_slice().first() {
+                return Err(refuse_entry(
+                    &sub.rel.join(first),
+                    format_args!("it is more than {MAX_DEPTH} directory levels deep"),
+                ));
             }
-            rfs::FileType::RegularFile => {
-                let (mut h, file) = header_of(opened)?;
-                let size = h.entry_size()?;
-                b.append_data(&mut h, &r, Exactly::new(file, size))?;
-            }
-            rfs::FileType::Symlink => {
-                let target = rfs::readlinkat(&opened, "", Vec::new())?;
-                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
-                let (mut h, _) = header_of(opened)?;
-                h.set_size(0);
-                b.append_link(&mut h, &r, &target)?;
-            }
-            rfs::FileType::Fifo | rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
-                let (mut h, _) = header_of(opened)?;
-                h.set_size(0);
-                h.set_device_major(rfs::major(st.st_rdev))?;
-                h.set_device_minor(rfs::minor(st.st_rdev))?;
-                b.append_data(&mut h, &r, io::empty())?;
-            }
-            // Sockets (and anything unknown) cannot be carried by a tar stream.
-            _ => {}
+            continue;
         }
+        stack.push(sub);
     }
     Ok(())
+}
+
+/// Appends the entry `name` of the directory `level` as `rel`; returns a readable descriptor
+/// of it when it is a directory, whose entries are to follow.
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    level: &Level,
+    name: &OsStr,
+    rel: &Path,
+) -> io::Result<Option<OwnedFd>> {
+    // First a descriptor that opens nothing: what the entry is decides what is opened.
+    let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let pfd = match rfs::openat(&level.dir, name, opath, Mode::empty()) {
+        Ok(fd) => fd,
+        // Removed since the listing: it is simply not part of the archive.
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let st = rfs::fstat(&pfd)?;
+    match rfs::FileType::from_raw_mode(st.st_mode) {
+        rfs::FileType::Directory => {
+            // The directory itself (`.` is never a symlink), not the name again.
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let dir = match rfs::openat(&pfd, ".", flags, Mode::empty()) {
+                Ok(fd) => fd,
+                // Removed since the listing.
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let (mut h, _) = header_of(pfd)?;
+            h.set_size(0);
+            b.append_data(&mut h, rel, io::empty())?;
+            Ok(Some(dir))
+        }
+        rfs::FileType::RegularFile => {
+            if let Some(why) = foreign_link(&st, &level.st) {
+                return Err(refuse_entry(rel, why));
+            }
+            let file = match reopen(&pfd, &st) {
+                Ok(f) => f,
+                // A socket cannot be opened (ENXIO): not part of the archive either.
+                Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let md = file.metadata()?;
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+            let size = h.entry_size()?;
+            b.append_data(&mut h, rel, Exactly::new(file, size))?;
+            Ok(None)
+        }
+        rfs::FileType::Symlink => {
+            let target = rfs::readlinkat(&pfd, "", Vec::new())?;
+            let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+            let (mut h, _) = header_of(pfd)?;
+            h.set_size(0);
+            b.append_link(&mut h, rel, &target)?;
+            Ok(None)
+        }
+        rfs::FileType::Fifo | rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
+            let (mut h, _) = header_of(pfd)?;
+            h.set_size(0);
+            h.set_device_major(rfs::major(st.st_rdev))?;
+            h.set_device_minor(rfs::minor(st.st_rdev))?;
+            b.append_data(&mut h, rel, io::empty())?;
+            Ok(None)
+        }
+        // Sockets (and anything unknown) cannot be carried by a tar stream.
+        _ => Ok(None),
+    }
 }
 
 /// Yields exactly `left` bytes of `inner`: cut short if the file grew since its size was
@@ -1873,5 +2049,292 @@ mod tests {
             &[0x55; 1500],
         );
         assert!(matches!(r, GuestMsg::Error(_)), "{r:?}");
+    }
+
+    /// Runs `put_file_with` or `put_tree_with` (by `first`) with `private` as the private
+    /// directory; returns the reply.
+    fn put_with_private(first: HostMsg, data: &[u8], private: &Path) -> GuestMsg {
+        let (mut host, mut guest) = std::os::unix::net::UnixStream::pair().unwrap();
+        let private = private.to_path_buf();
+        let agent = std::thread::spawn(move || {
+            let _ = match first {
+                HostMsg::PutFile { path, mode } => put_file_with(&mut guest, &path, mode, &private),
+                HostMsg::PutTree { dest } => put_tree_with(&mut guest, &dest, &private),
+                other => panic!("{other:?}"),
+            };
+        });
+        for c in data.chunks(minke_protocol::wire::MAX_CHUNK) {
+            write_frame(&mut host, &HostMsg::Data(c.to_vec())).unwrap();
+        }
+        write_frame(&mut host, &HostMsg::End).unwrap();
+        let reply: GuestMsg = read_frame(&mut host).unwrap();
+        agent.join().unwrap();
+        reply
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn everything_put_at_or_under_the_private_directory_is_private() {
+        let dir = tmpdir("private-all");
+        let private = dir.join("run/config");
+        let put_file = |p: &Path, mode: u32| {
+            let first = HostMsg::PutFile { path: s(p), mode };
+            put_with_private(first, b"secret", &private)
+        };
+        // The private directory is created as a missing parent of a file: 0700, its own
+        // missing parent not.
+        assert_eq!(put_file(&private.join("a"), 0o644), GuestMsg::Ok);
+        assert_eq!(mode_of(&dir.join("run")), 0o755);
+        assert_eq!(mode_of(&private), 0o700);
+        assert_eq!(mode_of(&private.join("a")), 0o600);
+        assert_eq!(fs::read(private.join("a")).unwrap(), b"secret");
+        assert_eq!(put_file(&private.join("sub/deep/b"), 0o4755), GuestMsg::Ok);
+        for d in ["sub", "sub/deep"] {
+            assert_eq!(mode_of(&private.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode_of(&private.join("sub/deep/b")), 0o600);
+        // Reached through a root-owned symlink: the resolved target decides.
+        std::os::unix::fs::symlink(&private, dir.join("cfg")).unwrap();
+        assert_eq!(put_file(&dir.join("cfg/new/c"), 0o666), GuestMsg::Ok);
+        assert_eq!(mode_of(&private.join("new")), 0o700);
+        assert_eq!(mode_of(&private.join("new/c")), 0o600);
+        // Elsewhere the host's modes are kept.
+        assert_eq!(put_file(&dir.join("run/other/d"), 0o644), GuestMsg::Ok);
+        assert_eq!(mode_of(&dir.join("run/other")), 0o755);
+        assert_eq!(mode_of(&dir.join("run/other/d")), 0o644);
+        assert_eq!(put_file(&dir.join("run/configx"), 0o644), GuestMsg::Ok);
+        assert_eq!(mode_of(&dir.join("run/configx")), 0o644);
+
+        // Trees: below the private directory, and creating it as a missing parent.
+        let t = tar_of(&[
+            ("f", tar::EntryType::Regular, b"x", 0o644, None),
+            ("d/", tar::EntryType::Directory, b"", 0o755, None),
+            ("d/g", tar::EntryType::Regular, b"y", 0o755, None),
+        ]);
+        let put_tree = |dest: &Path| {
+            let first = HostMsg::PutTree { dest: s(dest) };
+            put_with_private(first, &t, &private)
+        };
+        fs::remove_dir_all(&private).unwrap();
+        assert_eq!(put_tree(&private.join("x/y")), GuestMsg::Ok);
+        for d in ["", "x", "x/y", "x/y/d"] {
+            assert_eq!(mode_of(&private.join(d)), 0o700, "{d}");
+        }
+        for f in ["x/y/f", "x/y/d/g"] {
+            assert_eq!(mode_of(&private.join(f)), 0o600, "{f}");
+        }
+        // An existing destination under it is made private too.
+        fs::create_dir(private.join("open")).unwrap();
+        fs::set_permissions(
+            private.join("open"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        assert_eq!(put_tree(&dir.join("cfg/open")), GuestMsg::Ok);
+        assert_eq!(mode_of(&private.join("open")), 0o700);
+        assert_eq!(mode_of(&private.join("open/f")), 0o600);
+        assert_eq!(put_tree(&dir.join("run/tree")), GuestMsg::Ok);
+        assert_eq!(mode_of(&dir.join("run/tree/d/g")), 0o755);
+    }
+
+    #[test]
+    fn hard_links_a_user_could_have_made_are_not_sent() {
+        let dir = tmpdir("hardlinks-get");
+        let etc = dir.join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(etc.join("shadow"), "root:secret").unwrap();
+        fs::set_permissions(
+            etc.join("shadow"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        // A user's directory with a hard link to the root-only file, and one to their own.
+        let home = dir.join("home");
+        fs::create_dir(&home).unwrap();
+        fs::hard_link(etc.join("shadow"), home.join("sh")).unwrap();
+        fs::write(home.join("mine"), "mine").unwrap();
+        std::os::unix::fs::chown(home.join("mine"), Some(1000), Some(1000)).unwrap();
+        fs::hard_link(home.join("mine"), home.join("mine2")).unwrap();
+        std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+        // A world-writable sticky directory with a hard link to the same file.
+        let shared = dir.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::hard_link(etc.join("shadow"), shared.join("sh")).unwrap();
+        fs::set_permissions(
+            &shared,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        assert_eq!(fs::metadata(etc.join("shadow")).unwrap().nlink(), 3);
+
+        for (at, why) in [
+            (home.join("sh"), "in a directory owned by uid 1000"),
+            (shared.join("sh"), "that group or others may write to"),
+        ] {
+            let e = get(&dir, HostMsg::GetFile { path: s(&at) }).unwrap_err();
+            assert!(e.contains(&format!("refusing {}", at.display())), "{e}");
+            assert!(e.contains("3 hard links"), "{e}");
+            assert!(e.contains(why), "{e}");
+        }
+        for at in [&home, &shared] {
+            let e = get(&dir, HostMsg::GetTree { path: s(at) }).unwrap_err();
+            assert!(
+                e.contains(&format!("cannot archive {}", at.display())),
+                "{e}"
+            );
+            assert!(e.contains("refusing `sh`"), "{e}");
+        }
+        // Root's own links in root's directory, and the user's links to their own file.
+        for (p, want) in [
+            (etc.join("shadow"), "root:secret"),
+            (home.join("mine2"), "mine"),
+        ] {
+            let got = get(&dir, HostMsg::GetFile { path: s(&p) }).unwrap();
+            assert_eq!(got, want.as_bytes());
+        }
+        fs::remove_file(home.join("sh")).unwrap();
+        let bytes = get(&dir, HostMsg::GetTree { path: s(&home) }).unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["mine", "mine2"]);
+        let bytes = get(&dir, HostMsg::GetTree { path: s(&etc) }).unwrap();
+        assert_eq!(tar::Archive::new(&bytes[..]).entries().unwrap().count(), 1);
+    }
+
+    /// `depth` nested directories `d` under `base` (made with mkdirat, one descriptor at a
+    /// time), with a file `f` in the last one.
+    fn nest(base: &Path, depth: usize) {
+        let dirflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = rfs::openat(rfs::CWD, base, dirflags, Mode::empty()).unwrap();
+        for _ in 0..depth {
+            rfs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = rfs::openat(&fd, "d", dirflags, Mode::empty()).unwrap();
+        }
+        let f = rfs::openat(
+            &fd,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep").unwrap();
+    }
+
+    #[test]
+    fn get_tree_refuses_entries_deeper_than_the_limit() {
+        let dir = tmpdir("deep");
+        let (ok, deep) = (dir.join("ok"), dir.join("deep"));
+        fs::create_dir(&ok).unwrap();
+        fs::create_dir(&deep).unwrap();
+        // The file is the 256th level: sent.
+        nest(&ok, MAX_DEPTH - 1);
+        let bytes = get(&dir, HostMsg::GetTree { path: s(&ok) }).unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let entries: Vec<(PathBuf, Vec<u8>)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut body = Vec::new();
+                e.read_to_end(&mut body).unwrap();
+                (e.path().unwrap().into_owned(), body)
+            })
+            .collect();
+        assert_eq!(entries.len(), MAX_DEPTH);
+        let (last, body) = entries.last().unwrap();
+        assert_eq!(last.components().count(), MAX_DEPTH);
+        assert!(last.ends_with("d/f"));
+        assert_eq!(body, b"deep");
+
+        // 300 levels: refused at the first entry below level 256, without a crash.
+        nest(&deep, 300);
+        for _ in 0..2 {
+            let e = get(&dir, HostMsg::GetTree { path: s(&deep) }).unwrap_err();
+            assert!(e.contains("more than 256 directory levels deep"), "{e}");
+            let refused = format!("refusing `{}d`", "d/".repeat(MAX_DEPTH));
+            assert!(e.contains(&refused), "{e}");
+        }
+    }
+
+    #[test]
+    fn get_file_opens_only_what_it_checked() {
+        let dir = tmpdir("getfile-kind");
+        let fifo = dir.join("fifo");
+        rfs::mknodat(
+            rfs::CWD,
+            &fifo,
+            rfs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A copy of /dev/null's device: opening it would succeed, it must not happen.
+        rfs::mknodat(
+            rfs::CWD,
+            dir.join("null"),
+            rfs::FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            rfs::makedev(1, 3),
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+        for name in ["fifo", "null", "sock"] {
+            let e = get(
+                &dir,
+                HostMsg::GetFile {
+                    path: s(&dir.join(name)),
+                },
+            )
+            .unwrap_err();
+            assert!(e.contains("not a regular file"), "{name}: {e}");
+        }
+        // A regular file checked, then its name swapped for a fifo: the reopen reads the file
+        // checked, and nobody opened the fifo (a writer finds no reader).
+        let f = dir.join("f");
+        fs::write(&f, "checked").unwrap();
+        let opath = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let pfd = rfs::openat(rfs::CWD, &f, opath, Mode::empty()).unwrap();
+        let st = rfs::fstat(&pfd).unwrap();
+        fs::rename(&fifo, &f).unwrap();
+        let mut got = String::new();
+        reopen(&pfd, &st).unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "checked");
+        let w = rfs::open(&f, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty());
+        assert_eq!(w.err(), Some(Errno::NXIO));
+    }
+
+    #[test]
+    fn get_tree_skips_entries_that_vanish_or_become_sockets() {
+        let dir = tmpdir("gettree-skip");
+        for n in ["a", "gone", "sock"] {
+            fs::write(dir.join(n), n).unwrap();
+        }
+        let top = open_dir_in(rfs::CWD, Some(dir.as_os_str())).unwrap();
+        let level = Level::read(top, PathBuf::new()).unwrap();
+        // Changed after the listing, before the walk reaches them.
+        fs::remove_file(dir.join("gone")).unwrap();
+        fs::remove_file(dir.join("sock")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let names: Vec<OsString> = level.names.clone().collect();
+        for name in &names {
+            let sub = append_entry(&mut b, &level, name, Path::new(name)).unwrap();
+            assert!(sub.is_none());
+        }
+        let bytes = b.into_inner().unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a"]);
     }
 }
