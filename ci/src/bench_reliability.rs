@@ -1,4 +1,4 @@
-//! `cargo xtask bench reliability`: the reliability drills of `minke_shim::reliability` on the
+//! `cargo xtask bench reliability`: the reliability drills of `minke-drills` on the
 //! default image — power cuts, boot–exec–poweroff cycles, a memory hog, full filesystems,
 //! killed agents — with every figure printed and none asserted (the boot tests in
 //! `host-shim/tests/reliability.rs` assert). `MINKE_TEST_SEED=N` replays the cut moments.
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use minke_shim::reliability::{self, EnospcReport, GuestProcs};
+use minke_drills::{self as drills, EnospcReport, GuestProcs};
 use minke_shim::{DiskFormat, DiskSpec, Vm, VmConfig};
 use xshell::Shell;
 
@@ -39,7 +39,7 @@ fn boot(template: &VmConfig, name: &str, state: &Path) -> Result<Vm> {
     c.name = name.into();
     c.state_dir = Some(state.to_path_buf());
     let mut vm = Vm::boot(c)?;
-    vm.wait_ready(reliability::GUEST_TIMEOUT)?;
+    vm.wait_ready(drills::GUEST_TIMEOUT)?;
     Ok(vm)
 }
 
@@ -65,7 +65,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
     let mut template = VmConfig::new("bench-reliability", &kernel, &initrd);
     template.cmdline = cmdline;
     let tmp = tempfile::tempdir()?;
-    let seed = reliability::seed_from_env("MINKE_TEST_SEED");
+    let seed = drills::seed_from_env("MINKE_TEST_SEED");
     println!(
         "reliability benchmark (default image; seed {seed}, replay with MINKE_TEST_SEED={seed}):"
     );
@@ -74,7 +74,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
         // Power loss.
         let dir = tmp.path().join("power");
         std::fs::create_dir_all(&dir)?;
-        let p = reliability::power_loss(&template, &dir, POWER_CUTS, seed, &mut |n, c| {
+        let p = drills::power_loss(&template, &dir, POWER_CUTS, seed, &mut |n, c| {
             println!(
                 "  cut {n:2} after {:>7}: {:3} acknowledged ({:4} in all), {:4} found{}",
                 ms(c.cut_after),
@@ -114,7 +114,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
         // Boot–exec–poweroff cycles.
         let dir = tmp.path().join("cycles");
         std::fs::create_dir_all(&dir)?;
-        let c = reliability::boot_cycles(&template, &dir, CYCLES, &mut |_, _| {})?;
+        let c = drills::boot_cycles(&template, &dir, CYCLES, &mut |_, _| {})?;
         println!(
             "boot-exec-poweroff: {CYCLES} cycles, median {}, max {}; killed at power-off {}; \
              left: {} state files, {} processes, {} zombies, {} running; descriptors {} -> {}, \
@@ -156,7 +156,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
             "bench-crash-loop",
             &tmp.path().join("crash-loop"),
         )?;
-        let c = reliability::crash_loop(&quiet, &crashing, "crasher", CRASH_WINDOW)?;
+        let c = drills::crash_loop(&quiet, &crashing, "crasher", CRASH_WINDOW)?;
         println!(
             "crash loop (a service dying 0.6 s after each start): exec `true` median {} beside it \
              vs {} without ({:+.1} %, target <= +20 %), {} round trips each over {}; {} restarts \
@@ -175,7 +175,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
     if wanted("oom") {
         // Memory hog.
         let vm = boot(&template, "bench-oom", &tmp.path().join("oom"))?;
-        let o = reliability::oom(&vm)?;
+        let o = drills::oom(&vm)?;
         println!(
             "memory hog: exit code {} after {}; {}; PID1 and agents {}; oom_score_adj: agents {:?}, \
              exec'd processes {}",
@@ -204,7 +204,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
         }];
         let vm = boot(&t, "bench-enospc", &tmp.path().join("enospc"))?;
         for (mount, elsewhere) in [("/tmp", "/run"), ("/var", "/tmp")] {
-            let e = reliability::enospc(&vm, mount, elsewhere)?;
+            let e = drills::enospc(&vm, mount, elsewhere)?;
             print_enospc(&e);
         }
         drop(vm);
@@ -220,7 +220,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
             c.name = format!("booting-{label}");
             c.state_dir = Some(tmp.path().join(format!("booting-{label}")));
             c.transport = transport;
-            let r = reliability::exec_while_booting(c, 20)?;
+            let r = drills::exec_while_booting(c, 20)?;
             println!(
                 "attached exec while booting ({label}): {} attempts from launch, {} errors before \
                  ready, {} successes (first {} after launch), false successes {}",
@@ -245,7 +245,7 @@ pub fn run(sh: &Shell, only: &[String]) -> Result<()> {
                 "bench-agents",
                 &tmp.path().join(format!("agents{i}")),
             )?;
-            let a = reliability::kill_agents(&mut vm)?;
+            let a = drills::kill_agents(&mut vm)?;
             for r in &a.restarts {
                 back.entry(r.kind.clone()).or_default().push(r.back_after);
             }

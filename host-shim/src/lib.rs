@@ -19,10 +19,11 @@
 //! - [`process`]: child processes, and proving a recorded pid before signalling it;
 //! - [`disk`]: reproducible ext4 data disks;
 //! - [`state`]: per-VM state directories and `minke ps`;
-//! - [`reliability`]: the reliability drills (power cuts, killed agents, memory and disk
-//!   pressure, boot cycles) the boot tests assert on and `cargo xtask bench reliability` prints;
 //! - [`chart`]: boot chart SVG;
 //! - [`binaries`]: finding host programs.
+//!
+//! The reliability drills the boot tests assert on live in the dev-only crate `minke-drills`
+//! (`host-shim/drills`), built on this API.
 
 #![deny(unsafe_code)]
 
@@ -37,7 +38,6 @@ pub mod getfiles;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
-pub mod reliability;
 pub mod serial;
 pub mod state;
 #[allow(unsafe_code)] // the one module with raw syscalls, each with a SAFETY comment
@@ -67,7 +67,6 @@ mod tests {
     use super::error_chain;
     use crate::client::AgentError;
     use crate::qmp::QmpError;
-    use crate::reliability::DrillError;
     use crate::state::StateError;
     use crate::transport::ConnectError;
     use crate::VmError;
@@ -95,14 +94,6 @@ mod tests {
         let cases: Vec<(Box<dyn Error>, &str)> = vec![
             (Box::new(agent(os(libc::ENOENT))), &enoent),
             (Box::new(agent(os(libc::EPIPE))), &epipe),
-            (
-                Box::new(DrillError::Vm {
-                    what: "exec `true`".into(),
-                    source: Box::new(agent(os(libc::EPIPE))),
-                    console: "\nconsole log tail:\nLinux version".into(),
-                }),
-                &epipe,
-            ),
             (
                 Box::new(VmError::Connect(ConnectError::Socket {
                     path: PathBuf::from("/run/vm/vm.vsock"),

@@ -297,7 +297,7 @@ pub fn create_private(path: &Path) -> Result<File, StateError> {
 pub fn create_temp_in(dir: &Path, stem: &str) -> io::Result<(File, PathBuf)> {
     let mut last = None;
     for _ in 0..64 {
-        let p = dir.join(format!(".{stem}.{:016x}.tmp", fastrand::u64(..)));
+        let p = dir.join(format!(".{stem}.{:016x}.tmp", random_u64()));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -310,6 +310,23 @@ pub fn create_temp_in(dir: &Path, stem: &str) -> io::Result<(File, PathBuf)> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// A random number for a temporary name, from the kernel (`getrandom`); should that fail, from
+/// the standard library's per-process random hash keys. `O_EXCL` makes a repeat harmless.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    loop {
+        match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+            Ok(8) => return u64::from_ne_bytes(b),
+            Err(rustix::io::Errno::INTR) => {}
+            _ => break,
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Replaces `path` atomically with `bytes` in a file of mode 0600 (written under an exclusive

@@ -1071,7 +1071,7 @@ fn assert_no_false_success_while_booting(transport: Transport, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(name, &dir.path().join("state"));
     c.transport = transport;
-    let r = minke_shim::reliability::exec_while_booting(c, 20)
+    let r = minke_drills::exec_while_booting(c, 20)
         .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     eprintln!("{name}: {r:?}");
     assert!(r.false_answers.is_empty(), "{:#?}", r.false_answers);

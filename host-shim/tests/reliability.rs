@@ -1,6 +1,6 @@
 //! The reliability suite: power cuts under a writer that fsyncs, agents killed inside the guest,
-//! a memory hog, full filesystems, and 50 boot–exec–poweroff cycles. The drills are
-//! `minke_shim::reliability` (which `cargo xtask bench reliability` prints); these tests assert
+//! a memory hog, full filesystems, and 50 boot–exec–poweroff cycles. The drills are the
+//! `minke-drills` crate (which `cargo xtask bench reliability` prints); these tests assert
 //! on their reports. Each test boots its own guests (they all disturb them). Random moments
 //! come from a seed printed at the start: `MINKE_TEST_SEED=N` replays a run.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 mod common;
 use common::*;
 
-use minke_shim::reliability::{self, PowerCut};
+use minke_drills::{self as drills, PowerCut};
 use minke_shim::{DiskFormat, DiskSpec, PowerOff};
 
 /// Power cuts at random moments while a guest appends and fsyncs numbered records to a data
@@ -18,27 +18,26 @@ use minke_shim::{DiskFormat, DiskSpec, PowerOff};
 #[test]
 fn power_loss_keeps_every_acknowledged_record() {
     require_boot!();
-    let seed = reliability::seed_from_env("MINKE_TEST_SEED");
+    let seed = drills::seed_from_env("MINKE_TEST_SEED");
     eprintln!("power loss: seed {seed} (replay with MINKE_TEST_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let template = config("power", &dir.path().join("unused"));
-    let report =
-        reliability::power_loss(&template, dir.path(), 20, seed, &mut |n, c: &PowerCut| {
-            eprintln!(
-                "power loss: cut {n:2} after {:4} ms: {:3} records acknowledged in this boot, \
+    let report = drills::power_loss(&template, dir.path(), 20, seed, &mut |n, c: &PowerCut| {
+        eprintln!(
+            "power loss: cut {n:2} after {:4} ms: {:3} records acknowledged in this boot, \
                  {:4} in all, {:4} found at the next boot{}",
-                c.cut_after.as_millis(),
-                c.acked,
-                c.acked_total,
-                c.found,
-                if c.partial_tail {
-                    " (+ one cut short)"
-                } else {
-                    ""
-                }
-            )
-        })
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}", e = minke_shim::error_chain(&e)));
+            c.cut_after.as_millis(),
+            c.acked,
+            c.acked_total,
+            c.found,
+            if c.partial_tail {
+                " (+ one cut short)"
+            } else {
+                ""
+            }
+        )
+    })
+    .unwrap_or_else(|e| panic!("seed {seed}: {e}", e = minke_shim::error_chain(&e)));
     assert_eq!(report.cuts.len(), 20);
     assert!(
         report.violations.is_empty(),
@@ -65,7 +64,7 @@ fn killed_agents_come_back() {
     require_boot!();
     let dir = tempfile::tempdir().unwrap();
     let mut vm = boot(config("agents", dir.path()));
-    let r = reliability::kill_agents(&mut vm)
+    let r = drills::kill_agents(&mut vm)
         .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     for a in &r.restarts {
         eprintln!(
@@ -101,8 +100,7 @@ fn memory_hog_is_oom_killed_not_pid1_or_the_agents() {
     let mut c = config("oom", dir.path());
     c.mem_mib = 256; // less for the hog to fill under TCG
     let vm = boot(c);
-    let r =
-        reliability::oom(&vm).unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
+    let r = drills::oom(&vm).unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
     eprintln!(
         "memory hog: exit code {} after {:?}; kernel: {}",
         r.hog_code,
@@ -154,7 +152,7 @@ fn full_filesystems_fail_writes_not_the_agents() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     for (mount, elsewhere) in [("/tmp", "/run"), ("/var", "/tmp")] {
-        let r = reliability::enospc(&vm, mount, elsewhere)
+        let r = drills::enospc(&vm, mount, elsewhere)
             .unwrap_or_else(|e| panic!("{e}", e = minke_shim::error_chain(&e)));
         eprintln!(
             "{mount}: {} KiB, filled {} KiB; dd: {:?}; write: {:?}; upload: {:?}",
@@ -204,7 +202,7 @@ fn fifty_boot_exec_poweroff_cycles_leak_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let template = config("cycle", &dir.path().join("unused"));
     let n = 50;
-    let r = reliability::boot_cycles(&template, dir.path(), n, &mut |i, t: Duration| {
+    let r = drills::boot_cycles(&template, dir.path(), n, &mut |i, t: Duration| {
         if i % 10 == 9 {
             eprintln!("cycles: {} done, the last took {t:?}", i + 1);
         }
