@@ -10,7 +10,7 @@
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
 use minke_protocol::config::Binfmt;
 
-use crate::tree::{NodeKind, Tree};
+use crate::archive::tree::{NodeKind, Tree};
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,8 +265,11 @@ mod tests {
     fn dynamic_interpreter_is_refused() {
         let mut t = Tree::new();
         let sh = std::fs::read("/bin/sh").unwrap();
-        t.insert(&interpreter("aarch64"), crate::tree::Node::file(0o755, sh))
-            .unwrap();
+        t.insert(
+            &interpreter("aarch64"),
+            crate::archive::tree::Node::file(0o755, sh),
+        )
+        .unwrap();
         assert!(check("aarch64", &t)
             .unwrap_err()
             .contains("dynamically linked"));

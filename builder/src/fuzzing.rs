@@ -14,15 +14,15 @@ pub fn spec_parser(data: &[u8]) {
 /// Package definition YAML.
 pub fn package_parser(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::package::parse("fuzz", Path::new("/nonexistent"), text);
+        let _ = crate::sources::package::parse("fuzz", Path::new("/nonexistent"), text);
     }
 }
 
 /// `.modinfo` records, raw and from an ELF module's section.
 pub fn modinfo_parser(data: &[u8]) {
-    let _ = crate::kmod::parse_modinfo(data);
-    if let Ok(Some(section)) = crate::kmod::modinfo_section(data) {
-        let _ = crate::kmod::parse_modinfo(section);
+    let _ = crate::kernel::kmod::parse_modinfo(data);
+    if let Ok(Some(section)) = crate::kernel::kmod::modinfo_section(data) {
+        let _ = crate::kernel::kmod::parse_modinfo(section);
     }
 }
 
@@ -41,20 +41,20 @@ pub fn elf_resolver_in(root: &Path, data: &[u8]) {
     if std::fs::write(&bin, data).is_err() {
         return;
     }
-    let _ = crate::elf::closure(root, &[bin], &crate::elf::Options::default());
+    let _ = crate::sources::elf::closure(root, &[bin], &crate::sources::elf::Options::default());
 }
 
 /// The newc reader `minke inspect` uses.
 pub fn cpio_reader(data: &[u8]) {
-    let _ = crate::cpio::read(data);
+    let _ = crate::archive::cpio::read(data);
 }
 
 /// A kernel's configuration: IKCONFIG in a bzImage or vmlinux, `.config` text, fragments.
 pub fn kernel_config(data: &[u8]) {
-    let _ = crate::kconfig::ikconfig(data);
+    let _ = crate::kernel::kconfig::ikconfig(data);
     let text = String::from_utf8_lossy(data);
-    let _ = crate::kconfig::KernelConfig::parse(&text);
-    let _ = crate::kconfig::parse_fragment(Path::new("fuzz.config"), &text);
+    let _ = crate::kernel::kconfig::KernelConfig::parse(&text);
+    let _ = crate::kernel::kconfig::parse_fragment(Path::new("fuzz.config"), &text);
 }
 
 /// The image config the guest's init and agents decode (`/etc/minke/image.cfg`).

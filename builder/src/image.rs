@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use minke_protocol::config::{self as cfg, AgentKind, ImageConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{ArchiveOptions, Compression};
+use crate::archive::compress::{ArchiveOptions, Compression};
+use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::kernel::{kbuild, kconfig};
 use crate::layer::{
     records_digest, records_of, sha256_file, sha256_hex, write_atomic, Cache, Record,
 };
-use crate::package::{self, PackageError};
+use crate::sources::package::{self, PackageError};
 use crate::spec::{self, FileWhat, Spec, SpecError};
-use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
-use crate::{kbuild, kconfig};
 
 /// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
 pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
@@ -92,7 +92,7 @@ pub enum BuildError {
         /// The package name as given.
         package: String,
         /// Why.
-        source: crate::deb::DebError,
+        source: crate::sources::deb::DebError,
     },
     /// The kernel could not be built from kernel-config/.
     #[error("cannot build the kernel from kernel-config/")]
@@ -117,7 +117,7 @@ pub enum BuildError {
         /// `lib/modules/VERSION`.
         dir: PathBuf,
         /// Why.
-        source: crate::kmod::KmodError,
+        source: crate::kernel::kmod::KmodError,
     },
     /// Two packages write the same path differently.
     #[error("{path} is provided by both {first} and {second} with different contents: remove it from one, or mark {second} with `override: true` in the spec's packages list")]
@@ -134,7 +134,7 @@ pub enum BuildError {
     Tree(#[from] TreeError),
     /// Archiving failed.
     #[error("cannot archive the initramfs")]
-    Archive(#[source] crate::compress::ArchiveError),
+    Archive(#[source] crate::archive::compress::ArchiveError),
     /// Files could not be read to hash them.
     #[error("cannot hash {what}")]
     Hash {
@@ -467,13 +467,13 @@ fn wanted_modules(spec: &Spec) -> Vec<String> {
 pub fn module_closure(
     spec: &Spec,
     kernel: &ResolvedKernel,
-) -> Result<Vec<crate::kmod::ModuleInfo>, BuildError> {
+) -> Result<Vec<crate::kernel::kmod::ModuleInfo>, BuildError> {
     let Some(mdir) = &kernel.modules_dir else {
         return Ok(Vec::new());
     };
     let want = wanted_modules(spec);
     let refs: Vec<&str> = want.iter().map(String::as_str).collect();
-    crate::kmod::closure(mdir, &refs).map_err(|source| BuildError::ModuleClosure {
+    crate::kernel::kmod::closure(mdir, &refs).map_err(|source| BuildError::ModuleClosure {
         dir: mdir.clone(),
         source,
     })
@@ -504,7 +504,7 @@ pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feat
 pub fn kernel_report(
     spec: &Spec,
     kernel: &ResolvedKernel,
-    closure: &[crate::kmod::ModuleInfo],
+    closure: &[crate::kernel::kmod::ModuleInfo],
     compression: Compression,
 ) -> Result<Option<kconfig::Report>, BuildError> {
     let (config, source) = match &kernel.config {
@@ -666,7 +666,7 @@ pub fn is_modules_tree(dir: &Path) -> bool {
             } else if e
                 .file_name()
                 .to_str()
-                .is_some_and(|n| crate::kmod::module_stem(n).is_some())
+                .is_some_and(|n| crate::kernel::kmod::module_stem(n).is_some())
             {
                 return true;
             }
@@ -686,9 +686,9 @@ pub fn kernel_from_package(
         source,
     };
     progress(&format!("resolving kernel package {package}"));
-    let real = crate::pins::resolve_kernel(cache, package).map_err(k)?;
+    let real = crate::sources::pins::resolve_kernel(cache, package).map_err(k)?;
     progress(&format!("fetching {real}"));
-    let deb = crate::pins::fetch(cache, &real, "amd64").map_err(k)?;
+    let deb = crate::sources::pins::fetch(cache, &real, "amd64").map_err(k)?;
     let sha = deb.sha256.clone();
     let dest = cache.dir("kernels").join(&sha);
     let record_path = dest.join("kernel.json");
@@ -700,7 +700,7 @@ pub fn kernel_from_package(
         None => {
             progress(&format!("unpacking {real}"));
             let _ = std::fs::remove_dir_all(&dest);
-            let files = crate::deb::kernel_from_deb(&deb.path, &dest).map_err(k)?;
+            let files = crate::sources::deb::kernel_from_deb(&deb.path, &dest).map_err(k)?;
             let r = KernelDirRecord {
                 version: files.version,
                 vmlinuz: rel(&dest, &files.vmlinuz),
@@ -1092,8 +1092,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
                 compression,
                 ..ArchiveOptions::default()
             };
-            let bytes =
-                crate::compress::archive(&a.tree, &archive_opts).map_err(BuildError::Archive)?;
+            let bytes = crate::archive::compress::archive(&a.tree, &archive_opts)
+                .map_err(BuildError::Archive)?;
             write_atomic(&cached, &bytes).map_err(io(&cached))?;
             bytes
         }
@@ -1298,7 +1298,7 @@ mod tests {
     fn diff_names_changed_files() {
         let rec = |p: &str, sha: &str| Record {
             path: p.into(),
-            kind: crate::tree::EntryType::File,
+            kind: crate::archive::tree::EntryType::File,
             mode: 0o644,
             uid: 0,
             gid: 0,

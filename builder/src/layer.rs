@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::tree::{EntryType, FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{EntryType, FileData, Node, NodeKind, Tree, TreeError};
 
 /// One file of a layer or image, as recorded in layers and manifests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,29 +1,21 @@
 //! minke's image library: turns a spec into a bit-reproducible kernel + initramfs + manifest.
 //!
-//! The stages, in the order data flows through them: [`spec`] (parse and validate),
-//! packages resolved into [`tree`]s by [`deb`], [`elf`], [`oci`] and the cargo producer,
-//! cached as layers, kernel modules resolved by [`kmod`], and the merged tree archived by
-//! [`cpio`] and [`compress`] into the initrd.
+//! The stages, in the order data flows through them: [`spec`] (parse and validate), packages
+//! turned into trees by their [`sources`] (Debian, host ELF closure, directory, OCI image,
+//! cargo), cached as [`layer`]s, the [`kernel`] checked or built and its modules resolved, and
+//! the merged tree made into the initrd by [`archive`]. [`image`] runs that pipeline;
+//! [`binfmt`] resolves the foreign-binary table it puts in the image config.
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod binfmt;
-pub mod compress;
-pub mod cpio;
-pub mod deb;
-pub mod elf;
 pub mod fuzzing;
-pub mod hostdir;
 pub mod image;
-pub mod kbuild;
-pub mod kconfig;
-pub mod kmod;
+pub mod kernel;
 pub mod layer;
-pub mod oci;
-pub mod package;
-pub mod pins;
+pub mod sources;
 pub mod spec;
-pub mod tree;
 
 /// An error and its causes on one line, `outer: cause: root cause`, for a log line or a message
 /// that must stand alone (the CLI prints an error's causes on lines of their own instead).

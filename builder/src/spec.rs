@@ -15,7 +15,7 @@ use minke_protocol::config::{AgentKind, OnFailure, Readiness, Restart};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::compress::Compression;
+use crate::archive::compress::Compression;
 
 /// The default spec, embedded so `minke build` works with no argument.
 pub const DEFAULT_SPEC: &str = include_str!("../../examples/default.yml");
@@ -611,7 +611,7 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
         ));
     }
     if let RawKernel::Package { package } = &raw.kernel {
-        if let Err(problem) = crate::deb::check_package_name(package) {
+        if let Err(problem) = crate::sources::deb::check_package_name(package) {
             return Err(src.err("package", package, format!("kernel package: {problem}")));
         }
     }
@@ -721,7 +721,7 @@ fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, Spe
     let mut files = Vec::new();
     let mut seen = BTreeSet::new();
     for f in &raw.files {
-        if !f.path.starts_with('/') || crate::tree::normalize(&f.path).is_err() {
+        if !f.path.starts_with('/') || crate::archive::tree::normalize(&f.path).is_err() {
             return Err(src.err("path", &f.path, format!("file path {:?} must be absolute, without `.` or `..`, and shorter than PATH_MAX", f.path)));
         }
         if !seen.insert(f.path.trim_end_matches('/').to_string()) {

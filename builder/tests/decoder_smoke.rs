@@ -155,20 +155,24 @@ fn modinfo_parser_and_cpio_reader() {
     mods.push(b"license=GPL\0depends=a,b\0softdep=pre: c\0name=x\0".to_vec());
     run("modinfo_parser", &mods, 1500, fuzzing::modinfo_parser);
 
-    let mut t = minke::tree::Tree::new();
-    t.insert("bin", minke::tree::Node::dir(0o755)).unwrap();
+    let mut t = minke::archive::tree::Tree::new();
+    t.insert("bin", minke::archive::tree::Node::dir(0o755))
+        .unwrap();
     t.insert(
         "bin/sh",
-        minke::tree::Node::file(0o755, &b"#!/bin/true\n"[..]),
+        minke::archive::tree::Node::file(0o755, &b"#!/bin/true\n"[..]),
     )
     .unwrap();
-    t.insert("etc/motd", minke::tree::Node::file(0o644, &b"hi\n"[..]))
-        .unwrap();
-    let opts = minke::compress::ArchiveOptions {
-        compression: minke::compress::Compression::None,
+    t.insert(
+        "etc/motd",
+        minke::archive::tree::Node::file(0o644, &b"hi\n"[..]),
+    )
+    .unwrap();
+    let opts = minke::archive::compress::ArchiveOptions {
+        compression: minke::archive::compress::Compression::None,
         ..Default::default()
     };
-    let initrd = minke::compress::archive(&t, &opts).unwrap();
+    let initrd = minke::archive::compress::archive(&t, &opts).unwrap();
     run("cpio_reader", &[initrd], 4000, fuzzing::cpio_reader);
 }
 

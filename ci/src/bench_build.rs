@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use minke::compress::{self, ArchiveOptions, Compression};
+use minke::archive::compress::{self, ArchiveOptions, Compression};
 use xshell::{cmd, Shell};
 
 /// Target size of the generated tree.
@@ -75,7 +75,7 @@ pub fn run(sh: &Shell) -> Result<()> {
     let _c = sh.push_env("LC_ALL", "C");
 
     // Warm the page cache (and check the tree reads).
-    let t = minke::hostdir::tree_from_dir(&tree)?;
+    let t = minke::sources::hostdir::tree_from_dir(&tree)?;
     let opts = |compression| ArchiveOptions {
         mtime: 0,
         compression,
@@ -90,7 +90,7 @@ pub fn run(sh: &Shell) -> Result<()> {
     let minke = |compression: Compression, file: PathBuf| {
         let tree = tree.clone();
         move || -> Result<()> {
-            let t = minke::hostdir::tree_from_dir(&tree)?;
+            let t = minke::sources::hostdir::tree_from_dir(&tree)?;
             compress::archive_to_path(&t, &opts(compression), &file)?;
             Ok(())
         }
@@ -207,15 +207,15 @@ fn check_outputs(sh: &Shell, o: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_table(dir: &Path, t: &minke::tree::Tree, rows: &[Row], runs: usize) {
+fn print_table(dir: &Path, t: &minke::archive::tree::Tree, rows: &[Row], runs: usize) {
     let files = t
         .iter()
-        .filter(|(_, n)| matches!(n.kind, minke::tree::NodeKind::File(_)))
+        .filter(|(_, n)| matches!(n.kind, minke::archive::tree::NodeKind::File(_)))
         .count();
     let bytes: u64 = t
         .iter()
         .map(|(_, n)| match &n.kind {
-            minke::tree::NodeKind::File(d) => d.size(),
+            minke::archive::tree::NodeKind::File(d) => d.size(),
             _ => 0,
         })
         .sum();

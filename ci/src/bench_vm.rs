@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use minke::tree::{Node, Tree};
+use minke::archive::tree::{Node, Tree};
 use minke_protocol::config::BootTimeline;
 use minke_shim::{ExecRequest, Stdin, Vm, VmConfig};
 use xshell::{cmd, Shell};
@@ -79,8 +79,8 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
     for d in ["dev", "proc", "sys"] {
         t.insert(d, Node::dir(0o755))?;
     }
-    let opts = minke::compress::ArchiveOptions::default();
-    let bytes = minke::compress::archive(&t, &opts)?;
+    let opts = minke::archive::compress::ArchiveOptions::default();
+    let bytes = minke::archive::compress::archive(&t, &opts)?;
     let p = dir.join("baseline-initrd.img");
     std::fs::write(&p, bytes)?;
     Ok(p)

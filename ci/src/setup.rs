@@ -163,15 +163,15 @@ fn apt(sh: &Shell) -> Result<()> {
 /// The cross-arch demo's arm64 container: an OCI image layout made from Debian's arm64
 /// busybox-static, in the cache where `packages/arm64-busybox-rootfs` finds it.
 fn arm64_rootfs() -> Result<()> {
-    use minke::tree::{Node, Tree};
+    use minke::archive::tree::{Node, Tree};
     let cache = minke::layer::Cache::default_location();
     let dest = cache.dir("oci").join("arm64-busybox");
     if dest.join("index.json").exists() {
         return Ok(());
     }
     eprintln!("xtask setup: arm64 container image");
-    let deb = minke::pins::fetch(&cache, "busybox-static", "arm64")?;
-    let full = minke::deb::unpack(&deb.path)?;
+    let deb = minke::sources::pins::fetch(&cache, "busybox-static", "arm64")?;
+    let full = minke::sources::deb::unpack(&deb.path)?;
     let busybox = full
         .get("bin/busybox")
         .cloned()
@@ -195,7 +195,7 @@ fn arm64_rootfs() -> Result<()> {
     let tmp = cache.dir("oci").join(".arm64-busybox.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    minke::oci::write_oci_layout(&tmp, &tree, "arm64")?;
+    minke::sources::oci::write_oci_layout(&tmp, &tree, "arm64")?;
     std::fs::rename(&tmp, &dest)?;
     Ok(())
 }

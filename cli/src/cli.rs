@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use minke::compress::Compression;
+use minke::archive::compress::Compression;
 use minke::image::{self, BuildOptions, Image};
 
 /// Default of `--timeout` for commands that attach to a VM which may still be booting.
@@ -391,7 +391,11 @@ pub fn run() -> Result<u8> {
         Cmd::Elf {
             command: ElfCmd::Deps { binaries, root },
         } => {
-            let closure = minke::elf::closure(&root, &binaries, &minke::elf::Options::default())?;
+            let closure = minke::sources::elf::closure(
+                &root,
+                &binaries,
+                &minke::sources::elf::Options::default(),
+            )?;
             for p in closure.paths() {
                 writeln!(out, "{}", p.display())?;
             }
@@ -411,7 +415,7 @@ pub fn run() -> Result<u8> {
                     .context("that kernel package has no modules")?
             };
             let names: Vec<&str> = closure.iter().map(String::as_str).collect();
-            for m in minke::kmod::closure(&dir, &names)? {
+            for m in minke::kernel::kmod::closure(&dir, &names)? {
                 writeln!(out, "{}", m.name)?;
             }
         }
@@ -444,7 +448,7 @@ pub fn run() -> Result<u8> {
             let opts =
                 image::kbuild_options(src, &fragments, "x86_64", &cwd, image::epoch_from_env())?;
             let progress = Progress::new();
-            let built = minke::kbuild::build(&opts, &cache, &|m| progress.step(m))?;
+            let built = minke::kernel::kbuild::build(&opts, &cache, &|m| progress.step(m))?;
             drop(progress);
             if let Some(o) = output {
                 let bytes = std::fs::read(&built.image)?;

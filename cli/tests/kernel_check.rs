@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use minke::image;
-use minke::kconfig::{Report, Verdict};
+use minke::kernel::kconfig::{Report, Verdict};
 use minke::layer::Cache;
 
 fn verdict<'a>(r: &'a Report, option: &str) -> (&'a Verdict, bool) {

@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use minke::image;
-use minke::kconfig::{Report, Verdict};
+use minke::kernel::kconfig::{Report, Verdict};
 use minke::layer::Cache;
 
 /// `root/` of the unpacked cached kernel package in `dir`, and the kernel's release.
 fn unpacked_kernel(dir: &Path) -> Option<(PathBuf, String)> {
-    let Some(deb) = minke::deb::cached_kernel_deb() else {
+    let Some(deb) = minke::sources::deb::cached_kernel_deb() else {
         let msg = format!(
             "no Debian kernel package (linux-image-*-cloud-amd64) in {}: run `cargo xtask setup`",
-            minke::deb::debs_dir().display()
+            minke::sources::deb::debs_dir().display()
         );
         if std::env::var_os("MINKE_REQUIRE_BOOT").is_some_and(|v| v == "1") {
             panic!("{msg}");
@@ -27,7 +27,7 @@ fn unpacked_kernel(dir: &Path) -> Option<(PathBuf, String)> {
         return None;
     };
     let root = dir.join("root");
-    let files = minke::deb::kernel_from_deb(&deb, &root).unwrap();
+    let files = minke::sources::deb::kernel_from_deb(&deb, &root).unwrap();
     assert_eq!(
         files.modules_dir,
         root.join("lib/modules").join(&files.version)

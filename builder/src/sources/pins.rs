@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::deb::{self, DebError, FetchedDeb};
 use crate::layer::{write_atomic, Cache};
+use crate::sources::deb::{self, DebError, FetchedDeb};
 
 /// How long a pin is trusted before apt is asked again.
 pub const PIN_TTL: Duration = Duration::from_secs(24 * 3600);

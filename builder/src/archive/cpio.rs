@@ -46,7 +46,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::tree::{FileData, NodeKind, Tree, MAX_FILE_SIZE, MAX_PATH_LEN};
+use crate::archive::tree::{FileData, NodeKind, Tree, MAX_FILE_SIZE, MAX_PATH_LEN};
 
 /// Magic of a newc header.
 pub const MAGIC: &[u8; 6] = b"070701";
@@ -274,7 +274,7 @@ impl<'t> Plan<'t> {
     /// numbers and link counts, and cuts the entry stream into chunks of about `chunk_target`
     /// bytes (at least one entry each). Every entry gets `mtime`.
     pub fn new(tree: &'t Tree, mtime: u32, chunk_target: u64) -> Result<Plan<'t>, CpioError> {
-        let all: Vec<(&'t String, &'t crate::tree::Node)> = tree.iter().collect();
+        let all: Vec<(&'t String, &'t crate::archive::tree::Node)> = tree.iter().collect();
         let index_of = |p: &str| all.binary_search_by(|(k, _)| k.as_str().cmp(p)).ok();
 
         // Child directory counts (for directory nlink) and hard-link groups (target index ->
@@ -934,7 +934,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Entry<'_>>, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Node;
+    use crate::archive::tree::Node;
     use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
     use std::process::{Command, Stdio};

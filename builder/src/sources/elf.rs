@@ -33,7 +33,7 @@ use std::path::{Component, Path, PathBuf};
 
 use goblin::elf::{header, Elf};
 
-use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
 
 /// Errors of the closure computation.
 #[derive(Debug, thiserror::Error)]

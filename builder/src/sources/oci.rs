@@ -18,7 +18,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
 
 const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -21,8 +21,8 @@ use std::process::Command;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::archive::tree::{Node, NodeKind, Tree, TreeError};
 use crate::layer::{sha256_file, sha256_hex, Cache, CacheError, Layer};
-use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// A package definition as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -256,7 +256,7 @@ pub fn parse(name: &str, dir: &Path, yaml: &str) -> Result<Package, PackageError
         });
     }
     for (p, t) in &raw.symlinks {
-        if !p.starts_with('/') || crate::tree::normalize(p).is_err() || t.is_empty() {
+        if !p.starts_with('/') || crate::archive::tree::normalize(p).is_err() || t.is_empty() {
             return Err(PackageError::Invalid {
                 path,
                 at: String::new(),
@@ -265,12 +265,14 @@ pub fn parse(name: &str, dir: &Path, yaml: &str) -> Result<Package, PackageError
         }
     }
     if let Some(d) = &raw.deb {
-        let problem = crate::deb::check_package_name(&d.name)
+        let problem = crate::sources::deb::check_package_name(&d.name)
             .err()
             .map(|p| ("name", &d.name, p));
         let problem = problem.or_else(|| {
             let a = d.arch.as_ref()?;
-            crate::deb::check_arch(a).err().map(|p| ("arch", a, p))
+            crate::sources::deb::check_arch(a)
+                .err()
+                .map(|p| ("arch", a, p))
         });
         if let Some((key, value, problem)) = problem {
             let line = locate(yaml, key, value);
@@ -371,14 +373,14 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
-                kind: NodeKind::File(crate::tree::FileData::Path { path: bin, size }),
+                kind: NodeKind::File(crate::archive::tree::FileData::Path { path: bin, size }),
             },
         )
         .map_err(tree_err)?;
     } else if let Some(d) = &pkg.raw.deb {
         let arch = d.arch.clone().unwrap_or_else(|| "amd64".into());
         (cx.progress)(&format!("fetching {}:{arch}", d.name));
-        let fetched = crate::pins::fetch(cx.cache, &d.name, &arch).map_err(|e| {
+        let fetched = crate::sources::pins::fetch(cx.cache, &d.name, &arch).map_err(|e| {
             step(format!("cannot fetch Debian package {}:{arch}", d.name))(e.into())
         })?;
         let (deb, sha) = (fetched.path, fetched.sha256);
@@ -389,7 +391,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
             return Ok(l);
         }
         (cx.progress)(&format!("unpacking {}", d.name));
-        let full = crate::deb::unpack(&deb)
+        let full = crate::sources::deb::unpack(&deb)
             .map_err(|e| step(format!("cannot unpack {}", deb.display()))(e.into()))?;
         let dest = d.dest.clone().unwrap_or_default();
         for (path, node) in full.iter() {
@@ -420,10 +422,10 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
             h.update(format!("{} {sha}\n", b.display()).as_bytes());
         }
         // The closure depends on the host's libraries too: resolve first (cheap), hash it.
-        let closure = crate::elf::closure(
+        let closure = crate::sources::elf::closure(
             Path::new("/"),
             &hs.binaries,
-            &crate::elf::Options::default(),
+            &crate::sources::elf::Options::default(),
         )
         .map_err(|e| step("cannot resolve the binaries' shared libraries".into())(e.into()))?;
         for p in &closure.files {
@@ -445,7 +447,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
                 mode: perm(&md),
                 uid: 0,
                 gid: 0,
-                kind: NodeKind::File(crate::tree::FileData::Path {
+                kind: NodeKind::File(crate::archive::tree::FileData::Path {
                     path: f.clone(),
                     size: md.len(),
                 }),
@@ -454,7 +456,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         }
     } else if let Some(d) = &pkg.raw.dir {
         let src = pkg.dir.join(&d.path);
-        let sub = crate::hostdir::tree_from_dir(&src)
+        let sub = crate::sources::hostdir::tree_from_dir(&src)
             .map_err(|e| step(format!("cannot read directory {}", src.display()))(e.into()))?;
         let records = crate::layer::records_of(&sub)
             .map_err(|e| step(format!("cannot hash directory {}", src.display()))(e.into()))?;
@@ -482,7 +484,7 @@ pub fn produce(pkg: &Package, cx: &Context<'_>) -> Result<Layer, PackageError> {
         }
         (cx.progress)(&format!("unpacking OCI image {}", src.display()));
         let platform = o.platform.as_deref().and_then(|p| p.split_once('/'));
-        let img = crate::oci::unpack_oci(&src, platform)
+        let img = crate::sources::oci::unpack_oci(&src, platform)
             .map_err(|e| step(format!("cannot unpack OCI image {}", src.display()))(e.into()))?;
         graft(&mut tree, &img.tree, &o.dest).map_err(tree_err)?;
     } else {

@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
 
 /// Errors of fetching and unpacking Debian packages.
 #[derive(Debug, thiserror::Error)]

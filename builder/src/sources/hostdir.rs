@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
 
 /// Why a host directory could not be read into a tree.
 #[derive(Debug, thiserror::Error)]
@@ -199,12 +199,15 @@ mod tests {
         );
         assert!(t.iter().all(|(_, n)| n.uid == 0 && n.gid == 0));
         // And it archives.
-        let bytes = crate::cpio::Plan::new(&t, 0, 1).unwrap().to_vec().unwrap();
-        let entries = crate::cpio::read(&bytes).unwrap();
+        let bytes = crate::archive::cpio::Plan::new(&t, 0, 1)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let entries = crate::archive::cpio::read(&bytes).unwrap();
         assert_eq!(
             entries
                 .iter()
-                .filter(|e| e.file_type() == crate::cpio::S_IFREG && e.nlink == 3)
+                .filter(|e| e.file_type() == crate::archive::cpio::S_IFREG && e.nlink == 3)
                 .count(),
             3
         );

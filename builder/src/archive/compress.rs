@@ -37,8 +37,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpio::{self, CpioError, FileSink, Plan, SliceSink, WriteSink};
-use crate::tree::Tree;
+use crate::archive::cpio::{self, CpioError, FileSink, Plan, SliceSink, WriteSink};
+use crate::archive::tree::Tree;
 
 /// gzip (deflate) level; the same as `gzip`'s default.
 pub const GZIP_LEVEL: u32 = 6;
@@ -394,7 +394,7 @@ fn write_uncompressed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Node;
+    use crate::archive::tree::Node;
     use std::io::Write;
     use std::process::{Command, Stdio};
 
@@ -422,7 +422,7 @@ mod tests {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
-                kind: crate::tree::NodeKind::Hardlink("d6/f97".into()),
+                kind: crate::archive::tree::NodeKind::Hardlink("d6/f97".into()),
             },
         )
         .unwrap();
@@ -504,7 +504,7 @@ mod tests {
         for i in 0..50u32 {
             let p = dir.path().join(format!("in{i}"));
             std::fs::write(&p, vec![i as u8; (i as usize) * 5000 + 3]).unwrap();
-            let data = crate::tree::FileData::Path {
+            let data = crate::archive::tree::FileData::Path {
                 size: std::fs::metadata(&p).unwrap().len(),
                 path: p,
             };
@@ -514,7 +514,7 @@ mod tests {
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
-                    kind: crate::tree::NodeKind::File(data),
+                    kind: crate::archive::tree::NodeKind::File(data),
                 },
             )
             .unwrap();
@@ -553,7 +553,7 @@ mod tests {
     #[test]
     fn errors_name_the_first_bad_chunk() {
         let mut t = sample_tree();
-        let missing = crate::tree::FileData::Path {
+        let missing = crate::archive::tree::FileData::Path {
             path: "/nonexistent/minke-test".into(),
             size: 3,
         };
@@ -563,7 +563,7 @@ mod tests {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
-                kind: crate::tree::NodeKind::File(missing),
+                kind: crate::archive::tree::NodeKind::File(missing),
             },
         )
         .unwrap();

@@ -528,7 +528,7 @@ pub fn closure<S: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deb;
+    use crate::sources::deb;
     use std::process::Command;
 
     #[test]

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::kconfig::{self, KernelConfig};
+use crate::kernel::kconfig::{self, KernelConfig};
 use crate::layer::Cache;
 
 /// Bumped when the recipe changes, so old cache entries are not reused.
