@@ -38,7 +38,8 @@ fn connect(uds: &str, port: u32) -> UnixStream {
         &HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: "smoke".into(),
-            proof: secret().proof(Purpose::Control, &[]),
+            nonce: [0x5a; 32],
+            proof: secret().proof(Purpose::Control, &[0x5a; 32]),
         },
     )
     .unwrap();

@@ -355,10 +355,26 @@ pub fn cp(src: &str, dst: &str, timeout: Duration, preserve: bool) -> Result<()>
     match (split(src), split(dst)) {
         (Some((name, path)), None) => {
             let vm = attach(name, timeout)?;
-            let local = Path::new(dst);
-            // A directory in the guest comes back as a tree.
+            // Like cp -r: into an existing directory, under the guest path's own name.
+            let dst = Path::new(dst);
+            let local = if dst.is_dir() {
+                let base = Path::new(path).file_name().with_context(|| {
+                    format!("{src} has no name to give it in {}", dst.display())
+                })?;
+                dst.join(base)
+            } else {
+                dst.to_path_buf()
+            };
+            let local = local.as_path();
+            // A directory in the guest comes back as a tree, never merged into one that is
+            // already there: the guest's files would replace the host's.
             match vm.get_file(path, local) {
                 Ok(_) => Ok(()),
+                Err(_) if local.symlink_metadata().is_ok_and(|m| m.is_dir()) => bail!(
+                    "{} already exists: the guest directory {src} is not merged into it; remove \
+                     it or name another destination",
+                    local.display()
+                ),
                 Err(file_err) => {
                     let opts = minke_shim::getfiles::GetOptions { preserve };
                     vm.get_tree_with(path, local, opts).map_err(|tree_err| {

@@ -304,3 +304,86 @@ fn publish_then_stop_leaves_a_clean_disk() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// `minke exec NAME -- echo X` from the moment `minke run --name NAME` starts, in a tight loop
+/// with a short `--timeout`, until 20 successes: every attempt prints X and exits 0, or exits
+/// non-zero with a message on stderr; none exits 0 without X. Then `minke stop`.
+fn exec_from_launch_never_succeeds_falsely(transport: &str) {
+    if !can_boot() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("early-{transport}");
+    let env = |c: &mut Command| {
+        c.env("XDG_STATE_HOME", dir.path().join("state"))
+            .env("XDG_DATA_HOME", dir.path().join("data"));
+    };
+    let mut run = Command::new(env!("CARGO_BIN_EXE_minke"));
+    run.args([
+        "run",
+        "--name",
+        &name,
+        "--accel",
+        "tcg",
+        "--transport",
+        transport,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    env(&mut run);
+    let mut child = run.spawn().unwrap();
+    let (mut ok, mut failed) = (0, 0);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while ok < 20 {
+        assert!(
+            std::time::Instant::now() < end,
+            "only {ok} successes ({failed} failures)"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("minke run ended early ({status}): {err}");
+        }
+        let mut exec = Command::new(env!("CARGO_BIN_EXE_minke"));
+        exec.args(["exec", &name, "--timeout", "1", "--", "echo", "X"]);
+        env(&mut exec);
+        let o = exec.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        if o.status.success() {
+            assert_eq!(
+                stdout, "X\n",
+                "exit 0 without the guest's answer; stderr {stderr:?}"
+            );
+            ok += 1;
+        } else {
+            assert!(
+                o.status.code().is_some() && stderr.contains("minke: error:"),
+                "a failure without a message: {:?} {stderr:?}",
+                o.status
+            );
+            assert!(stdout.is_empty(), "output from a failed exec: {stdout:?}");
+            failed += 1;
+        }
+    }
+    eprintln!("{name}: {ok} successes, {failed} failures before ready, 0 false successes");
+    let mut stop = Command::new(env!("CARGO_BIN_EXE_minke"));
+    stop.args(["stop", &name]);
+    env(&mut stop);
+    let o = stop.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn exec_from_launch_never_succeeds_falsely_over_vsock() {
+    exec_from_launch_never_succeeds_falsely("vhost-user");
+}
+
+#[test]
+fn exec_from_launch_never_succeeds_falsely_over_serial() {
+    exec_from_launch_never_succeeds_falsely("serial");
+}

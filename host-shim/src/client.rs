@@ -18,6 +18,12 @@ pub enum AgentError {
     /// The agent refused or failed the request.
     #[error("the guest agent said: {0}")]
     Guest(String),
+    /// Whatever answered on the control port does not hold the VM's secret.
+    #[error(
+        "the answer on the control port does not prove this VM's secret: it is not minke's \
+         control agent, so nothing it says is taken"
+    )]
+    Impostor,
     /// The agent answered out of turn.
     #[error("protocol error: expected {expected}, got {got} (are host and guest the same minke version?)")]
     Unexpected {
@@ -70,8 +76,22 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
-/// Sends `Hello` with the proof of `secret` and expects `Welcome`; returns the agent's
-/// version string.
+/// 32 random bytes from the kernel (a nonce, a VM secret).
+pub(crate) fn random32() -> io::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(b)
+}
+
+/// Sends `Hello` with a fresh nonce and the proof of `secret` over it, and expects a
+/// `Welcome` proving the secret over the same nonce; returns the agent's version string.
 pub fn handshake(s: &mut dyn Duplex, client: &str, secret: &Secret) -> Result<String, AgentError> {
     handshake_with(s, client, secret, None)
 }
@@ -85,13 +105,18 @@ pub fn handshake_with(
     secret: &Secret,
     request: Option<&HostMsg>,
 ) -> Result<String, AgentError> {
+    let nonce = random32().map_err(|source| AgentError::Local {
+        what: "cannot make a nonce (getrandom)",
+        source,
+    })?;
     let mut out = Vec::new();
     write_frame(
         &mut out,
         &HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: client.into(),
-            proof: secret.proof(Purpose::Control, &[]),
+            nonce,
+            proof: secret.proof(Purpose::Control, &nonce),
         },
     )?;
     if let Some(r) = request {
@@ -99,7 +124,17 @@ pub fn handshake_with(
     }
     s.write_all(&out).map_err(FrameError::Io)?;
     match read_frame::<_, GuestMsg>(&mut s)? {
-        GuestMsg::Welcome { version, agent } if version == PROTOCOL_VERSION => Ok(agent),
+        GuestMsg::Welcome {
+            version,
+            agent,
+            proof,
+        } if version == PROTOCOL_VERSION => {
+            if secret.verify(Purpose::ControlAgent, &nonce, &proof) {
+                Ok(agent)
+            } else {
+                Err(AgentError::Impostor)
+            }
+        }
         GuestMsg::Welcome { version, .. } => Err(AgentError::Guest(format!(
             "agent speaks protocol version {version}, this host speaks {PROTOCOL_VERSION}: \
              rebuild the image with this minke"
@@ -300,5 +335,74 @@ pub fn forward(mut s: &mut dyn Duplex, target: ForwardTarget) -> Result<(), Agen
     match read_frame::<_, GuestMsg>(&mut s)? {
         GuestMsg::Ok => Ok(()),
         m => Err(unexpected("Ok", &m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn secret() -> Secret {
+        Secret::from_bytes(&[0x44; 32]).unwrap()
+    }
+
+    /// A fake agent on the other end: reads the Hello, answers with `welcome(nonce)`, then
+    /// claims the exec succeeded.
+    fn fake_agent(
+        mut g: UnixStream,
+        welcome: impl Fn(&[u8; 32]) -> [u8; 32] + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let nonce = match read_frame::<_, HostMsg>(&mut g).unwrap() {
+                HostMsg::Hello { nonce, proof, .. } => {
+                    assert!(secret().verify(Purpose::Control, &nonce, &proof));
+                    nonce
+                }
+                m => panic!("{m:?}"),
+            };
+            let _ = write_frame(
+                &mut g,
+                &GuestMsg::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent: "fake".into(),
+                    proof: welcome(&nonce),
+                },
+            );
+            let _ = write_frame(&mut g, &GuestMsg::Started { pid: 1 });
+            let _ = write_frame(&mut g, &GuestMsg::Exit { code: 0 });
+        })
+    }
+
+    /// Something on the control port that cannot prove the secret over this connection's
+    /// nonce is not believed: no exit status comes from it.
+    #[test]
+    fn an_answer_without_the_secret_is_not_believed() {
+        let (mut h, g) = UnixStream::pair().unwrap();
+        let t = fake_agent(g, |_| [0; 32]);
+        let e = handshake_with(&mut h, "t", &secret(), None).unwrap_err();
+        assert!(matches!(e, AgentError::Impostor), "{e}");
+        t.join().unwrap();
+
+        // A Welcome replayed from another connection (another nonce) fails the same way.
+        let (mut h, g) = UnixStream::pair().unwrap();
+        let t = fake_agent(g, |_| secret().proof(Purpose::ControlAgent, &[9; 32]));
+        let e = handshake_with(&mut h, "t", &secret(), None).unwrap_err();
+        assert!(matches!(e, AgentError::Impostor), "{e}");
+        t.join().unwrap();
+
+        // The holder's Welcome over this connection's nonce is taken.
+        let (mut h, g) = UnixStream::pair().unwrap();
+        let t = fake_agent(g, |n| secret().proof(Purpose::ControlAgent, n));
+        assert_eq!(
+            handshake_with(&mut h, "t", &secret(), None).unwrap(),
+            "fake"
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        assert_ne!(random32().unwrap(), random32().unwrap());
     }
 }

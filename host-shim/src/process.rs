@@ -174,8 +174,11 @@ pub enum NotProven {
     /// The pid cannot name a process.
     #[error("pid {0} is not a valid process id")]
     BadPid(u64),
-    /// There is no start time recorded for it (a `run.json` from an older minke, or edited).
-    #[error("pid {0} has no recorded start time, so it cannot be told from a reused pid")]
+    /// There is no start time or executable recorded for it (a `run.json` from an older
+    /// minke, or edited).
+    #[error(
+        "pid {0} has no recorded start time and executable, so it cannot be told from a reused pid"
+    )]
     NoRecord(u32),
     /// No process holds the pid (or only a zombie).
     #[error("process {0} has exited")]
@@ -272,12 +275,14 @@ fn matches(pid: u32, stamp: &ProcStamp) -> Result<(), NotProven> {
     if st.start_ticks != stamp.start_ticks {
         return Err(NotProven::Reused(pid));
     }
-    if let Some(want) = &stamp.exe {
-        // An executable replaced on disk (a package upgrade) reads back as "PATH (deleted)".
-        let same = exe_of(pid).is_some_and(|now| same_exe(&now, want));
-        if !same {
-            return Err(NotProven::Reused(pid));
-        }
+    // Start times are public (/proc/PID/stat): the executable must match too, so a forged
+    // record cannot name just any process of this user.
+    let Some(want) = &stamp.exe else {
+        return Err(NotProven::NoRecord(pid));
+    };
+    // An executable replaced on disk (a package upgrade) reads back as "PATH (deleted)".
+    if !exe_of(pid).is_some_and(|now| same_exe(&now, want)) {
+        return Err(NotProven::Reused(pid));
     }
     Ok(())
 }

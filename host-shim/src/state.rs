@@ -179,10 +179,22 @@ pub fn is_running(run: &RunInfo) -> bool {
 }
 
 /// Removes what a dead VM left: `run.json` and sockets (logs stay for `minke logs`). Does
-/// nothing while a process holds the VM's lock (it is booting or still owns the VM).
+/// nothing while a process holds the VM's lock (it is booting or still owns the VM): the
+/// files are removed only while this process holds the lock itself, so a boot starting at
+/// the same moment never loses its own.
 pub fn clean_stale(dir: &Path) {
-    if !lock_held(dir) {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(LOCK_FILE))
+    else {
+        // No lock file: no minke of this kind ever booted here, or it is gone with the VM.
         remove_stale_files(dir);
+        return;
+    };
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        remove_stale_files(dir);
+        // Dropping `f` releases the lock.
     }
 }
 
@@ -255,6 +267,25 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
         .open(dir)
         .map_err(io_err(dir))?;
     make_private(&d, dir, 0o700)
+}
+
+/// Fails unless `dir` is a directory of this user that no one else can write or enter: what
+/// an attaching process reads there (`run.json`, the secret, sockets) is then the booting
+/// process's and nobody else's.
+pub(crate) fn check_private_dir(dir: &Path) -> Result<(), StateError> {
+    let st = rustix::fs::stat(dir).map_err(|e| io_err(dir)(e.into()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if st.st_uid != me {
+        format!("owned by uid {}, not by this user (uid {me})", st.st_uid)
+    } else if st.st_mode & 0o077 != 0 {
+        format!("mode {:o}: other users can reach it", st.st_mode & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(StateError::NotPrivate {
+        path: dir.to_path_buf(),
+        why,
+    })
 }
 
 /// Checks that the open file or directory `f` (at `path`) belongs to this user and sets its
@@ -373,13 +404,23 @@ pub(crate) fn lock_vm(dir: &Path, name: &str) -> Result<VmLock, StateError> {
         .open(&p)
         .map_err(io_err(&p))?;
     make_private(&f, &p, 0o600)?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(VmLock { _file: f }),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy {
-            name: name.into(),
-            pid: read_run(dir).ok().map(|r| r.qemu_pid),
-        }),
-        Err(e) => Err(io_err(&p)(e.into())),
+    // Another minke may hold the lock for a moment to look (`minke ps`, an attach, a stale
+    // clean-up): a short wait tells that from a VM that owns it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(VmLock { _file: f }),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StateError::Busy {
+                    name: name.into(),
+                    pid: read_run(dir).ok().map(|r| r.qemu_pid),
+                })
+            }
+            Err(e) => return Err(io_err(&p)(e.into())),
+        }
     }
 }
 

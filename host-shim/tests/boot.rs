@@ -93,7 +93,11 @@ fn control_agent_refuses_a_guest_peer() {
     require_boot!();
     let vm = shared();
     let o = vm
-        .exec_output(&["sh", "-c", "/init vsock 1 1024 </dev/null"])
+        .exec_output(&[
+            "sh",
+            "-c",
+            &format!("/init vsock 1 {} </dev/null", minke_protocol::CONTROL_PORT),
+        ])
         .unwrap_or_else(|e| {
             panic!(
                 "{e}\nconsole:\n{}",
@@ -373,7 +377,7 @@ fn assert_agent_refuses_strangers(vm: &Vm) {
     use minke_protocol::wire::{read_frame, write_frame};
     use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret, CONTROL_PORT, PROTOCOL_VERSION};
     let wrong = Secret::from_bytes(&[0xee; 32]).unwrap();
-    for proof in [[0u8; 32], wrong.proof(Purpose::Control, &[])] {
+    for proof in [[0u8; 32], wrong.proof(Purpose::Control, &[3; 32])] {
         let mut s =
             std::os::unix::net::UnixStream::connect(vm.state_dir().join("vm.vsock")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -395,6 +399,7 @@ fn assert_agent_refuses_strangers(vm: &Vm) {
             &HostMsg::Hello {
                 version: PROTOCOL_VERSION,
                 client: "stranger".into(),
+                nonce: [3; 32],
                 proof,
             },
         )

@@ -363,24 +363,27 @@ mod tests {
 
     #[test]
     fn bytes_that_are_no_config_get_a_clear_error() {
-        let msg = parse("image.cfg", b"{\"name\": 3}")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.starts_with("image.cfg: not an image config"), "{msg}");
+        let msg = minke_protocol::error_chain(&parse("image.cfg", b"{\"name\": 3}").unwrap_err());
+        assert!(
+            msg.starts_with("cannot decode image.cfg: not an image config"),
+            "{msg}"
+        );
         assert!(msg.contains("rebuild the image"), "{msg}");
         let good = sample();
-        let msg = parse("image.cfg", &good[..good.len() - 3])
-            .unwrap_err()
-            .to_string();
-        assert!(msg.starts_with("image.cfg: corrupt image config"), "{msg}");
+        let msg =
+            minke_protocol::error_chain(&parse("image.cfg", &good[..good.len() - 3]).unwrap_err());
+        assert!(
+            msg.starts_with("cannot decode image.cfg: corrupt image config"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn missing_file_is_a_read_error() {
         let err = load("/nonexistent/image.json").expect_err("no file");
-        assert!(err
-            .to_string()
-            .starts_with("cannot read /nonexistent/image.json: "));
+        assert_eq!(err.to_string(), "cannot read /nonexistent/image.json");
+        assert!(minke_protocol::error_chain(&err)
+            .starts_with("cannot read /nonexistent/image.json: No such file"));
     }
 
     #[test]

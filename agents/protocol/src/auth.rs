@@ -7,9 +7,10 @@
 //!
 //! Each proof is HMAC-SHA256 of the secret over a purpose label and, where the verifier
 //! picked one, its nonce, so a proof made for one purpose never passes for another:
-//! - **control** ([`Purpose::Control`]): the host's `Hello` to the control agent carries it; the
-//!   agent refuses a connection without it. No nonce: only the guest ever sees this proof,
-//!   and the guest knows the secret anyway.
+//! - **control**: the host's `Hello` carries a fresh nonce and the host's proof over it
+//!   ([`Purpose::Control`]); the agent refuses a connection without it. The agent's `Welcome`
+//!   proves the secret over the same nonce ([`Purpose::ControlAgent`]), so the host never
+//!   takes an answer (an exit status, a file) from something else on the control port.
 //! - **time sync**: the guest's `Hello` carries a fresh random nonce and the guest's proof
 //!   over it ([`Purpose::TimeGuest`]), so the host's time server answers holders only; the
 //!   host's `Welcome` carries the host's proof over the same nonce ([`Purpose::TimeHost`]), so
@@ -37,8 +38,10 @@ pub const FW_CFG_SYSFS_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/minke
 /// What a proof is for; each purpose is a different HMAC label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// The host opens a control-agent connection.
+    /// The host opens a control-agent connection (over the host's nonce).
     Control,
+    /// The control agent answers the host's `Hello` (over the host's nonce).
+    ControlAgent,
     /// The guest opens a time sync connection (over the guest's nonce).
     TimeGuest,
     /// The host answers a time sync `Hello` (over the guest's nonce).
@@ -51,6 +54,7 @@ impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
             Purpose::Control => b"minke control v1\0",
+            Purpose::ControlAgent => b"minke control agent v1\0",
             Purpose::TimeGuest => b"minke timesync guest v1\0",
             Purpose::TimeHost => b"minke timesync host v1\0",
             Purpose::Ready => b"minke ready v1\0",

@@ -28,7 +28,11 @@ pub use msg::{GuestMsg, HostMsg};
 pub use wire::{read_frame, write_frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
 
 /// Default vsock port of the control agent (host connects to the guest).
-pub const CONTROL_PORT: u32 = 1024;
+///
+/// Below 1024 on purpose: the guest kernel lets only a process with CAP_NET_BIND_SERVICE bind
+/// a vsock port up to 1023, so while the agent restarts no unprivileged guest process can take
+/// its port and pose as it.
+pub const CONTROL_PORT: u32 = 1023;
 /// Default vsock port of the time sync service (guest connects to the host): 2^31 + 1025.
 ///
 /// High on purpose. vhost-device-vsock (0.3.0, the newest) numbers the host end of each

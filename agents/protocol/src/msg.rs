@@ -32,7 +32,9 @@ pub enum HostMsg {
         version: u32,
         /// Free-form client name for logs.
         client: String,
-        /// The host's proof of the VM's secret ([`crate::Purpose::Control`]).
+        /// Fresh random bytes the agent's proof must cover.
+        nonce: [u8; crate::auth::SECRET_LEN],
+        /// The host's proof of the VM's secret over `nonce` ([`crate::Purpose::Control`]).
         proof: crate::auth::Proof,
     },
     /// Answers a guest-initiated connection's `Hello` (time sync).
@@ -127,6 +129,9 @@ pub enum GuestMsg {
         version: u32,
         /// Version of the in-guest binary.
         agent: String,
+        /// The agent's proof of the VM's secret over the host's nonce
+        /// ([`crate::Purpose::ControlAgent`]).
+        proof: crate::auth::Proof,
     },
     /// Refusal or failure, with a message for the user.
     Error(String),
@@ -233,6 +238,7 @@ mod tests {
             HostMsg::Hello {
                 version: 1,
                 client: "c".into(),
+                nonce: [5; 32],
                 proof: [3; 32],
             },
             HostMsg::Welcome {
@@ -289,6 +295,7 @@ mod tests {
             GuestMsg::Welcome {
                 version: 1,
                 agent: "0.1".into(),
+                proof: [6; 32],
             },
             GuestMsg::Error("x".into()),
             GuestMsg::Ok,

@@ -156,6 +156,7 @@ mod tests {
             HostMsg::Hello {
                 version: PROTOCOL_VERSION,
                 client: "test".into(),
+                nonce: [1; 32],
                 proof: [0; 32],
             },
             HostMsg::Exec(ExecRequest {

@@ -442,9 +442,14 @@ pub(crate) fn finish<C: Conn>(conn: &mut C) {
 
 fn handshake<C: Conn>(conn: &mut C, ctx: &Ctx) -> Result<(), ControlError> {
     match read_frame::<_, HostMsg>(conn)? {
-        HostMsg::Hello { version, proof, .. } if version == PROTOCOL_VERSION => {
+        HostMsg::Hello {
+            version,
+            nonce,
+            proof,
+            ..
+        } if version == PROTOCOL_VERSION => {
             let secret = ctx.secret.as_ref().map_err(|e| ControlError::Refused(e.clone()))?;
-            if !secret.verify(Purpose::Control, &[], &proof) {
+            if !secret.verify(Purpose::Control, &nonce, &proof) {
                 eprintln!("minke agent control: refused a connection without the VM's secret");
                 return Err(ControlError::Refused(
                     "connection refused: the Hello does not prove this VM's secret (only the \
@@ -458,6 +463,7 @@ fn handshake<C: Conn>(conn: &mut C, ctx: &Ctx) -> Result<(), ControlError> {
                 &GuestMsg::Welcome {
                     version: PROTOCOL_VERSION,
                     agent: env!("CARGO_PKG_VERSION").to_string(),
+                    proof: secret.proof(Purpose::ControlAgent, &nonce),
                 },
             )?;
             Ok(())
@@ -717,7 +723,8 @@ pub(crate) mod tests {
         HostMsg::Hello {
             version: PROTOCOL_VERSION,
             client: "test".into(),
-            proof: test_secret().proof(Purpose::Control, &[]),
+            nonce: [7; 32],
+            proof: test_secret().proof(Purpose::Control, &[7; 32]),
         }
     }
 
@@ -727,7 +734,13 @@ pub(crate) mod tests {
         std::thread::spawn(move || serve(guest, &ctx));
         write_frame(&mut host, &hello()).unwrap();
         match read_frame::<_, GuestMsg>(&mut host).unwrap() {
-            GuestMsg::Welcome { version, .. } => assert_eq!(version, PROTOCOL_VERSION),
+            GuestMsg::Welcome { version, proof, .. } => {
+                assert_eq!(version, PROTOCOL_VERSION);
+                assert!(
+                    test_secret().verify(Purpose::ControlAgent, &[7; 32], &proof),
+                    "the Welcome proves the secret over the host's nonce"
+                );
+            }
             other => panic!("expected Welcome, got {other:?}"),
         }
         host
@@ -766,7 +779,8 @@ pub(crate) mod tests {
             &HostMsg::Hello {
                 version: 999,
                 client: "x".into(),
-                proof: test_secret().proof(Purpose::Control, &[]),
+                nonce: [7; 32],
+                proof: test_secret().proof(Purpose::Control, &[7; 32]),
             },
         )
         .unwrap();
@@ -789,8 +803,10 @@ pub(crate) mod tests {
             [0u8; 32],
             Secret::from_bytes(&[1; 32])
                 .unwrap()
-                .proof(Purpose::Control, &[]),
-            test_secret().proof(Purpose::TimeHost, &[]),
+                .proof(Purpose::Control, &[7; 32]),
+            test_secret().proof(Purpose::TimeHost, &[7; 32]),
+            // A proof over another nonce: a replayed Hello with its nonce changed.
+            test_secret().proof(Purpose::Control, &[8; 32]),
         ] {
             let ctx = Arc::new(test_ctx(&dir, Arc::clone(&power)));
             let (mut host, guest) = UnixStream::pair().unwrap();
@@ -801,6 +817,7 @@ pub(crate) mod tests {
                 &HostMsg::Hello {
                     version: PROTOCOL_VERSION,
                     client: "intruder".into(),
+                    nonce: [7; 32],
                     proof,
                 },
             )

@@ -49,6 +49,9 @@ impl Vm {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if dir.exists() {
+            state::check_private_dir(dir)?;
+        }
         let deadline = Instant::now() + timeout;
         // Between taking its lock and starting QEMU a booting process has no run.json yet.
         let run = loop {

@@ -55,7 +55,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Copies the host file `local` to the guest path `guest`, keeping its permission bits.
+    /// Copies the host file `local` to the guest path `guest`, keeping its permission bits
+    /// (not setuid, setgid or sticky).
     pub fn put_file(&self, local: &Path, guest: &str) -> Result<(), VmError> {
         use std::os::unix::fs::PermissionsExt;
         let io = |source| VmError::Io {
@@ -63,7 +64,9 @@ impl Vm {
             source,
         };
         let mut f = File::open(local).map_err(io)?;
-        let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        // Permission bits only: a host file setuid to its owner must not become a setuid-root
+        // file in the guest.
+        let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
         let mut s = self.agent("minke-cp")?;
         client::put(
             s.as_mut(),

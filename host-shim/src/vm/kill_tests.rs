@@ -49,6 +49,21 @@ fn run(qemu: u32, qemu_stamp: Option<ProcStamp>, backend: Option<u32>) -> RunInf
 #[test]
 fn a_forged_run_json_gets_no_process_signalled() {
     let d = tempfile::tempdir().unwrap();
+    // Attaching refuses a state directory others can reach.
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(matches!(
+        Vm::attach_dir(d.path()),
+        Err(VmError::State(StateError::NotPrivate { .. }))
+    ));
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     state::write_private(&d.path().join(files::SECRET), secret().as_bytes()).unwrap();
     let mut sleep = Command::new("sleep").arg("1000").spawn().unwrap();
     let real = ProcStamp::of(sleep.id()).unwrap();
@@ -68,10 +83,11 @@ fn a_forged_run_json_gets_no_process_signalled() {
     for r in cases {
         state::write_run(d.path(), &r).unwrap();
         // Through the front door: the record does not prove a running VM.
-        assert!(matches!(
-            Vm::attach_dir(d.path()),
-            Err(VmError::State(StateError::NotRunning(_)))
-        ));
+        let attached_err = Vm::attach_dir(d.path()).map(|_| ());
+        assert!(
+            matches!(attached_err, Err(VmError::State(StateError::NotRunning(_)))),
+            "{r:?}: {attached_err:?}"
+        );
         // A handle made from it anyway refuses, and says so.
         let mut vm = attached(d.path(), r.clone());
         assert!(!vm.is_running());
@@ -92,11 +108,23 @@ fn a_forged_run_json_gets_no_process_signalled() {
             "{r:?} signalled the sleep"
         );
     }
-    // A record proving the process reaches it (it is no QEMU, so only `kill` would).
-    let r = run(1, ProcStamp::of(1), Some(sleep.id()));
-    let mut r = r;
-    r.backend_stamp = Some(real);
+    // A record whose QEMU is not proven gets its backend left alone too, even when the
+    // backend's own record would prove it.
+    let mut r = run(1, ProcStamp::of(1), Some(sleep.id()));
+    r.backend_stamp = Some(real.clone());
     attached(d.path(), r).try_kill().unwrap_err();
+    assert!(
+        sleep.try_wait().unwrap().is_none(),
+        "a backend was signalled for an unproven QEMU"
+    );
+    // A record whose QEMU has exited and whose backend is proven reaches the backend.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_stamp = ProcStamp::of(gone.id());
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let mut r = run(gone_pid, gone_stamp, Some(sleep.id()));
+    r.backend_stamp = Some(real);
+    attached(d.path(), r).try_kill().unwrap();
     let status = sleep.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));

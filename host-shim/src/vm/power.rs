@@ -115,6 +115,9 @@ impl Vm {
                         Err(NotProven::Gone(_)) => {}
                         Err(source) => {
                             refused.get_or_insert(StateError::Unproven { what, pid, source });
+                            // A record whose QEMU is not this VM's says nothing true about
+                            // its backend either: signal nothing more.
+                            break;
                         }
                     }
                 }

@@ -11,20 +11,10 @@ use crate::qemu::files;
 
 /// A fresh random secret for one boot.
 pub(super) fn new_secret() -> Result<Secret, VmError> {
-    let mut b = [0u8; minke_protocol::auth::SECRET_LEN];
-    let mut filled = 0;
-    while filled < b.len() {
-        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(VmError::Io {
-                    what: "cannot make the VM's secret (getrandom)".into(),
-                    source: e.into(),
-                })
-            }
-        }
-    }
+    let b = crate::client::random32().map_err(|source| VmError::Io {
+        what: "cannot make the VM's secret (getrandom)".into(),
+        source,
+    })?;
     Secret::from_bytes(&b).map_err(|e| VmError::Io {
         what: "cannot make the VM's secret".into(),
         source: io::Error::other(e),
