@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::compress::{ArchiveOptions, Compression};
 use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::error::io_err;
 use crate::kernel::{kbuild, kconfig};
 use crate::layer::{
     records_digest, records_of, sha256_file, sha256_hex, write_atomic, Cache, Record,
@@ -164,13 +165,6 @@ pub enum BuildError {
     Other(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The image manifest (`NAME.manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -273,8 +267,8 @@ impl Image {
     pub fn open(path: &Path) -> Result<Image, BuildError> {
         let manifest_path = if path.is_dir() {
             let mut found = Vec::new();
-            for e in std::fs::read_dir(path).map_err(io(path))? {
-                let e = e.map_err(io(path))?;
+            for e in std::fs::read_dir(path).map_err(io_err(path))? {
+                let e = e.map_err(io_err(path))?;
                 if e.file_name().to_string_lossy().ends_with(".manifest.json") {
                     found.push(e.path());
                 }
@@ -299,7 +293,7 @@ impl Image {
         } else {
             path.to_path_buf()
         };
-        let bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let bytes = std::fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
             BuildError::Other(format!(
                 "{}: not a minke manifest: {e}",
@@ -711,7 +705,7 @@ pub fn kernel_from_package(
                 what: "the kernel record",
                 source,
             })?;
-            write_atomic(&record_path, &json).map_err(io(&record_path))?;
+            write_atomic(&record_path, &json).map_err(io_err(&record_path))?;
             r
         }
     };
@@ -825,7 +819,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
-            let size = std::fs::metadata(&src).map_err(io(&src))?.len();
+            let size = std::fs::metadata(&src).map_err(io_err(&src))?.len();
             mods.insert(
                 &image_path,
                 Node {
@@ -858,7 +852,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         let kind = match &f.what {
             FileWhat::Contents(c) => NodeKind::File(FileData::Inline(c.as_bytes().into())),
             FileWhat::Source(p) => {
-                let size = std::fs::metadata(p).map_err(io(p))?.len();
+                let size = std::fs::metadata(p).map_err(io_err(p))?.len();
                 NodeKind::File(FileData::Path {
                     path: p.clone(),
                     size,
@@ -1094,11 +1088,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
             };
             let bytes = crate::archive::compress::archive(&a.tree, &archive_opts)
                 .map_err(BuildError::Archive)?;
-            write_atomic(&cached, &bytes).map_err(io(&cached))?;
+            write_atomic(&cached, &bytes).map_err(io_err(&cached))?;
             bytes
         }
     };
-    let kernel_bytes = std::fs::read(&a.kernel.image).map_err(io(&a.kernel.image))?;
+    let kernel_bytes = std::fs::read(&a.kernel.image).map_err(io_err(&a.kernel.image))?;
     let kernel_sha = sha256_hex(&kernel_bytes);
     let initrd_sha = sha256_hex(&initrd);
     let cmdline = a.spec.raw.cmdline.trim().to_string();
@@ -1141,7 +1135,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     manifest_json.push(b'\n');
 
     let [kp, ip, cp, mp] = Image::paths(&opts.out_dir, &name);
-    std::fs::create_dir_all(&opts.out_dir).map_err(io(&opts.out_dir))?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
     // Write each output unless an identical one is already there; manifest last.
     write_if_changed(&kp, &kernel_bytes, &kernel_sha)?;
     write_if_changed(&ip, &initrd, &initrd_sha)?;
@@ -1181,7 +1175,8 @@ fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildErr
             return Ok(());
         }
     }
-    write_atomic(path, bytes).map_err(io(path))
+    write_atomic(path, bytes).map_err(io_err(path))?;
+    Ok(())
 }
 
 /// Describes the differences between two manifests, one line each; empty when equal.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::tree::{EntryType, FileData, Node, NodeKind, Tree, TreeError};
+use crate::error::io_err;
 
 /// One file of a layer or image, as recorded in layers and manifests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,13 +106,6 @@ pub enum CacheError {
     /// A record could not be turned back into a tree.
     #[error(transparent)]
     Tree(#[from] TreeError),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Hex sha256 of bytes.
@@ -204,7 +198,7 @@ impl Cache {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e).into()),
         };
         let record: LayerRecord =
             serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt {

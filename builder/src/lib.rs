@@ -10,6 +10,8 @@
 
 pub mod archive;
 pub mod binfmt;
+pub mod error;
+pub mod fsutil;
 pub mod fuzzing;
 pub mod image;
 pub mod kernel;

@@ -99,22 +99,13 @@ fn max_len(target: &str) -> usize {
 fn seed(sh: &Shell, root: &std::path::Path, target: &str, corpus: &str) -> Result<()> {
     let mut files: Vec<std::path::PathBuf> = Vec::new();
     let ls = |dir: &str, ext: &str| -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.join(dir)];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == ext) {
-                    out.push(p);
-                }
-            }
-        }
-        out
+        let dir = root.join(dir);
+        minke::fsutil::walk_sorted(&dir, |_| false)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !e.file_type.is_dir() && e.rel.extension().is_some_and(|x| x == ext))
+            .map(|e| dir.join(e.rel))
+            .collect()
     };
     match target {
         "spec_parser" => files.extend(ls("examples", "yml")),

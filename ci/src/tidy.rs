@@ -5,29 +5,22 @@
 mod tests {
     use std::path::Path;
 
-    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
+    fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let skip = |name: &std::ffi::OsStr| {
+            name == "target" || name == ".git" || name == "corpus" || name == "artifacts"
         };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name();
-            if name == "target" || name == ".git" || name == "corpus" || name == "artifacts" {
-                continue;
-            }
-            if p.is_dir() {
-                rust_files(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
+        minke::fsutil::walk_sorted(dir, skip)
+            .expect("the workspace can be read")
+            .into_iter()
+            .filter(|e| !e.file_type.is_dir() && e.rel.extension().is_some_and(|x| x == "rs"))
+            .map(|e| dir.join(e.rel))
+            .collect()
     }
 
     #[test]
     fn every_rust_file_opens_with_a_module_doc() {
         let root = crate::workspace_root();
-        let mut files = Vec::new();
-        rust_files(&root, &mut files);
+        let files = rust_files(&root);
         assert!(
             files.len() > 50,
             "found only {} .rs files under {}",
@@ -73,8 +66,7 @@ mod tests {
     #[test]
     fn unsafe_code_only_in_sys_modules() {
         let root = crate::workspace_root();
-        let mut files = Vec::new();
-        rust_files(&root, &mut files);
+        let files = rust_files(&root);
         let offenders: Vec<String> = files
             .iter()
             .filter(|f| f.file_name().is_some_and(|n| n != "sys.rs"))

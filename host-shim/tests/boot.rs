@@ -713,22 +713,10 @@ fn init_mounts_and_loads_modules() {
 fn crashing_service_backs_off_while_another_keeps_running() {
     require_boot!();
     let vm = shared();
-    let delays = |log: &str| -> Vec<u64> {
-        log.lines()
-            .filter(|l| l.contains("crasher exited") && l.contains("restarting in"))
-            .filter_map(|l| {
-                l.rsplit("restarting in ")
-                    .next()?
-                    .trim_end_matches(" ms")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .collect()
-    };
     let end = Instant::now() + READY_TIMEOUT;
     let seen = loop {
-        let d = delays(&std::fs::read_to_string(vm.console_log()).unwrap_or_default());
+        let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+        let d = minke_drills::restart_delays(&console, "crasher");
         if d.len() >= 3 || Instant::now() > end {
             break d;
         }

@@ -16,8 +16,10 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::error::io_err;
+use crate::fsutil::walk_sorted;
 use crate::kernel::kconfig::{self, KernelConfig};
-use crate::layer::Cache;
+use crate::layer::{sha256_file, Cache};
 
 /// Bumped when the recipe changes, so old cache entries are not reused.
 const RECIPE: &str = "minke kernel build 2";
@@ -99,13 +101,6 @@ pub enum KbuildError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KbuildError + '_ {
-    move |source| KbuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The newest `/usr/src/linux-source-*.tar.xz`.
 pub fn debian_source_tarball() -> Result<PathBuf, KbuildError> {
     let mut found: Vec<PathBuf> = glob::glob("/usr/src/linux-source-*.tar.xz")
@@ -142,7 +137,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let fragments: Vec<(PathBuf, Vec<u8>)> = opts
         .fragments
         .iter()
-        .map(|f| std::fs::read(f).map(|b| (f.clone(), b)).map_err(io(f)))
+        .map(|f| std::fs::read(f).map(|b| (f.clone(), b)).map_err(io_err(f)))
         .collect::<Result<_, _>>()?;
     let reqs = kconfig::requirements_of(
         &fragments
@@ -154,7 +149,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let (source_id, tree) = match &opts.source {
         Source::Debian => {
             let tarball = debian_source_tarball()?;
-            let sha = sha256_file(&tarball)?;
+            let sha = sha256_file(&tarball).map_err(io_err(&tarball))?;
             (
                 format!("debian {} sha256:{sha}", tarball.display()),
                 Tree::Tarball(tarball, sha),
@@ -217,7 +212,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     };
     let build = cache.dir("kernels").join("build").join(&key);
     let _ = std::fs::remove_dir_all(&build);
-    std::fs::create_dir_all(&build).map_err(io(&build))?;
+    std::fs::create_dir_all(&build).map_err(io_err(&build))?;
     let make = |args: &[&str]| {
         let mut c = Command::new("make");
         c.arg("-C")
@@ -233,12 +228,12 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     run(make(&["tinyconfig"]), "make tinyconfig", &|_| {})?;
     progress("kernel: merging fragments");
     let frag_dir = build.join("minke-fragments");
-    std::fs::create_dir_all(&frag_dir).map_err(io(&frag_dir))?;
+    std::fs::create_dir_all(&frag_dir).map_err(io_err(&frag_dir))?;
     let mut copies = Vec::new();
     for (i, (f, text)) in fragments.iter().enumerate() {
         let name = f.file_name().unwrap_or_default().to_string_lossy();
         let copy = frag_dir.join(format!("{i:02}-{name}"));
-        std::fs::write(&copy, text).map_err(io(&copy))?;
+        std::fs::write(&copy, text).map_err(io_err(&copy))?;
         copies.push(copy);
     }
     let mut merge = Command::new(src.join("scripts/kconfig/merge_config.sh"));
@@ -253,7 +248,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     run(merge, "merge_config.sh", &|_| {})?;
     run(make(&["olddefconfig"]), "make olddefconfig", &|_| {})?;
     let cfg_path = build.join(".config");
-    let cfg = KernelConfig::parse(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?);
+    let cfg = KernelConfig::parse(&std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?);
     let dropped = dropped_options(&cfg, &reqs);
     if !dropped.is_empty() {
         return Err(KbuildError::Dropped(dropped));
@@ -283,15 +278,15 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
         }
     })?;
     let release_path = build.join("include/config/kernel.release");
-    let release = std::fs::read_to_string(&release_path).map_err(io(&release_path))?;
+    let release = std::fs::read_to_string(&release_path).map_err(io_err(&release_path))?;
 
     // Publish atomically: fill a sibling directory, then rename it into place.
     let tmp = out.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     for (from, to) in [("arch/x86/boot/bzImage", "bzImage"), (".config", "config")] {
         let f = build.join(from);
-        std::fs::copy(&f, tmp.join(to)).map_err(io(&f))?;
+        std::fs::copy(&f, tmp.join(to)).map_err(io_err(&f))?;
     }
     if cfg.get("CONFIG_PVH") == "y" {
         let mut strip = Command::new("objcopy");
@@ -301,9 +296,9 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
             .arg(tmp.join("vmlinux"));
         run(strip, "objcopy --strip-all vmlinux", &|_| {})?;
     }
-    std::fs::write(tmp.join("release"), &release).map_err(io(&tmp))?;
+    std::fs::write(tmp.join("release"), &release).map_err(io_err(&tmp))?;
     let _ = std::fs::remove_dir_all(&out);
-    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    std::fs::rename(&tmp, &out).map_err(io_err(&out))?;
     let _ = std::fs::write(&steps_file, count.get().to_string());
     let _ = std::fs::remove_dir_all(&build);
     Ok(Built {
@@ -448,54 +443,59 @@ fn run(mut cmd: Command, step: &str, line: &dyn Fn(&str)) -> Result<(), KbuildEr
     })
 }
 
-fn sha256_file(p: &Path) -> Result<String, KbuildError> {
-    let mut f = std::fs::File::open(p).map_err(io(p))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(io(p))?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Content hash of a source tree: sorted relative paths, modes, symlink targets and bytes
 /// (`.git` skipped).
 fn hash_tree(root: &Path) -> Result<String, KbuildError> {
     use std::os::unix::fs::PermissionsExt;
+    let mut files: Vec<PathBuf> = walk_sorted(root, |n| n == ".git")?
+        .into_iter()
+        .filter(|e| !e.file_type.is_dir())
+        .map(|e| e.rel)
+        .collect();
+    files.sort_by(|a, b| hash_order(a, b));
     let mut h = Sha256::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .flatten()
-            .map(|e| e.file_name())
-            .filter(|n| n != ".git")
-            .collect();
-        entries.sort();
-        // Depth first in sorted order: push in reverse.
-        for name in entries.into_iter().rev() {
-            let r = rel.join(&name);
-            let p = root.join(&r);
-            let md = std::fs::symlink_metadata(&p).map_err(io(&p))?;
-            if md.is_dir() {
-                stack.push(r);
-                continue;
-            }
-            h.update(r.to_string_lossy().as_bytes());
-            if md.file_type().is_symlink() {
-                let t = std::fs::read_link(&p).map_err(io(&p))?;
-                h.update(b"\0l");
-                h.update(t.to_string_lossy().as_bytes());
-            } else {
-                h.update(format!(
-                    "\0{:o}\0{}\0",
-                    md.permissions().mode() & 0o111,
-                    md.len()
-                ));
-                let mut f = std::fs::File::open(&p).map_err(io(&p))?;
-                std::io::copy(&mut f, &mut h).map_err(io(&p))?;
-            }
+    for r in files {
+        let p = root.join(&r);
+        let md = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        h.update(r.to_string_lossy().as_bytes());
+        if md.file_type().is_symlink() {
+            let t = std::fs::read_link(&p).map_err(io_err(&p))?;
+            h.update(b"\0l");
+            h.update(t.to_string_lossy().as_bytes());
+        } else {
+            h.update(format!(
+                "\0{:o}\0{}\0",
+                md.permissions().mode() & 0o111,
+                md.len()
+            ));
+            let mut f = std::fs::File::open(&p).map_err(io_err(&p))?;
+            std::io::copy(&mut f, &mut h).map_err(io_err(&p))?;
         }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The order [`hash_tree`] has always fed files in, kept so that kernels built before stay
+/// cached: in each directory its files, last name first, then its subdirectories in name order.
+fn hash_order(a: &Path, b: &Path) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut ca, mut cb) = (a.components(), b.components());
+    loop {
+        match (ca.next(), cb.next()) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let x_is_file = ca.next().is_none();
+                let y_is_file = cb.next().is_none();
+                return match (x_is_file, y_is_file) {
+                    (true, true) => y.cmp(&x),
+                    (true, false) => Ordering::Less,
+                    (false, true) => Ordering::Greater,
+                    (false, false) => x.cmp(&y),
+                };
+            }
+            (x, y) => return x.cmp(&y),
+        }
+    }
 }
 
 /// Unpacks the source tarball into `kernels/source/SHA` once; returns the tree's top directory.
@@ -511,18 +511,18 @@ fn unpack_source(
         progress(&format!("kernel: unpacking {}", tarball.display()));
         let tmp = dest.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let f = std::fs::File::open(tarball).map_err(io(tarball))?;
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let f = std::fs::File::open(tarball).map_err(io_err(tarball))?;
         let mut ar = tar::Archive::new(xz2::read::XzDecoder::new(std::io::BufReader::new(f)));
         ar.set_preserve_permissions(true);
-        ar.unpack(&tmp).map_err(io(tarball))?;
-        std::fs::write(tmp.join(".complete"), b"").map_err(io(&tmp))?;
+        ar.unpack(&tmp).map_err(io_err(tarball))?;
+        std::fs::write(tmp.join(".complete"), b"").map_err(io_err(&tmp))?;
         let _ = std::fs::remove_dir_all(&dest);
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
     }
     // The tarball holds one top directory (`linux-source-6.1/`).
     let top = std::fs::read_dir(&dest)
-        .map_err(io(&dest))?
+        .map_err(io_err(&dest))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.join("Makefile").is_file())
@@ -535,6 +535,20 @@ fn unpack_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_feeds_its_files_last_name_first_then_its_subdirectories() {
+        let mut v: Vec<PathBuf> = ["a/b/k", "z/1", "a/a", "x", "a/y", "b"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        v.sort_by(|a, b| hash_order(a, b));
+        let want: Vec<PathBuf> = ["x", "b", "a/y", "a/a", "a/b/k", "z/1"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(v, want);
+    }
 
     #[test]
     fn rfc2822_dates() {

@@ -21,6 +21,8 @@ use std::sync::OnceLock;
 
 use goblin::elf::Elf;
 
+use crate::fsutil::walk_sorted;
+
 /// Largest decompressed module accepted.
 const MAX_MODULE_SIZE: u64 = 512 << 20;
 
@@ -270,8 +272,11 @@ impl ModulesDir {
     /// Indexes the module files below `dir` by name. When two files carry the same name, one
     /// below `updates/` wins, else the first in path order.
     pub fn open(dir: &Path) -> Result<ModulesDir, KmodError> {
-        let mut found: Vec<PathBuf> = Vec::new();
-        walk(dir, Path::new(""), &mut found)?;
+        let mut found: Vec<PathBuf> = walk_sorted(dir, |_| false)?
+            .into_iter()
+            .filter(|e| e.file_type.is_file())
+            .map(|e| e.rel)
+            .collect();
         found.sort_by_key(|p| (!p.starts_with("updates"), p.clone()));
         let mut files = BTreeMap::new();
         for rel in found {
@@ -403,31 +408,6 @@ impl ModulesDir {
         }
         Ok(walk.out)
     }
-}
-
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), KmodError> {
-    let here = dir.join(rel);
-    let rd = fs::read_dir(&here).map_err(|source| KmodError::Io {
-        path: here.clone(),
-        source,
-    })?;
-    for entry in rd {
-        let entry = entry.map_err(|source| KmodError::Io {
-            path: here.clone(),
-            source,
-        })?;
-        let ft = entry.file_type().map_err(|source| KmodError::Io {
-            path: entry.path(),
-            source,
-        })?;
-        let child = rel.join(entry.file_name());
-        if ft.is_dir() {
-            walk(dir, &child, out)?;
-        } else if ft.is_file() {
-            out.push(child);
-        }
-    }
-    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
-
 use crate::archive::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
+use crate::error::io_err;
+use crate::layer::sha256_file;
 
 /// Errors of fetching and unpacking Debian packages.
 #[derive(Debug, thiserror::Error)]
@@ -198,13 +198,6 @@ pub fn check_package(name: &str, arch: Option<&str>) -> Result<(), DebError> {
         .map_err(|problem| DebError::InvalidName { problem })
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DebError + '_ {
-    move |source| DebError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// minke's cache directory: `$XDG_CACHE_HOME/minke`, else `$HOME/.cache/minke`.
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
@@ -320,14 +313,6 @@ pub fn cached_kernel_deb() -> Option<PathBuf> {
         .find_map(|d| find_cached_by(d, is_kernel, None, Some("amd64")))
 }
 
-/// sha256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String, DebError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h).map_err(io_err(path))?;
-    Ok(hex::encode(h.finalize()))
-}
-
 fn run_apt(
     tool: &'static str,
     args: &[&str],
@@ -425,7 +410,7 @@ pub fn fetch(name: &str, arch: Option<&str>, cache_dir: &Path) -> Result<Fetched
             spec: spec.clone(),
             dir: cache_dir.to_path_buf(),
         })?;
-    let sha256 = sha256_file(&path)?;
+    let sha256 = sha256_file(&path).map_err(io_err(&path))?;
     Ok(FetchedDeb {
         path,
         name,
@@ -890,7 +875,7 @@ fn remove_non_dir(p: &Path) -> Result<(), DebError> {
             path: p.to_path_buf(),
             source: io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"),
         }),
-        Ok(_) => fs::remove_file(p).map_err(io_err(p)),
+        Ok(_) => Ok(fs::remove_file(p).map_err(io_err(p))?),
         Err(_) => Ok(()),
     }
 }

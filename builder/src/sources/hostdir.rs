@@ -12,6 +12,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::error::io_err;
+use crate::fsutil::walk_sorted;
 
 /// Why a host directory could not be read into a tree.
 #[derive(Debug, thiserror::Error)]
@@ -52,81 +54,64 @@ pub enum HostDirError {
 
 /// Reads everything below `dir` (not `dir` itself) into a tree with uid/gid 0.
 pub fn tree_from_dir(dir: &Path) -> Result<Tree, HostDirError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| HostDirError::Io { path, source }
-    };
     let mut tree = Tree::new();
     // (dev, ino) -> tree paths of files with more than one link.
     let mut links: HashMap<(u64, u64), Vec<String>> = HashMap::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((host, rel)) = stack.pop() {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&host).map_err(io_err(&host))? {
-            let entry = entry.map_err(io_err(&host))?;
-            names.push(entry.file_name());
-        }
-        names.sort();
-        for name in names {
-            let path = host.join(&name);
-            let name = name
+    for entry in walk_sorted(dir, |_| false)? {
+        let path = dir.join(&entry.rel);
+        let tree_path = entry
+            .rel
+            .into_os_string()
+            .into_string()
+            .map_err(|_| HostDirError::NotUtf8 { path: path.clone() })?;
+        let md = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        let ft = md.file_type();
+        let mode = md.mode() & 0o7777;
+        let kind = if ft.is_dir() {
+            NodeKind::Dir
+        } else if ft.is_file() {
+            if md.nlink() > 1 {
+                links
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .push(tree_path.clone());
+            }
+            NodeKind::File(FileData::Path {
+                path: path.clone(),
+                size: md.len(),
+            })
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io_err(&path))?;
+            let target = target
+                .into_os_string()
                 .into_string()
                 .map_err(|_| HostDirError::NotUtf8 { path: path.clone() })?;
-            let tree_path = if rel.is_empty() {
-                name
+            NodeKind::Symlink(target)
+        } else {
+            let kind = if ft.is_block_device() {
+                "block device"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_fifo() {
+                "FIFO"
             } else {
-                format!("{rel}/{name}")
+                "socket"
             };
-            let md = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let ft = md.file_type();
-            let mode = md.mode() & 0o7777;
-            let kind = if ft.is_dir() {
-                stack.push((path.clone(), tree_path.clone()));
-                NodeKind::Dir
-            } else if ft.is_file() {
-                if md.nlink() > 1 {
-                    links
-                        .entry((md.dev(), md.ino()))
-                        .or_default()
-                        .push(tree_path.clone());
-                }
-                NodeKind::File(FileData::Path {
-                    path: path.clone(),
-                    size: md.len(),
-                })
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(io_err(&path))?;
-                let target = target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| HostDirError::NotUtf8 { path: path.clone() })?;
-                NodeKind::Symlink(target)
-            } else {
-                let kind = if ft.is_block_device() {
-                    "block device"
-                } else if ft.is_char_device() {
-                    "character device"
-                } else if ft.is_fifo() {
-                    "FIFO"
-                } else {
-                    "socket"
-                };
-                return Err(HostDirError::Unsupported { path, kind });
-            };
-            tree.insert(
-                &tree_path,
-                Node {
-                    mode,
-                    uid: 0,
-                    gid: 0,
-                    kind,
-                },
-            )
-            .map_err(|source| HostDirError::Tree {
-                path: path.clone(),
-                source,
-            })?;
-        }
+            return Err(HostDirError::Unsupported { path, kind });
+        };
+        tree.insert(
+            &tree_path,
+            Node {
+                mode,
+                uid: 0,
+                gid: 0,
+                kind,
+            },
+        )
+        .map_err(|source| HostDirError::Tree {
+            path: path.clone(),
+            source,
+        })?;
     }
     for (_, mut paths) in links {
         if paths.len() < 2 {

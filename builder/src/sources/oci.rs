@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::archive::tree::{self, FileData, Node, NodeKind, Tree, TreeError};
+use crate::error::io_err;
 
 const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -247,14 +248,10 @@ fn clean_member(name: &str) -> Option<String> {
 
 impl Source {
     fn open_tar(path: &Path) -> Result<Source, OciError> {
-        let ioe = |source| OciError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let mut members = HashMap::new();
-        let mut ar = tar::Archive::new(File::open(path).map_err(ioe)?);
-        for entry in ar.entries_with_seek().map_err(ioe)? {
-            let entry = entry.map_err(ioe)?;
+        let mut ar = tar::Archive::new(File::open(path).map_err(io_err(path))?);
+        for entry in ar.entries_with_seek().map_err(io_err(path))? {
+            let entry = entry.map_err(io_err(path))?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let Some(name) = clean_member(&name) else {
                 continue;
@@ -319,12 +316,8 @@ impl Source {
                 for _ in 0..8 {
                     match members.get(&key) {
                         Some(Member::File(off, size)) => {
-                            let ioe = |source| OciError::Io {
-                                path: path.clone(),
-                                source,
-                            };
-                            let mut f = File::open(path).map_err(ioe)?;
-                            f.seek(SeekFrom::Start(*off)).map_err(ioe)?;
+                            let mut f = File::open(path).map_err(io_err(path))?;
+                            f.seek(SeekFrom::Start(*off)).map_err(io_err(path))?;
                             return Ok(Box::new(BufReader::new(f).take(*size)));
                         }
                         Some(Member::Link(t)) => key = t.clone(),
@@ -860,13 +853,9 @@ pub fn write_oci_layout(dir: &Path, tree: &Tree, arch: &str) -> Result<String, O
         path: blobs.clone(),
         source,
     })?;
-    let ioe = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| OciError::Io { path, source }
-    };
     // Layer: tar → (diff_id hash) → gzip → (digest hash) → temporary file, renamed by digest.
-    let tmp = tempfile::NamedTempFile::new_in(&blobs).map_err(ioe(&blobs))?;
-    let file = tmp.as_file().try_clone().map_err(ioe(tmp.path()))?;
+    let tmp = tempfile::NamedTempFile::new_in(&blobs).map_err(io_err(&blobs))?;
+    let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
     let outer = HashWrite {
         inner: io::BufWriter::new(file),
         hash: Sha256::new(),
@@ -880,10 +869,10 @@ pub fn write_oci_layout(dir: &Path, tree: &Tree, arch: &str) -> Result<String, O
         hash: Sha256::new(),
         len: 0,
     };
-    let inner = write_layer_tar(tree, inner).map_err(ioe(tmp.path()))?;
+    let inner = write_layer_tar(tree, inner).map_err(io_err(tmp.path()))?;
     let diff_id = format!("sha256:{}", hex::encode(inner.hash.finalize()));
-    let mut outer = inner.inner.finish().map_err(ioe(tmp.path()))?;
-    outer.flush().map_err(ioe(tmp.path()))?;
+    let mut outer = inner.inner.finish().map_err(io_err(tmp.path()))?;
+    outer.flush().map_err(io_err(tmp.path()))?;
     let layer_digest = format!("sha256:{}", hex::encode(outer.hash.clone().finalize()));
     let layer_size = outer.len;
     drop(outer);
@@ -937,9 +926,9 @@ pub fn write_oci_layout(dir: &Path, tree: &Tree, arch: &str) -> Result<String, O
         }],
     };
     let p = dir.join("index.json");
-    fs::write(&p, to_json(&index)).map_err(ioe(&p))?;
+    fs::write(&p, to_json(&index)).map_err(io_err(&p))?;
     let p = dir.join("oci-layout");
-    fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(ioe(&p))?;
+    fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(&p))?;
     Ok(manifest_digest)
 }
 

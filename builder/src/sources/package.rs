@@ -22,6 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::tree::{Node, NodeKind, Tree, TreeError};
+use crate::fsutil::walk_sorted;
 use crate::layer::{sha256_file, sha256_hex, Cache, CacheError, Layer};
 
 /// A package definition as written.
@@ -534,32 +535,24 @@ fn hash_path(p: &Path) -> std::io::Result<String> {
         return sha256_file(p);
     }
     let mut h = Sha256::new();
-    hash_dir(&mut h, p, p)?;
+    hash_dir(&mut h, p)?;
     Ok(hex::encode(h.finalize()))
 }
 
-fn hash_dir(h: &mut Sha256, root: &Path, dir: &Path) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let p = e.path();
-        let name = e.file_name();
-        if name == "target" || name == ".git" || name == "fuzz" {
-            continue;
-        }
-        let rel = p
-            .strip_prefix(root)
-            .unwrap_or(&p)
-            .to_string_lossy()
-            .into_owned();
-        let ft = e.file_type()?;
-        if ft.is_dir() {
+/// Feeds `root`'s tree to `h`: a line per entry in sorted order (`target`, `.git` and `fuzz`
+/// left out), with a file's content hash or a symlink's target.
+fn hash_dir(h: &mut Sha256, root: &Path) -> std::io::Result<()> {
+    for e in walk_sorted(root, |name| {
+        name == "target" || name == ".git" || name == "fuzz"
+    })? {
+        let rel = e.rel.to_string_lossy();
+        let full = root.join(&e.rel);
+        if e.file_type.is_dir() {
             h.update(format!("d {rel}\n").as_bytes());
-            hash_dir(h, root, &p)?;
-        } else if ft.is_symlink() {
-            h.update(format!("l {rel} {}\n", std::fs::read_link(&p)?.display()).as_bytes());
+        } else if e.file_type.is_symlink() {
+            h.update(format!("l {rel} {}\n", std::fs::read_link(&full)?.display()).as_bytes());
         } else {
-            h.update(format!("f {rel} {}\n", sha256_file(&p)?).as_bytes());
+            h.update(format!("f {rel} {}\n", sha256_file(&full)?).as_bytes());
         }
     }
     Ok(())
@@ -600,7 +593,7 @@ fn hash_cargo_inputs(h: &mut Sha256, ws: &Path, inputs: &[String]) -> std::io::R
     all.dedup();
     for i in all {
         h.update(format!("input {i}\n").as_bytes());
-        hash_dir(h, &ws.join(i), &ws.join(i))?;
+        hash_dir(h, &ws.join(i))?;
     }
     Ok(())
 }
