@@ -29,10 +29,12 @@ pub use wire::{read_frame, write_frame, FrameError, MAX_FRAME, PROTOCOL_VERSION}
 
 /// Default vsock port of the control agent (host connects to the guest).
 ///
-/// Below 1024 on purpose: the guest kernel lets only a process with CAP_NET_BIND_SERVICE bind
-/// a vsock port up to 1023, so while the agent restarts no unprivileged guest process can take
-/// its port and pose as it.
-pub const CONTROL_PORT: u32 = 1023;
+/// A guest process that takes this port while the agent restarts cannot pose as the agent:
+/// its `Welcome` would have to prove the VM's secret over the host's nonce. (A port below
+/// 1024, which only a privileged guest process may bind, would also keep it from seeing the
+/// host's `Hello`; with vhost-device-vsock 0.3.0 a host connection to such a port was closed
+/// at once about one time in three while a guest process connected to it, so the port stays.)
+pub const CONTROL_PORT: u32 = 1024;
 /// Default vsock port of the time sync service (guest connects to the host): 2^31 + 1025.
 ///
 /// High on purpose. vhost-device-vsock (0.3.0, the newest) numbers the host end of each
