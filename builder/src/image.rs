@@ -781,18 +781,17 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
             digest: layer.record.digest.clone(),
         });
         for c in spec.raw.containers.iter().filter(|c| &c.package == name) {
-            let rootfs = pkg
-                .raw
-                .oci
-                .as_ref()
-                .map(|o| o.dest.clone())
-                .or_else(|| pkg.raw.dir.as_ref().and_then(|d| d.dest.clone()))
-                .ok_or_else(|| {
-                    BuildError::Other(format!(
-                        "container {:?}: package {name} is not an oci or dir package with a dest",
-                        c.name
-                    ))
-                })?;
+            let rootfs = match &pkg.source {
+                package::Source::Oci(o) => Some(o.dest.clone()),
+                package::Source::Dir(d) => d.dest.clone(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                BuildError::Other(format!(
+                    "container {:?}: package {name} is not an oci or dir package with a dest",
+                    c.name
+                ))
+            })?;
             containers.push(cfg::Container {
                 name: c.name.clone(),
                 rootfs,
