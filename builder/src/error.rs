@@ -46,6 +46,7 @@ macro_rules! into_io_variant {
 
 into_io_variant!(
     crate::image::BuildError,
+    crate::kernel::KernelError,
     crate::layer::CacheError,
     crate::kernel::kbuild::KbuildError,
     crate::kernel::kmod::KmodError,

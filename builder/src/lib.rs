@@ -3,13 +3,12 @@
 //! The stages, in the order data flows through them: [`spec`] (parse and validate), packages
 //! turned into trees by their [`sources`] (Debian, host ELF closure, directory, OCI image,
 //! cargo), cached as [`layer`]s, the [`kernel`] checked or built and its modules resolved, and
-//! the merged tree made into the initrd by [`archive`]. [`image`] runs that pipeline;
-//! [`binfmt`] resolves the foreign-binary table it puts in the image config.
+//! the merged tree made into the initrd by [`archive`]. [`image`] runs that pipeline and
+//! writes the outputs.
 
 #![forbid(unsafe_code)]
 
 pub mod archive;
-pub mod binfmt;
 pub mod error;
 pub mod fsutil;
 pub mod fuzzing;
@@ -30,4 +29,15 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// Timestamp used when SOURCE_DATE_EPOCH is unset (2024-01-01T00:00:00Z).
+pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
+
+/// SOURCE_DATE_EPOCH, or [`DEFAULT_EPOCH`].
+pub fn epoch_from_env() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_EPOCH)
 }

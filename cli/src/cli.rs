@@ -410,7 +410,7 @@ pub fn run() -> Result<u8> {
             } else {
                 let cache = minke::layer::Cache::default_location();
                 let progress = Progress::new();
-                let k = image::kernel_from_package(&kernel, &cache, &|m| progress.step(m))?;
+                let k = minke::kernel::kernel_from_package(&kernel, &cache, &|m| progress.step(m))?;
                 k.modules_dir
                     .context("that kernel package has no modules")?
             };
@@ -424,10 +424,13 @@ pub fn run() -> Result<u8> {
         } => {
             let cache = minke::layer::Cache::default_location();
             let progress = Progress::new();
-            let report =
-                image::check_kernel(spec.as_deref(), kernel.as_deref(), None, &cache, &|m| {
-                    progress.step(m)
-                })?;
+            let report = minke::kernel::check_kernel(
+                spec.as_deref(),
+                kernel.as_deref(),
+                None,
+                &cache,
+                &|m| progress.step(m),
+            )?;
             drop(progress);
             write!(out, "{}", report.render(all))?;
             if report.fatal() {
@@ -445,8 +448,13 @@ pub fn run() -> Result<u8> {
             let cache = minke::layer::Cache::default_location();
             let src = (source != "debian").then(|| PathBuf::from(&source));
             let cwd = std::env::current_dir()?;
-            let opts =
-                image::kbuild_options(src, &fragments, "x86_64", &cwd, image::epoch_from_env())?;
+            let opts = minke::kernel::kbuild_options(
+                src,
+                &fragments,
+                "x86_64",
+                &cwd,
+                minke::epoch_from_env(),
+            )?;
             let progress = Progress::new();
             let built = minke::kernel::kbuild::build(&opts, &cache, &|m| progress.step(m))?;
             drop(progress);

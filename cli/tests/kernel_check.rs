@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use minke::image;
+use minke::kernel;
 use minke::kernel::kconfig::{Report, Verdict};
 use minke::layer::Cache;
 
@@ -19,7 +19,7 @@ fn verdict<'a>(r: &'a Report, option: &str) -> (&'a Verdict, bool) {
 
 #[test]
 fn debian_cloud_kernel_verdicts() {
-    let r = image::check_kernel(None, None, None, &Cache::default_location(), &|_| {}).unwrap();
+    let r = kernel::check_kernel(None, None, None, &Cache::default_location(), &|_| {}).unwrap();
     let text = r.render(true);
     assert!(!r.fatal(), "{text}");
     assert!(r.config_source.contains("config-"), "{text}");
@@ -65,7 +65,7 @@ fn debian_cloud_kernel_verdicts() {
 #[test]
 fn a_kernel_without_vsock_fails_the_check_with_the_fragment_line() {
     let cache = Cache::default_location();
-    let real = image::check_kernel(None, None, None, &cache, &|_| {})
+    let real = kernel::check_kernel(None, None, None, &cache, &|_| {})
         .unwrap()
         .config_source;
     let text = std::fs::read_to_string(&real).unwrap();
@@ -84,7 +84,7 @@ fn a_kernel_without_vsock_fails_the_check_with_the_fragment_line() {
     let cfg = dir.path().join("config-novsock");
     std::fs::write(&cfg, cut).unwrap();
 
-    let r = image::check_kernel(None, cfg.to_str(), None, &cache, &|_| {}).unwrap();
+    let r = kernel::check_kernel(None, cfg.to_str(), None, &cache, &|_| {}).unwrap();
     assert!(r.fatal());
     assert_eq!(verdict(&r, "CONFIG_VSOCKETS"), (&Verdict::Missing, true));
 

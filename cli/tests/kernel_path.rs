@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use minke::image;
+use minke::kernel;
 use minke::kernel::kconfig::{Report, Verdict};
 use minke::layer::Cache;
 
@@ -57,7 +57,7 @@ fn a_kernel_file_with_its_modules_beside_it_passes_like_its_package() {
     let cache = Cache::default_location();
 
     // The library: the tree beside the file is found and the image's closure counts.
-    let r = image::check_kernel(None, vmlinuz.to_str(), None, &cache, &|_| {}).unwrap();
+    let r = kernel::check_kernel(None, vmlinuz.to_str(), None, &cache, &|_| {}).unwrap();
     let text = r.render(true);
     assert!(!r.fatal(), "{text}");
     assert!(
@@ -100,7 +100,7 @@ fn a_kernel_file_with_its_modules_beside_it_passes_like_its_package() {
     )
     .unwrap();
     let s = minke::spec::load(Some(&spec)).unwrap();
-    let k = image::resolve_kernel(&s, &cache, 0, &|_| {}).unwrap();
+    let k = kernel::resolve_kernel(&s, &cache, 0, &|_| {}).unwrap();
     assert_eq!(k.version, version);
     assert_eq!(
         k.modules_dir.as_deref().map(|p| p.canonicalize().unwrap()),
@@ -111,7 +111,7 @@ fn a_kernel_file_with_its_modules_beside_it_passes_like_its_package() {
                 .unwrap()
         )
     );
-    let r = image::check_kernel(Some(&spec), None, None, &cache, &|_| {}).unwrap();
+    let r = kernel::check_kernel(Some(&spec), None, None, &cache, &|_| {}).unwrap();
     assert!(!r.fatal(), "{}", r.render(true));
 }
 
@@ -127,7 +127,7 @@ fn the_same_kernel_without_its_modules_tree_does_not_pass() {
     for f in [format!("vmlinuz-{version}"), format!("config-{version}")] {
         std::fs::copy(root.join("boot").join(&f), bare.join(&f)).unwrap();
     }
-    let r = image::check_kernel(
+    let r = kernel::check_kernel(
         None,
         bare.join(format!("vmlinuz-{version}")).to_str(),
         None,

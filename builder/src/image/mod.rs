@@ -1,0 +1,208 @@
+//! The build pipeline: spec → layers → merged tree → initrd, kernel, cmdline and manifest.
+//!
+//! [`build`] is the library entry point the CLI, the tests and xtask call: [`assemble`] resolves
+//! and merges everything in memory, the tree is archived (cached by content), and the outputs
+//! are written last, each atomically ([`outputs`]), so a failed build leaves no output behind
+//! and an interrupted one leaves the previous image intact. [`manifest`] describes an image,
+//! [`config`] is what its init reads, [`binfmt`] the foreign-binary table in that config.
+
+use std::path::PathBuf;
+
+use crate::archive::compress::{ArchiveOptions, Compression};
+use crate::archive::tree::TreeError;
+use crate::epoch_from_env;
+use crate::error::io_err;
+use crate::kernel::KernelError;
+use crate::layer::{records_digest, records_of, sha256_hex, write_atomic, Cache, Record};
+use crate::sources::package::PackageError;
+use crate::spec::{self, SpecError};
+
+mod assemble;
+pub mod binfmt;
+pub mod config;
+pub mod manifest;
+pub mod outputs;
+
+pub use assemble::{assemble, Assembled};
+pub use config::image_config;
+pub use manifest::{diff, DiskRecord, InitrdRecord, KernelRecord, LayerRef, Manifest};
+pub use outputs::Image;
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Spec file; `None` for the embedded default spec.
+    pub spec: Option<PathBuf>,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Cache.
+    pub cache: Cache,
+    /// The one timestamp of every output (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+    /// Override of the spec's compression.
+    pub compression: Option<Compression>,
+    /// Override of the spec's kernel.
+    pub kernel: Option<spec::RawKernel>,
+}
+
+impl BuildOptions {
+    /// Options from the environment: SOURCE_DATE_EPOCH, the default cache.
+    pub fn new(spec: Option<PathBuf>, out_dir: PathBuf) -> BuildOptions {
+        BuildOptions {
+            spec,
+            out_dir,
+            cache: Cache::default_location(),
+            epoch: epoch_from_env(),
+            compression: None,
+            kernel: None,
+        }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Invalid spec.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A package failed.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The kernel could not be resolved, built or judged, or cannot run the image.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// Two packages write the same path differently.
+    #[error("{path} is provided by both {first} and {second} with different contents: remove it from one, or mark {second} with `override: true` in the spec's packages list")]
+    Conflict {
+        /// The path.
+        path: String,
+        /// Earlier package.
+        first: String,
+        /// Later package.
+        second: String,
+    },
+    /// A path problem.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// Archiving failed.
+    #[error("cannot archive the initramfs")]
+    Archive(#[source] crate::archive::compress::ArchiveError),
+    /// Files could not be read to hash them.
+    #[error("cannot hash {what}")]
+    Hash {
+        /// Which files.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode {what} as JSON")]
+    Json {
+        /// Which record.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
+    /// An I/O error on a named path.
+    #[error("cannot access {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything else, with a message for the user.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Builds the image and writes the four outputs.
+pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, BuildError> {
+    let a = assemble(opts, progress)?;
+    let compression = opts.compression.unwrap_or(a.spec.raw.compression);
+    // Validate binfmt names now that the spec is known to be otherwise sound.
+    for arch in &a.spec.raw.binfmt {
+        binfmt::check(arch, &a.tree).map_err(BuildError::Other)?;
+    }
+    let files = records_of(&a.tree).map_err(|source| BuildError::Hash {
+        what: "the image's files",
+        source,
+    })?;
+    let initrd = archive_cached(&a, &files, compression, opts, progress)?;
+    let kernel = std::fs::read(&a.kernel.image).map_err(io_err(&a.kernel.image))?;
+    let manifest = manifest_of(&a, files, &kernel, &initrd, compression, opts.epoch);
+    outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd)
+}
+
+/// The initrd's bytes: from the cache when this tree was archived before with these options
+/// (the key is the digest of its records), else archived now and cached.
+fn archive_cached(
+    a: &Assembled,
+    files: &[Record],
+    compression: Compression,
+    opts: &BuildOptions,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<u8>, BuildError> {
+    let tree_digest = records_digest(files);
+    let key =
+        sha256_hex(format!("initrd-v1 {tree_digest} {compression:?} {}", opts.epoch).as_bytes());
+    let cached = opts.cache.dir("initrd").join(format!("{key}.img"));
+    if let Ok(bytes) = std::fs::read(&cached) {
+        return Ok(bytes);
+    }
+    progress("archiving initramfs");
+    let archive_opts = ArchiveOptions {
+        mtime: opts.epoch as u32,
+        compression,
+        ..ArchiveOptions::default()
+    };
+    let bytes =
+        crate::archive::compress::archive(&a.tree, &archive_opts).map_err(BuildError::Archive)?;
+    write_atomic(&cached, &bytes).map_err(io_err(&cached))?;
+    Ok(bytes)
+}
+
+/// The manifest of an assembled image with these kernel and initrd bytes.
+fn manifest_of(
+    a: &Assembled,
+    files: Vec<Record>,
+    kernel: &[u8],
+    initrd: &[u8],
+    compression: Compression,
+    epoch: u64,
+) -> Manifest {
+    let kernel_sha = sha256_hex(kernel);
+    let initrd_sha = sha256_hex(initrd);
+    let cmdline = a.spec.raw.cmdline.trim().to_string();
+    let image_digest = sha256_hex(format!("{kernel_sha}\n{initrd_sha}\n{cmdline}\n").as_bytes());
+    Manifest {
+        name: a.spec.raw.name.clone(),
+        arch: a.spec.raw.arch.clone(),
+        image_digest,
+        kernel: KernelRecord {
+            sha256: kernel_sha,
+            version: a.kernel.version.clone(),
+            source: a.kernel.source.clone(),
+        },
+        cmdline,
+        initrd: InitrdRecord {
+            sha256: initrd_sha,
+            size: initrd.len() as u64,
+            compression,
+            mtime: epoch,
+        },
+        layers: a.layers.clone(),
+        modules: a.config.modules.clone(),
+        disks: a
+            .spec
+            .raw
+            .disks
+            .iter()
+            .map(|d| DiskRecord {
+                label: d.label.clone(),
+                size: d.size.as_deref().and_then(spec::parse_size),
+            })
+            .collect(),
+        files,
+    }
+}

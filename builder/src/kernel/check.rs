@@ -1,0 +1,196 @@
+//! Whether a kernel can run an image: the modules the image needs (in load order) and the
+//! kernel's config judged against the `kernel-config/` fragments for the image's features.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use minke_protocol::config::AgentKind;
+
+use super::resolve::{
+    kernel_config_dir, kernel_from_package, modules_beside, release_from_file_name, resolve_kernel,
+    ResolvedKernel,
+};
+use super::{kconfig, kmod, KernelError};
+use crate::archive::compress::Compression;
+use crate::layer::Cache;
+use crate::spec::{self, Spec};
+
+/// Modules every image with a modular kernel gets: virtio PCI, the vsock transport, the
+/// ACPI power button with evdev (so PID1 sees QMP `system_powerdown`), and `qemu_fw_cfg` (the
+/// per-VM secret reaches PID1 as a firmware config file). `virtio_blk` is added
+/// when the spec declares data disks, `binfmt_misc` when the binfmt agent runs and
+/// `virtio_console` when the serial agent does (the virtio-serial transport).
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "vmw_vsock_virtio_transport",
+    "button",
+    "evdev",
+    "qemu_fw_cfg",
+];
+
+/// Modules the image needs before the spec's own: the agents' transport, the power button,
+/// and what the spec's features use.
+fn wanted_modules(spec: &Spec) -> Vec<String> {
+    let mut want: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
+        want.push("binfmt_misc".into());
+    }
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Serial) {
+        want.push("virtio_console".into());
+    }
+    if !spec.raw.disks.is_empty() {
+        want.push("virtio_blk".into());
+    }
+    want.extend(spec.raw.modules.iter().cloned());
+    want
+}
+
+/// The image's modules in load order (empty for a kernel without a modules directory; the
+/// spec's own modules must then be built in, which [`kernel_report`] checks).
+pub fn module_closure(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    let Some(mdir) = &kernel.modules_dir else {
+        return Ok(Vec::new());
+    };
+    let want = wanted_modules(spec);
+    let refs: Vec<&str> = want.iter().map(String::as_str).collect();
+    kmod::closure(mdir, &refs).map_err(|source| KernelError::ModuleClosure {
+        dir: mdir.clone(),
+        source,
+    })
+}
+
+/// The image features that make `@required-for` fragment options required.
+pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feature> {
+    let mut f = BTreeSet::new();
+    match compression {
+        Compression::Gzip => f.insert(kconfig::Feature::Gzip),
+        Compression::Zstd => f.insert(kconfig::Feature::Zstd),
+        Compression::None => false,
+    };
+    if !spec.raw.disks.is_empty() {
+        f.insert(kconfig::Feature::Disks);
+    }
+    if spec.agents.iter().any(|(k, _)| *k == AgentKind::Binfmt) {
+        f.insert(kconfig::Feature::Binfmt);
+    }
+    if !spec.raw.containers.is_empty() {
+        f.insert(kconfig::Feature::Containers);
+    }
+    f
+}
+
+/// Checks the kernel's config against the default fragments for this image. `None` when the
+/// kernel's config cannot be found (a bare image without IKCONFIG): that is logged, not fatal.
+pub fn kernel_report(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+    compression: Compression,
+) -> Result<Option<kconfig::Report>, KernelError> {
+    let (config, source) = match &kernel.config {
+        Some(c) => kconfig::config_for(c).map_err(|source| KernelError::Config {
+            image: kernel.image.clone(),
+            source,
+        })?,
+        None => match kconfig::config_for(&kernel.image) {
+            Ok(x) => x,
+            Err(e) if !spec.raw.modules.is_empty() && kernel.modules_dir.is_none() => {
+                return Err(KernelError::Modules(format!(
+                    "the spec asks for modules {:?} but the kernel has no modules directory, and \
+                     its configuration is unknown ({})",
+                    spec.raw.modules,
+                    crate::error_chain(&e)
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot check the kernel's configuration: {}",
+                    crate::error_chain(&e)
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let dir = kernel_config_dir();
+    let paths = kconfig::fragment_paths(&dir, &kconfig::default_fragments(&spec.raw.arch), &dir)
+        .map_err(KernelError::Fragments)?;
+    let mut reqs = kconfig::requirements(&paths).map_err(KernelError::Fragments)?;
+    let ws = spec::workspace_dir();
+    for r in &mut reqs {
+        if let Ok(rel) = r.file.strip_prefix(&ws) {
+            r.file = rel.to_path_buf();
+        }
+    }
+    let modules = kconfig::Modules {
+        in_image: closure
+            .iter()
+            .map(|m| kconfig::module_key(&m.name))
+            .collect(),
+        in_kernel: kernel.modules_dir.as_deref().map(kconfig::module_names),
+        image_known: true,
+    };
+    if kernel.modules_dir.is_none() {
+        // The spec's modules must be built in: each must name an option that is =y.
+        for m in &spec.raw.modules {
+            let key = kconfig::module_key(m);
+            let built_in = reqs.iter().any(|r| {
+                r.module.as_deref().map(kconfig::module_key).as_deref() == Some(key.as_str())
+                    && config.get(&r.option) == "y"
+            });
+            if !built_in {
+                return Err(KernelError::Modules(format!(
+                    "the spec asks for module {m:?} but the kernel has no modules directory and \
+                     no kernel-config/ option known to provide {m:?} is built in: drop it from \
+                     `modules:`, or use a kernel with modules"
+                )));
+            }
+        }
+    }
+    Ok(Some(kconfig::check(
+        &config,
+        &source,
+        &reqs,
+        &features(spec, compression),
+        &modules,
+    )))
+}
+
+/// `minke kernel check`: the report for `kernel` (a file, a Debian package name, or the
+/// spec's own kernel when `None`) running the image of `spec` (the default spec when `None`).
+pub fn check_kernel(
+    spec: Option<&Path>,
+    kernel: Option<&str>,
+    compression: Option<Compression>,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<kconfig::Report, KernelError> {
+    let spec = spec::load(spec)?;
+    let resolved = match kernel {
+        None => resolve_kernel(&spec, cache, crate::epoch_from_env(), progress)?,
+        Some(k) if Path::new(k).exists() => {
+            let image = PathBuf::from(k);
+            let version = release_from_file_name(&image).unwrap_or_default();
+            let modules_dir = modules_beside(&image, &version);
+            ResolvedKernel {
+                image,
+                modules_dir,
+                config: None,
+                version,
+                source: format!("path {k}"),
+            }
+        }
+        Some(k) if !k.contains('/') => kernel_from_package(k, cache, progress)?,
+        Some(k) => return Err(KernelError::Unusable(format!("{k} does not exist"))),
+    };
+    let closure = module_closure(&spec, &resolved)?;
+    let compression = compression.unwrap_or(spec.raw.compression);
+    kernel_report(&spec, &resolved, &closure, compression)?.ok_or_else(|| {
+        KernelError::Unusable(format!(
+            "no configuration found for {}: pass its .config or config-VERSION file",
+            resolved.image.display()
+        ))
+    })
+}
