@@ -31,10 +31,12 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PathIo + '_ {
     }
 }
 
+/// `impl From<PathIo>` for an error type with an `Io { path, source }` variant, written beside
+/// the type: `crate::error::into_io_variant!(MyError);`.
 macro_rules! into_io_variant {
     ($($t:ty),+ $(,)?) => {$(
-        impl From<PathIo> for $t {
-            fn from(e: PathIo) -> Self {
+        impl From<$crate::error::PathIo> for $t {
+            fn from(e: $crate::error::PathIo) -> Self {
                 Self::Io {
                     path: e.path,
                     source: e.source,
@@ -43,14 +45,4 @@ macro_rules! into_io_variant {
         }
     )+};
 }
-
-into_io_variant!(
-    crate::image::BuildError,
-    crate::kernel::KernelError,
-    crate::layer::CacheError,
-    crate::kernel::kbuild::KbuildError,
-    crate::kernel::kmod::KmodError,
-    crate::sources::deb::DebError,
-    crate::sources::hostdir::HostDirError,
-    crate::sources::oci::OciError,
-);
+pub(crate) use into_io_variant;

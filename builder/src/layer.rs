@@ -108,6 +108,8 @@ pub enum CacheError {
     Tree(#[from] TreeError),
 }
 
+crate::error::into_io_variant!(CacheError);
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

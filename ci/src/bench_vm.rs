@@ -578,7 +578,7 @@ fn raw_vsock(vm: &Vm) -> Result<RawVsock> {
     let listen = |port: u32| -> Result<UnixListener> {
         let p = vm
             .state_dir()
-            .join(format!("{}_{port}", minke_shim::qemu::files::VSOCK));
+            .join(format!("{}_{port}", minke_shim::state::files::VSOCK));
         let _ = std::fs::remove_file(&p);
         Ok(UnixListener::bind(&p)?)
     };

@@ -9,6 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use minke::archive::compress::Compression;
 use minke::image::{self, BuildOptions, Image};
 
+use crate::progress::Progress;
+
 /// Default of `--timeout` for commands that attach to a VM which may still be booting.
 const ATTACH_TIMEOUT_SECS: u64 = minke_shim::ATTACH_TIMEOUT.as_secs();
 
@@ -264,39 +266,6 @@ impl From<CompressionArg> for Compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
             CompressionArg::None => Compression::None,
-        }
-    }
-}
-
-/// Progress on a terminal; silence otherwise.
-pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    /// A spinner when stderr is a terminal.
-    pub fn new() -> Progress {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        });
-        Progress { bar }
-    }
-
-    /// Shows a step.
-    pub fn step(&self, msg: &str) {
-        if let Some(b) = &self.bar {
-            b.set_message(msg.to_string());
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
         }
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod progress;
 mod run;
 
 use std::process::ExitCode;

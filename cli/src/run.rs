@@ -11,7 +11,7 @@ use minke::image::{self, BuildOptions, Image};
 use minke_protocol::config::BootTimeline;
 use minke_shim::{Accel, DiskFormat, DiskSpec, ExecRequest, Stdin, Transport, Vm, VmConfig};
 
-use crate::cli::Progress;
+use crate::progress::Progress;
 
 /// Options of `minke run`.
 pub struct RunArgs {

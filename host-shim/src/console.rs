@@ -16,13 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::qemu::files;
-use crate::state::{self, StateError};
+use crate::state::{self, files, StateError};
 
 /// Size at which `console.log` is moved to `console.log.1` and started again.
 pub const ROTATE_AT: u64 = 8 << 20;
-/// The socket QEMU's console chardev connects to.
-pub const CONSOLE_SOCKET: &str = "console.sock";
 /// Where the previous `console.log` goes when it is full.
 pub const ROTATED: &str = "console.log.1";
 
@@ -68,7 +65,7 @@ impl ConsoleLog {
     }
 
     fn listen_capped(state_dir: &Path, cap: u64) -> Result<Self, StateError> {
-        let path = state::check_socket_path(state_dir, CONSOLE_SOCKET)?;
+        let path = state::check_socket_path(state_dir, files::CONSOLE_SOCKET)?;
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(state::io_err(&path))?;
         let mut w = Rotating::create(state_dir, cap)?;
@@ -225,7 +222,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = ConsoleLog::listen_capped(d.path(), 1 << 20).unwrap();
         let mut qemu =
-            std::os::unix::net::UnixStream::connect(d.path().join(CONSOLE_SOCKET)).unwrap();
+            std::os::unix::net::UnixStream::connect(d.path().join(files::CONSOLE_SOCKET)).unwrap();
         qemu.write_all(b"hello from ttyS0\n").unwrap();
         drop(qemu);
         log.finish().unwrap();
@@ -236,6 +233,6 @@ mod tests {
         // Dropped before QEMU ever connected: the listener ends, the socket is removed.
         let d2 = tempfile::tempdir().unwrap();
         drop(ConsoleLog::listen(d2.path()).unwrap());
-        assert!(!d2.path().join(CONSOLE_SOCKET).exists());
+        assert!(!d2.path().join(files::CONSOLE_SOCKET).exists());
     }
 }

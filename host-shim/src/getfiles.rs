@@ -24,7 +24,6 @@ use minke_protocol::{GuestMsg, HostMsg};
 use crate::client::AgentError;
 use crate::state;
 use crate::transport::Duplex;
-use crate::vm::VmError;
 
 /// Most bytes [`crate::Vm::read_file`] and [`crate::Vm::logs`] hold in memory.
 pub const MEMORY_LIMIT: u64 = 64 << 20;
@@ -38,6 +37,22 @@ pub struct GetOptions {
     /// Keep the guest's permission bits as they are, setuid, setgid and sticky bits included,
     /// and ignore the umask. Off by default: those bits are dropped and the umask applies.
     pub preserve: bool,
+}
+
+/// Why a copy out of the guest failed; it becomes a [`crate::VmError`] with the same message.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// The agent conversation failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A host-side file operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// OS error.
+        source: io::Error,
+    },
 }
 
 /// A copy into memory went over [`MEMORY_LIMIT`].
@@ -126,12 +141,12 @@ pub(crate) fn read_capped(
     head: &HostMsg,
     limit: u64,
     what: &str,
-) -> Result<Vec<u8>, VmError> {
+) -> Result<Vec<u8>, GetError> {
     let mut frames = Frames::begin(s, head)?;
     let mut out = Vec::new();
     while let Some(c) = frames.chunk()? {
         if out.len() as u64 + c.len() as u64 > limit {
-            return Err(VmError::Io {
+            return Err(GetError::Io {
                 what: format!("cannot read {what} into memory"),
                 source: io::Error::new(io::ErrorKind::FileTooLarge, TooLarge { limit }),
             });
@@ -157,8 +172,8 @@ pub(crate) fn current_umask() -> u32 {
 /// Asks for the guest file `guest` and writes it to `local`: under an exclusive temporary name
 /// in `local`'s directory, created only once the guest answered, renamed into place at the
 /// end (mode 0666 less the umask, like a new file), removed on failure.
-pub(crate) fn file_to(s: &mut dyn Duplex, guest: &str, local: &Path) -> Result<u64, VmError> {
-    let name = local.file_name().ok_or_else(|| VmError::Io {
+pub(crate) fn file_to(s: &mut dyn Duplex, guest: &str, local: &Path) -> Result<u64, GetError> {
+    let name = local.file_name().ok_or_else(|| GetError::Io {
         what: format!("cannot write {}", local.display()),
         source: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
     })?;
@@ -168,13 +183,13 @@ pub(crate) fn file_to(s: &mut dyn Duplex, guest: &str, local: &Path) -> Result<u
     };
     let mut frames = Frames::begin(s, &HostMsg::GetFile { path: guest.into() })?;
     let (mut f, tmp) =
-        state::create_temp_in(dir, &name.to_string_lossy()).map_err(|source| VmError::Io {
+        state::create_temp_in(dir, &name.to_string_lossy()).map_err(|source| GetError::Io {
             what: format!("cannot create a temporary file in {}", dir.display()),
             source,
         })?;
     let res = (|| {
         let mut total = 0u64;
-        let local_err = |source| VmError::Io {
+        let local_err = |source| GetError::Io {
             what: format!("cannot write {}", tmp.display()),
             source,
         };
@@ -184,7 +199,7 @@ pub(crate) fn file_to(s: &mut dyn Duplex, guest: &str, local: &Path) -> Result<u
         }
         f.set_permissions(std::fs::Permissions::from_mode(0o666 & !current_umask()))
             .map_err(local_err)?;
-        std::fs::rename(&tmp, local).map_err(|source| VmError::Io {
+        std::fs::rename(&tmp, local).map_err(|source| GetError::Io {
             what: format!("cannot write {}", local.display()),
             source,
         })?;
@@ -218,15 +233,15 @@ pub(crate) fn tree_to(
     guest: &str,
     local: &Path,
     opts: GetOptions,
-) -> Result<(), VmError> {
+) -> Result<(), GetError> {
     let frames = Frames::begin(s, &HostMsg::GetTree { path: guest.into() })?;
     let created = first_missing(local);
     let res = (|| {
-        std::fs::create_dir_all(local).map_err(|source| VmError::Io {
+        std::fs::create_dir_all(local).map_err(|source| GetError::Io {
             what: format!("cannot create {}", local.display()),
             source,
         })?;
-        unpack(frames, local, opts).map_err(|source| VmError::Io {
+        unpack(frames, local, opts).map_err(|source| GetError::Io {
             what: format!("cannot unpack into {}", local.display()),
             source,
         })

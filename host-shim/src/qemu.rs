@@ -4,57 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{DiskSpec, VmConfig};
-
-/// File names inside a VM's state directory.
-pub mod files {
-    /// QMP socket.
-    pub const QMP: &str = "qmp.sock";
-    /// vhost-user control socket between QEMU and the vsock backend.
-    pub const VHU: &str = "vhu.sock";
-    /// Hybrid vsock socket (host→guest `CONNECT`; guest→host `vm.vsock_PORT`).
-    pub const VSOCK: &str = "vm.vsock";
-    /// virtio-serial socket (multiplexed transport).
-    pub const SERIAL: &str = "serial.sock";
-    /// Serial console output.
-    pub const CONSOLE: &str = "console.log";
-    /// QEMU's own stderr.
-    pub const QEMU_LOG: &str = "qemu.log";
-    /// The vsock backend's output.
-    pub const BACKEND_LOG: &str = "vsock-backend.log";
-    /// Pids and transport of a running VM ([`crate::state::RunInfo`]).
-    pub const RUN: &str = "run.json";
-    /// Copy of the guest boot timeline.
-    pub const BOOT_JSON: &str = "boot.json";
-    /// The VM's secret (0600), handed to QEMU as a firmware config file and read by
-    /// attached processes to prove themselves (see `minke_protocol::auth`).
-    pub const SECRET: &str = "secret";
-    /// Written by the booting process once the guest is ready (the tagged ready line), so
-    /// attached processes see readiness even after the console log rotated.
-    pub const READY: &str = "ready";
-}
-
-/// Accelerator actually used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum UsedAccel {
-    /// Hardware virtualization.
-    Kvm,
-    /// Software emulation.
-    Tcg,
-}
-
-/// Transport actually used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum UsedTransport {
-    /// Kernel vhost-vsock with this guest CID.
-    VhostKernel {
-        /// Guest CID.
-        cid: u32,
-    },
-    /// vhost-user vsock (hybrid vsock sockets in the state dir).
-    VhostUser,
-    /// virtio-serial with the connection multiplexer.
-    Serial,
-}
+use crate::state::{files, UsedAccel, UsedTransport};
 
 /// Guest CID given to vhost-device-vsock: it only matters inside the VM.
 pub const VHOST_USER_CID: u32 = 3;
@@ -135,7 +85,7 @@ pub(crate) fn qemu_args(
         )
     } else {
         // The booting shim reads it and writes the capped console.log (crate::console).
-        format!("socket,id=con,path={}", p(crate::console::CONSOLE_SOCKET))
+        format!("socket,id=con,path={}", p(files::CONSOLE_SOCKET))
     };
     push(&["-chardev", &console, "-serial", "chardev:con"]);
     push(&[

@@ -25,7 +25,7 @@ use minke_mux::connect::ConnectServer;
 use minke_mux::{Acceptor, Line, Mux, Role};
 use minke_protocol::TIMESYNC_PORT;
 
-use crate::qemu::files;
+use crate::state::files;
 use crate::timesync::TimeServer;
 use crate::transport::Duplex;
 

@@ -16,7 +16,59 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::process::ProcStamp;
-use crate::qemu::{files, UsedAccel, UsedTransport};
+
+/// File names inside a VM's state directory.
+pub mod files {
+    /// QMP socket.
+    pub const QMP: &str = "qmp.sock";
+    /// vhost-user control socket between QEMU and the vsock backend.
+    pub const VHU: &str = "vhu.sock";
+    /// Hybrid vsock socket (host→guest `CONNECT`; guest→host `vm.vsock_PORT`).
+    pub const VSOCK: &str = "vm.vsock";
+    /// virtio-serial socket (multiplexed transport).
+    pub const SERIAL: &str = "serial.sock";
+    /// Serial console output.
+    pub const CONSOLE: &str = "console.log";
+    /// The socket QEMU writes the console to; the shim reads it into [`CONSOLE`].
+    pub const CONSOLE_SOCKET: &str = "console.sock";
+    /// QEMU's own stderr.
+    pub const QEMU_LOG: &str = "qemu.log";
+    /// The vsock backend's output.
+    pub const BACKEND_LOG: &str = "vsock-backend.log";
+    /// Pids and transport of a running VM ([`crate::state::RunInfo`]).
+    pub const RUN: &str = "run.json";
+    /// Copy of the guest boot timeline.
+    pub const BOOT_JSON: &str = "boot.json";
+    /// The VM's secret (0600), handed to QEMU as a firmware config file and read by
+    /// attached processes to prove themselves (see `minke_protocol::auth`).
+    pub const SECRET: &str = "secret";
+    /// Written by the booting process once the guest is ready (the tagged ready line), so
+    /// attached processes see readiness even after the console log rotated.
+    pub const READY: &str = "ready";
+}
+
+/// Accelerator actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedAccel {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Transport actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedTransport {
+    /// Kernel vhost-vsock with this guest CID.
+    VhostKernel {
+        /// Guest CID.
+        cid: u32,
+    },
+    /// vhost-user vsock (hybrid vsock sockets in the state dir).
+    VhostUser,
+    /// virtio-serial with the connection multiplexer.
+    Serial,
+}
 
 /// The lock file a booting process holds for the VM's life.
 pub const LOCK_FILE: &str = "lock";

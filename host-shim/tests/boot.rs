@@ -489,7 +489,7 @@ fn shared_serial() -> &'static Vm {
         c.runtime_config
             .push(("env".into(), b"OVER=serial\n".to_vec()));
         let vm = boot(c);
-        assert_eq!(vm.transport(), minke_shim::qemu::UsedTransport::Serial);
+        assert_eq!(vm.transport(), minke_shim::state::UsedTransport::Serial);
         (dir, vm)
     })
     .1
@@ -930,7 +930,7 @@ fn assert_cat_echoes(vm: &Vm, input: &[u8]) {
 fn thousands_of_connections_keep_working() {
     require_boot!();
     let vm = shared();
-    if vm.transport() != minke_shim::qemu::UsedTransport::VhostUser {
+    if vm.transport() != minke_shim::state::UsedTransport::VhostUser {
         return;
     }
     for i in 0..1200 {

@@ -116,6 +116,8 @@ pub enum BuildError {
     Other(String),
 }
 
+crate::error::into_io_variant!(BuildError);
+
 /// Builds the image and writes the four outputs.
 pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, BuildError> {
     let a = assemble(opts, progress)?;

@@ -101,6 +101,8 @@ pub enum KbuildError {
     },
 }
 
+crate::error::into_io_variant!(KbuildError);
+
 /// The newest `/usr/src/linux-source-*.tar.xz`.
 pub fn debian_source_tarball() -> Result<PathBuf, KbuildError> {
     let mut found: Vec<PathBuf> = glob::glob("/usr/src/linux-source-*.tar.xz")

@@ -87,6 +87,8 @@ pub enum KmodError {
     },
 }
 
+crate::error::into_io_variant!(KmodError);
+
 /// The fields of a `.modinfo` section this resolver uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Modinfo {

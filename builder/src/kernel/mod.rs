@@ -78,3 +78,5 @@ pub enum KernelError {
         source: std::io::Error,
     },
 }
+
+crate::error::into_io_variant!(KernelError);

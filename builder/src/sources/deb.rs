@@ -147,6 +147,8 @@ pub enum DebError {
     },
 }
 
+crate::error::into_io_variant!(DebError);
+
 /// Checks a Debian package name against Debian policy (§5.6.1): at least two characters,
 /// lowercase ASCII letters, digits and `+`, `-`, `.`, starting with a letter or digit. Such a
 /// name can never be taken for an option (`-o`) or a path (`../x`) by apt or dpkg. The error

@@ -52,6 +52,8 @@ pub enum HostDirError {
     },
 }
 
+crate::error::into_io_variant!(HostDirError);
+
 /// Reads everything below `dir` (not `dir` itself) into a tree with uid/gid 0.
 pub fn tree_from_dir(dir: &Path) -> Result<Tree, HostDirError> {
     let mut tree = Tree::new();

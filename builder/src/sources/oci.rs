@@ -140,6 +140,8 @@ pub enum OciError {
     },
 }
 
+crate::error::into_io_variant!(OciError);
+
 /// An unpacked image.
 #[derive(Debug, Clone)]
 pub struct OciImage {

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use minke_shim::disk::DiskError;
 use minke_shim::error_chain;
-use minke_shim::qemu::files;
 use minke_shim::state;
+use minke_shim::state::files;
 use minke_shim::{Vm, VmConfig, VmError};
 
 mod agents;

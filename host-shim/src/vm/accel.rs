@@ -11,8 +11,8 @@ use super::{connector, launch, start_serial, tail, Vm, VmError};
 use crate::binaries::{self, Tool};
 use crate::config::Accel;
 use crate::process::Guarded;
-use crate::qemu::{files, UsedAccel};
 use crate::state;
+use crate::state::{files, UsedAccel};
 
 impl Vm {
     pub(super) fn fall_back_to_tcg(&mut self) -> Result<(), VmError> {

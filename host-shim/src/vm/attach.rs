@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::secret::read_secret;
 use super::{connector, Vm, VmError, ATTACH_TIMEOUT};
-use crate::qemu::files;
+use crate::state::files;
 use crate::state::{self, StateError};
 
 impl Vm {

@@ -89,6 +89,7 @@ impl Vm {
             getfiles::MEMORY_LIMIT,
             &format!("guest file {guest}"),
         )
+        .map_err(VmError::from)
     }
 
     /// Copies the guest file `guest` to the host path `local`. Nothing is created until the
@@ -96,7 +97,7 @@ impl Vm {
     /// into place at the end and removed on failure.
     pub fn get_file(&self, guest: &str, local: &Path) -> Result<u64, VmError> {
         let mut s = self.agent("minke-cp")?;
-        getfiles::file_to(s.as_mut(), guest, local)
+        getfiles::file_to(s.as_mut(), guest, local).map_err(VmError::from)
     }
 
     /// Copies the host directory `local` into the guest directory `guest` (as a tar stream).
@@ -144,6 +145,6 @@ impl Vm {
         opts: GetOptions,
     ) -> Result<(), VmError> {
         let mut s = self.agent("minke-cp")?;
-        getfiles::tree_to(s.as_mut(), guest, local, opts)
+        getfiles::tree_to(s.as_mut(), guest, local, opts).map_err(VmError::from)
     }
 }

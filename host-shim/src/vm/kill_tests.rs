@@ -8,8 +8,8 @@ use minke_protocol::Secret;
 
 use super::{Vm, VmError};
 use crate::process::ProcStamp;
-use crate::qemu::{files, UsedAccel, UsedTransport};
 use crate::state::{self, RunInfo, StateError};
+use crate::state::{files, UsedAccel, UsedTransport};
 use crate::transport::Connector;
 
 fn attached(dir: &Path, run: RunInfo) -> Vm {

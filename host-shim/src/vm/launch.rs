@@ -10,10 +10,11 @@ use crate::binaries::{self, Tool};
 use crate::config::VmConfig;
 use crate::console::ConsoleLog;
 use crate::process::Guarded;
-use crate::qemu::{self, files, UsedAccel, UsedTransport};
+use crate::qemu;
 use crate::qmp;
 use crate::serial::SerialEndpoint;
 use crate::state;
+use crate::state::{files, UsedAccel, UsedTransport};
 use crate::timesync::TimeServer;
 use crate::transport::Connector;
 

@@ -29,10 +29,11 @@ use crate::disk::{self, DiskError};
 use crate::forward::{ForwardListen, Forwarder};
 use crate::getfiles;
 use crate::process::Guarded;
-use crate::qemu::{self, files, UsedAccel, UsedTransport};
+use crate::qemu;
 use crate::qmp::{self, QmpError};
 use crate::serial::SerialEndpoint;
 use crate::state::{self, RunInfo, StateError};
+use crate::state::{files, UsedAccel, UsedTransport};
 use crate::timesync::{TimeServer, TimesyncStats};
 use crate::transport::{ConnectError, Connector, Duplex};
 
@@ -140,6 +141,15 @@ pub enum VmError {
     /// The operation needs the shim that booted the VM.
     #[error("{0} is only possible from the process that booted the VM")]
     NotOwner(&'static str),
+}
+
+impl From<crate::getfiles::GetError> for VmError {
+    fn from(e: crate::getfiles::GetError) -> Self {
+        match e {
+            crate::getfiles::GetError::Agent(e) => VmError::Agent(e),
+            crate::getfiles::GetError::Io { what, source } => VmError::Io { what, source },
+        }
+    }
 }
 
 /// Result of [`Vm::poweroff`].
@@ -533,6 +543,7 @@ impl Vm {
             getfiles::MEMORY_LIMIT,
             "the guest's logs",
         )
+        .map_err(VmError::from)
     }
 
     /// Whether the vCPUs run, and QEMU's run state (`running`, `paused`…).

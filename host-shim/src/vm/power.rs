@@ -8,8 +8,8 @@ use minke_protocol::CONTROL_PORT;
 
 use super::{PowerOff, Vm, VmError};
 use crate::client;
-use crate::qemu::files;
 use crate::qmp;
+use crate::state::files;
 use crate::state::{self, StateError};
 
 impl Vm {

@@ -7,7 +7,7 @@ use std::path::Path;
 use minke_protocol::Secret;
 
 use super::VmError;
-use crate::qemu::files;
+use crate::state::files;
 
 /// A fresh random secret for one boot.
 pub(super) fn new_secret() -> Result<Secret, VmError> {

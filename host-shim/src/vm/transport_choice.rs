@@ -5,7 +5,7 @@ use super::accel::{can_open_rw, warn_once};
 use super::VmError;
 use crate::binaries::{self, Tool};
 use crate::config::Transport;
-use crate::qemu::UsedTransport;
+use crate::state::UsedTransport;
 
 /// First guest CID tried with kernel vhost-vsock; the pid spreads concurrent shims apart.
 fn first_cid() -> u32 {
