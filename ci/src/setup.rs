@@ -170,7 +170,7 @@ fn arm64_rootfs() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: arm64 container image");
-    let deb = minke::sources::pins::fetch(&cache, "busybox-static", "arm64")?;
+    let deb = minke::sources::deb::pins::fetch(&cache, "busybox-static", "arm64")?;
     let full = minke::sources::deb::unpack(&deb.path)?;
     let busybox = full
         .get("bin/busybox")

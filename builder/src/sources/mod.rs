@@ -8,4 +8,3 @@ pub mod elf;
 pub mod hostdir;
 pub mod oci;
 pub mod package;
-pub mod pins;

@@ -37,7 +37,7 @@ impl TreeSource for DebSource {
         let arch = self.arch.clone().unwrap_or_else(|| "amd64".into());
         (cx.outer.progress)(&format!("fetching {}:{arch}", self.name));
         let fetched =
-            crate::sources::pins::fetch(cx.outer.cache, &self.name, &arch).map_err(|e| {
+            crate::sources::deb::pins::fetch(cx.outer.cache, &self.name, &arch).map_err(|e| {
                 cx.step(format!("cannot fetch Debian package {}:{arch}", self.name))(e.into())
             })?;
         key.update(b"deb ");
