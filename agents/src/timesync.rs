@@ -28,6 +28,7 @@ use std::io::{self, Read};
 use std::time::Duration;
 
 use minke_protocol::auth::SECRET_LEN;
+use minke_protocol::console;
 use minke_protocol::wire::{write_frame, FrameDecoder, FrameError, PROTOCOL_VERSION};
 use minke_protocol::{GuestMsg, HostMsg, Purpose, Secret};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -480,7 +481,7 @@ fn session(
             resync = true;
         }
         if s.resumed {
-            eprintln!("minke agent timesync: host reports a resume, resyncing");
+            eprintln!("{}", console::RESUME_RESYNC);
             s.resumed = false;
             resync = true;
         }
@@ -505,18 +506,18 @@ fn session(
         jumps = JumpWatch::new();
         match d.action {
             Action::Step { offset_ns } => eprintln!(
-                "minke agent timesync: step {} (delay {}), rate {:+.1} ppm",
-                fmt_ms(offset_ns),
-                fmt_ms(best.delay_ns),
-                d.rate_ppm
+                "{}",
+                console::step_line(offset_ns, best.delay_ns, d.rate_ppm)
             ),
             Action::Slew => eprintln!(
-                "minke agent timesync: slew offset {} (delay {}), rate {:+.1} ppm, freq {:+.1} ppm, next {} s",
-                fmt_ms(best.offset_ns),
-                fmt_ms(best.delay_ns),
-                d.rate_ppm,
-                disc.freq_ppm(),
-                d.next_poll.as_secs()
+                "{}",
+                console::slew_line(
+                    best.offset_ns,
+                    best.delay_ns,
+                    d.rate_ppm,
+                    disc.freq_ppm(),
+                    d.next_poll.as_secs()
+                )
             ),
         }
         resync = false;

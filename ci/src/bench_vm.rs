@@ -523,7 +523,7 @@ fn print_resync(transport: &str, r: &Resync) {
 
 /// Pauses the VM for 5 s (QMP stop/cont) and waits for the agent's step and next measurement.
 fn pause_resync(vm: &Vm) -> Result<Resync> {
-    let marker = "host reports a resume";
+    let marker = minke_protocol::console::RESUME_RESYNC;
     let before = std::fs::read_to_string(vm.console_log())?
         .matches(marker)
         .count();

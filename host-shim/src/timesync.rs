@@ -471,17 +471,13 @@ fn kind(m: &GuestMsg) -> String {
         .to_string()
 }
 
-/// The offsets (ms) the guest's time sync agent logged, in order: its `timesync: step X ms`
-/// and `timesync: slew offset X ms` lines in console text.
+/// The offsets (ms) the guest's time sync agent logged, in order: its step and slew lines
+/// ([`minke_protocol::console::step_line`], [`minke_protocol::console::slew_line`]) in
+/// console text.
 pub fn logged_offsets(console: &str) -> Vec<f64> {
     console
         .lines()
-        .filter_map(|l| {
-            let (_, rest) = l
-                .split_once("timesync: step ")
-                .or_else(|| l.split_once("timesync: slew offset "))?;
-            rest.split(" ms").next()?.trim().parse().ok()
-        })
+        .filter_map(minke_protocol::console::parse_offset_ms)
         .collect()
 }
 
@@ -491,12 +487,16 @@ mod tests {
 
     #[test]
     fn offsets_come_from_the_agents_step_and_slew_lines() {
-        let console =
-            "timesync: minke agent timesync: step +5001.610 ms (delay +0.4 ms), rate +0.0 ppm\n\
-                       control: something else 3 ms\n\
-                       timesync: minke agent timesync: slew offset -0.015 ms (delay +0.3 ms)\n\
-                       timesync: minke agent timesync: slew offset garbage ms\n";
-        assert_eq!(logged_offsets(console), vec![5001.61, -0.015]);
+        use minke_protocol::console::{slew_line, step_line};
+        let console = format!(
+            "timesync: {}\n\
+             control: something else 3 ms\n\
+             timesync: {}\n\
+             timesync: minke agent timesync: slew offset garbage ms\n",
+            step_line(5_001_610_000, 400_000, 0.0),
+            slew_line(-15_000, 300_000, 0.0, 0.0, 16),
+        );
+        assert_eq!(logged_offsets(&console), vec![5001.61, -0.015]);
     }
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;

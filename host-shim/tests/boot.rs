@@ -113,7 +113,10 @@ fn control_agent_refuses_a_guest_peer() {
         String::from_utf8_lossy(&o.stderr)
     );
     let log = out(vm, &["cat", "/run/minke/log/control"]);
-    assert!(log.contains("refused a connection from cid 1"), "{log}");
+    assert!(
+        log.contains(&minke_protocol::console::refused_peer_line(1)),
+        "{log}"
+    );
 }
 
 /// A guest process that sends garbage, an oversize frame and a connection flood to the
@@ -619,7 +622,10 @@ fn serial_pause_and_resume_push_resync() {
     let end = Instant::now() + READY_TIMEOUT;
     let (step, after) = loop {
         let log = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
-        let resumed = log.split("host reports a resume").nth(1).unwrap_or("");
+        let resumed = log
+            .split(minke_protocol::console::RESUME_RESYNC)
+            .nth(1)
+            .unwrap_or("");
         let offsets = minke_shim::timesync::logged_offsets(resumed);
         if offsets.len() >= 2 {
             break (offsets[0], offsets[1]);
@@ -797,7 +803,10 @@ fn powerdown_runs_onshutdown_and_data_survives_reboot() {
         vm.console_tail()
     );
     let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
-    assert!(console.contains("minke: powering off"), "{console}");
+    assert!(
+        console.contains(minke_protocol::console::POWERING_OFF),
+        "{console}"
+    );
     drop(vm);
     let fsck = Command::new("e2fsck")
         .args(["-fn"])

@@ -10,6 +10,7 @@ mod common;
 use common::*;
 
 use minke_drills::{self as drills, PowerCut};
+use minke_protocol::console::{parse_restart, Ended};
 use minke_shim::{DiskFormat, DiskSpec, PowerOff};
 
 /// Power cuts at random moments while a guest appends and fsyncs numbered records to a data
@@ -84,7 +85,10 @@ fn killed_agents_come_back() {
     let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
     for kind in ["timesync", "control"] {
         assert!(
-            console.contains(&format!("{kind} killed by signal 9; restarting in")),
+            console
+                .lines()
+                .filter_map(parse_restart)
+                .any(|r| r.name == kind && r.ended == Ended::Signal(9)),
             "no restart of {kind} on the console:\n{}",
             vm.console_tail()
         );

@@ -5,6 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use minke_protocol::config::{ImageConfig, OnFailure};
+use minke_protocol::console::{POWERING_OFF, REBOOTING};
 use minke_protocol::{BOOT_TIMELINE_PATH, IMAGE_CONFIG_BIN_PATH};
 use rustix::system::RebootCommand;
 
@@ -278,8 +279,8 @@ fn finish(action: PowerAction, mounted: &[String]) -> ! {
     disks::unmount_all(mounted);
     rustix::fs::sync();
     let (marker, cmd) = match action {
-        PowerAction::PowerOff => ("minke: powering off", RebootCommand::PowerOff),
-        PowerAction::Reboot => ("minke: rebooting", RebootCommand::Restart),
+        PowerAction::PowerOff => (POWERING_OFF, RebootCommand::PowerOff),
+        PowerAction::Reboot => (REBOOTING, RebootCommand::Restart),
     };
     console::marker(marker);
     if let Err(e) = rustix::system::reboot(cmd) {

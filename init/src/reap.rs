@@ -1,6 +1,7 @@
 //! How children end: reaping any ended child, whatever its process group or session, and
 //! describing its end.
 
+use minke_protocol::console::Ended;
 use rustix::io::Errno;
 use rustix::process::{WaitOptions, WaitStatus};
 
@@ -23,12 +24,19 @@ impl From<WaitStatus> for Exit {
     }
 }
 
+impl From<Exit> for Ended {
+    fn from(e: Exit) -> Self {
+        match e {
+            Exit::Code(c) => Ended::Code(c),
+            Exit::Signal(s) => Ended::Signal(s),
+        }
+    }
+}
+
+/// In the words of the host's contract ([`Ended`]): `exited with status N`, `killed by signal N`.
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exited with status {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}"),
-        }
+        std::fmt::Display::fmt(&Ended::from(*self), f)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::spawn;
 use crate::timeline::boottime_ns;
 use crate::timeline::{now_ms, Timeline};
 use minke_protocol::config::{Readiness, Task};
+use minke_protocol::console::restart_line;
 
 /// How often to look for power button devices while none is found, and for how long.
 const BUTTON_SCAN_EVERY_MS: u64 = 500;
@@ -541,7 +542,7 @@ impl Supervisor {
         }
         if should_restart(u.spec.restart, success) {
             let delay = u.backoff.delay_after(now.saturating_sub(since));
-            log!("{} {how}; restarting in {delay} ms", u.spec.name);
+            log!("{}", restart_line(&u.spec.name, how.into(), delay));
             if let Some(root) = &self.paths.cgroup_root {
                 crate::setup::kill_unit_cgroup(root, &u.spec.name);
             }

@@ -6,6 +6,8 @@
 //! - [`msg`]: the messages carried in those frames;
 //! - [`mux`]: the stream multiplexer that carries many such connections over the one
 //!   virtio-serial port of the serial transport;
+//! - [`console`]: the console lines PID1 and the agents print that the host reads, whose
+//!   wording is therefore part of the contract;
 //! - [`config`]: the image config the builder writes for the init (`/etc/minke/image.cfg`, with
 //!   a JSON copy at `/etc/minke/image.json` for people), and the boot timeline the init
 //!   writes to `/run/minke/boot.json`.
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod msg;
 pub mod mux;
 pub mod wire;

@@ -122,7 +122,7 @@ pub fn run(port: u32) -> i32 {
             }
         };
         if let Peer::Cid(cid) = peer {
-            eprintln!("minke agent control: refused a connection from cid {cid}: only the host may connect");
+            eprintln!("{}", minke_protocol::console::refused_peer_line(cid));
             let msg = format!(
                 "connection refused: only the host (cid {}) may use the control agent",
                 minke_protocol::HOST_CID

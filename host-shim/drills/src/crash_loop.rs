@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use minke_protocol::console::{parse_restart, Ended};
 use minke_shim::Vm;
 
 use crate::{guest_err, vm_err, DrillError};
@@ -16,25 +17,19 @@ pub struct CrashLoopReport {
     /// Round trips measured on each side.
     pub execs: usize,
     /// Restart delays PID1 announced for the crashing service during the measurement, in
-    /// order (from the console: `NAME exited … restarting in N ms`).
+    /// order (from the console: `NAME exited … restarting in N ms`, see
+    /// [`minke_protocol::console::restart_line`]).
     pub restart_delays_ms: Vec<u64>,
 }
 
-/// The restart delays PID1 announced for `service` in console text.
+/// The restart delays PID1 announced for `service` in console text, after the service exited
+/// (restarts after a signal killed it are not counted).
 pub fn restart_delays(console: &str, service: &str) -> Vec<u64> {
-    let exited = format!("{service} exited");
     console
         .lines()
-        .filter(|l| l.contains(&exited))
-        .filter_map(|l| {
-            l.rsplit_once("restarting in ")?
-                .1
-                .trim()
-                .trim_end_matches("ms")
-                .trim()
-                .parse()
-                .ok()
-        })
+        .filter_map(parse_restart)
+        .filter(|r| r.name == service && matches!(r.ended, Ended::Code(_)))
+        .map(|r| r.delay_ms)
         .collect()
 }
 
@@ -81,15 +76,20 @@ pub fn crash_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use minke_protocol::console::restart_line;
 
     #[test]
     fn restart_delays_come_from_the_console_lines_of_that_service() {
-        let console =
-            "[    2.1] minke: crasher exited with code 1 after 612 ms; restarting in 100 ms\n\
-                       ticker: tick\n\
-                       minke: other exited with code 1 after 3 ms; restarting in 100 ms\n\
-                       minke: crasher exited with code 1 after 601 ms; restarting in 200 ms\n\
-                       minke: crasher exited with code 1 after 1 ms; restarting in garbage\n";
-        assert_eq!(restart_delays(console, "crasher"), vec![100, 200]);
+        let console = format!(
+            "[    2.1] minke-init: {}\n\
+             ticker: tick\n\
+             minke-init: {}\n\
+             minke-init: {}\n\
+             minke-init: crasher exited with status 1; restarting in garbage\n",
+            restart_line("crasher", Ended::Code(1), 100),
+            restart_line("other", Ended::Code(1), 100),
+            restart_line("crasher", Ended::Code(1), 200),
+        );
+        assert_eq!(restart_delays(&console, "crasher"), vec![100, 200]);
     }
 }
