@@ -153,7 +153,7 @@ pub(super) fn resolve(
                 })?;
                 if dir_st.st_uid != 0 || dir_st.st_mode & 0o022 != 0 {
                     return Err(ControlError::Refused(format!(
-                        "{whole}: {} is a symlink in {}, a directory {}; transfers follow only                          symlinks that only root could have put in place: give the path it                          points to instead",
+                        "{whole}: {} is a symlink in {}, a directory {}; transfers follow only symlinks that only root could have put in place: give the path it points to instead",
                         here().display(),
                         shown_of(&stack).display(),
                         if dir_st.st_uid != 0 {
