@@ -157,6 +157,7 @@ fn serve_request(mux: &Mux, mut conn: UnixStream, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{echo_acceptor, pair, round_trip, T};
 
     #[test]
     fn lines() {
@@ -173,5 +174,22 @@ mod tests {
         let long = [b'x'; 100];
         assert_eq!(read_line(&mut &long[..]).unwrap(), None);
         assert_eq!(read_line(&mut &b"no newline"[..]).unwrap(), None);
+    }
+
+    /// Another process opens streams through the `CONNECT` socket.
+    #[test]
+    fn connect_socket_opens_streams() {
+        let (_host, guest, _l) = pair(echo_acceptor(), echo_acceptor());
+        let dir = std::env::temp_dir().join(format!("minke-mux-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("host.sock");
+        let server = ConnectServer::start(&guest, &path, T).unwrap();
+        let mut s = connect_via(&path, 1025).unwrap();
+        round_trip(&mut s, b"through the connect socket");
+        let e = connect_via(&path, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+        drop(server);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
