@@ -4,8 +4,8 @@
 //! The input is a generated ~120 MB tree of ~1300 files (text-like and less compressible data,
 //! nested directories, symlinks, hard links), made once under `target/bench-build-tree` and
 //! reused, or the directory named by `MINKE_BENCH_TREE`. Every tool runs `MINKE_BENCH_RUNS`
-//! times (default 3) after one untimed pass that warms the page cache; the table shows the
-//! median. This is a benchmark, not a test: it never fails on a number.
+//! times (default 3; the tools take turns) after one untimed pass that warms the page cache;
+//! the table shows the median. This is a benchmark, not a test: it never fails on a number.
 //!
 //! The dev profile `cargo xtask` uses is fine for this: the hot code (zlib-rs, zstd, the
 //! kernel's file copies) is in dependencies, built at opt-level 2 by the `"*"` override; a
@@ -165,25 +165,31 @@ pub fn run(sh: &Shell) -> Result<()> {
         ));
     }
 
-    let mut rows = Vec::new();
-    for (tool, file, peer, job) in &jobs {
-        let mut times = Vec::with_capacity(runs);
-        let cpu_start = cpu_seconds();
-        for _ in 0..runs {
+    // Runs alternate between tools (one round runs every tool once), so a change in the
+    // machine's load or the page cache's state during the benchmark hits every tool alike.
+    let mut times: Vec<Vec<std::time::Duration>> = vec![Vec::with_capacity(runs); jobs.len()];
+    let mut cpu = vec![0.0; jobs.len()];
+    for _ in 0..runs {
+        for (k, (tool, _, _, job)) in jobs.iter().enumerate() {
+            let cpu_start = cpu_seconds();
             let start = Instant::now();
             job().with_context(|| format!("{tool} failed"))?;
-            times.push(start.elapsed());
+            times[k].push(start.elapsed());
+            cpu[k] += cpu_seconds() - cpu_start;
         }
-        let cpu = (cpu_seconds() - cpu_start) / runs as f64;
-        times.sort();
-        let secs = times[times.len() / 2].as_secs_f64();
+    }
+    let mut rows = Vec::new();
+    for (k, (tool, file, peer, _)) in jobs.iter().enumerate() {
+        let t = &mut times[k];
+        t.sort();
+        let secs = t[t.len() / 2].as_secs_f64();
         let bytes = std::fs::metadata(file)
             .with_context(|| format!("{tool} wrote no {}", file.display()))?
             .len();
         rows.push(Row {
             tool: tool.clone(),
             secs,
-            cpu,
+            cpu: cpu[k] / runs as f64,
             bytes,
             peers: peer.clone(),
         });

@@ -21,8 +21,9 @@
 //!
 //! # Determinism
 //! Chunk boundaries depend only on the tree and `chunk_target`; each chunk is compressed alone
-//! by a pinned backend at a pinned level (flate2 on zlib-rs, zstd; versions pinned by
-//! Cargo.lock, and neither's output depends on the CPU's features), so the bytes are the same
+//! by a pinned backend at a pinned level (libdeflate, zstd; versions pinned by Cargo.lock,
+//! and neither's output depends on the CPU's features: they only speed up checksums and
+//! table set-up), so the bytes are the same
 //! for any thread count.
 //! Threads (at most `available_parallelism`) take chunks largest first, each reading its
 //! chunk's files itself; the uncompressed case writes every chunk straight into its place in
@@ -298,16 +299,22 @@ fn compress_chunk(
     let err = |source| ArchiveError::Compress { chunk: i, source };
     match compression {
         Compression::Gzip => {
-            let enc = flate2::GzBuilder::new()
-                .mtime(0)
-                .operating_system(GZIP_OS)
-                .write(
-                    Vec::with_capacity(cap),
-                    flate2::Compression::new(GZIP_LEVEL),
-                );
-            let mut sink = WriteSink(enc);
-            plan.write_chunk(i, &mut sink)?;
-            sink.0.finish().map_err(err)
+            // libdeflate compresses a whole buffer at once, which a chunk is.
+            let mut raw = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            plan.write_chunk(i, &mut raw)?;
+            let level = libdeflater::CompressionLvl::new(GZIP_LEVEL as i32)
+                .map_err(|e| err(io::Error::other(format!("{e:?}"))))?;
+            let mut enc = libdeflater::Compressor::new(level);
+            let mut out = vec![0u8; enc.gzip_compress_bound(raw.len())];
+            let n = enc
+                .gzip_compress(&raw, &mut out)
+                .map_err(|e| err(io::Error::other(e.to_string())))?;
+            out.truncate(n);
+            // The header's OS byte (libdeflate writes 255, "unknown").
+            if let Some(os) = out.get_mut(9) {
+                *os = GZIP_OS;
+            }
+            Ok(out)
         }
         Compression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(cap), ZSTD_LEVEL)
