@@ -35,6 +35,7 @@
 //! `upload` reads the host's stream and puts a file in place, `unpack` unpacks a tree
 //! beneath its destination, `download` sends a file or a tree.
 
+mod data_in;
 mod download;
 mod resolve;
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use super::data_in::DataIn;
 use super::resolve::resolve;
-use super::upload::DataIn;
 use super::{create_temp, is_private, refused};
 use crate::control::ControlError;
 

@@ -6,87 +6,15 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use minke_protocol::wire::{read_frame, write_frame};
-use minke_protocol::{GuestMsg, HostMsg, RUNTIME_CONFIG_DIR};
+use minke_protocol::wire::write_frame;
+use minke_protocol::{GuestMsg, RUNTIME_CONFIG_DIR};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
+use super::data_in::DataIn;
 use super::resolve::{open_dir_in, resolve};
 use super::unpack::unpack;
 use super::{create_temp, is_private, refused};
 use crate::control::{check_path, ControlError};
-
-/// Reads the host's `Data`… `End` stream as bytes.
-pub(super) struct DataIn<'a, R: Read> {
-    r: &'a mut R,
-    buf: Vec<u8>,
-    pos: usize,
-    done: bool,
-    /// Set when the stream broke (transport failure or a message other than Data/End).
-    broken: Option<ControlError>,
-}
-
-impl<'a, R: Read> DataIn<'a, R> {
-    fn new(r: &'a mut R) -> Self {
-        DataIn {
-            r,
-            buf: Vec::new(),
-            pos: 0,
-            done: false,
-            broken: None,
-        }
-    }
-
-    /// Reads and drops whatever is left up to `End`.
-    fn drain(&mut self) -> Result<(), ControlError> {
-        let mut sink = [0u8; 8192];
-        while !self.done {
-            if self.read(&mut sink).is_err() {
-                break;
-            }
-        }
-        match self.broken.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl<R: Read> Read for DataIn<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if self.done {
-                return Ok(0);
-            }
-            if self.broken.is_some() {
-                return Err(io::Error::other("upload stream broken"));
-            }
-            match read_frame::<_, HostMsg>(self.r) {
-                Ok(HostMsg::Data(d)) => {
-                    self.buf = d;
-                    self.pos = 0;
-                }
-                Ok(HostMsg::End) => self.done = true,
-                Ok(other) => {
-                    let msg = format!(
-                        "expected Data or End during an upload, got {}",
-                        crate::control::msg_name(&other)
-                    );
-                    self.broken = Some(ControlError::Refused(msg.clone()));
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
-                }
-                Err(e) => {
-                    let ioe = io::Error::other(e.to_string());
-                    self.broken = Some(ControlError::Frame(e));
-                    return Err(ioe);
-                }
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
 
 /// `PutFile`: receives the file and puts it in place atomically.
 pub fn put_file<C: Read + Write>(conn: &mut C, path: &str, mode: u32) -> Result<(), ControlError> {
@@ -195,6 +123,8 @@ mod tests {
     use super::*;
     use crate::control::files::test_util::{s, tar_of};
     use crate::control::tests::tmpdir;
+    use minke_protocol::wire::read_frame;
+    use minke_protocol::HostMsg;
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
