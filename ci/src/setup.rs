@@ -30,12 +30,17 @@ const APT: &[(&str, &str)] = &[
     ("lz4", "lz4"),
     ("libelf-dev", "/usr/include/libelf.h"),
     ("libssl-dev", "/usr/include/openssl/ssl.h"),
+    // What `cargo install virtiofsd` links against.
+    ("libseccomp-dev", "/usr/include/seccomp.h"),
+    ("libcap-ng-dev", "/usr/include/cap-ng.h"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).
 const CARGO: &[(&str, &str)] = &[
     ("vhost-device-vsock", "vhost-device-vsock"),
     ("threecpio", "3cpio"),
+    // Shared directories (virtio-fs); not packaged in Debian 12.
+    ("virtiofsd", "virtiofsd"),
 ];
 
 /// Foreign Debian architectures whose busybox-static the cross-arch tests fetch.

@@ -112,6 +112,13 @@ enum Cmd {
         /// Host-guest transport.
         #[arg(long, value_enum, default_value = "auto")]
         transport: TransportArg,
+        /// Share a host directory: HOST_DIR[:GUEST_DIR][:ro] (the guest path defaults to the
+        /// host's); mounted before CMD runs, writable unless `:ro`.
+        #[arg(long = "share", value_name = "HOST_DIR[:GUEST_DIR][:ro]")]
+        shares: Vec<String>,
+        /// How shares reach the guest: virtio-fs (virtiofsd), or 9p (QEMU's own server).
+        #[arg(long, value_enum, default_value = "auto")]
+        share_backend: ShareBackendArg,
         /// Command to run in the guest; its exit code becomes minke's.
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -251,6 +258,14 @@ enum TransportArg {
     VhostKernel,
     VhostUser,
     Serial,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShareBackendArg {
+    Auto,
+    Virtiofs,
+    #[value(name = "9p")]
+    NineP,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -468,9 +483,16 @@ pub fn run() -> Result<u8> {
             boot_chart,
             accel,
             transport,
+            shares,
+            share_backend,
             cmd,
         } => {
             drop(out);
+            let share_backend = match share_backend {
+                ShareBackendArg::Auto => minke_shim::ShareBackend::Auto,
+                ShareBackendArg::Virtiofs => minke_shim::ShareBackend::Virtiofs,
+                ShareBackendArg::NineP => minke_shim::ShareBackend::NineP,
+            };
             let accel = match accel {
                 AccelArg::Auto => minke_shim::Accel::Auto,
                 AccelArg::Kvm => minke_shim::Accel::Kvm,
@@ -497,6 +519,8 @@ pub fn run() -> Result<u8> {
                 boot_chart,
                 accel,
                 transport,
+                shares,
+                share_backend,
                 cmd,
             });
         }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use minke::image::{self, BuildOptions, Image};
 use minke_protocol::config::BootTimeline;
-use minke_shim::{Accel, DiskFormat, DiskSpec, ExecRequest, Stdin, Transport, Vm, VmConfig};
+use minke_protocol::shares::ShareKind;
+use minke_shim::{
+    Accel, DiskFormat, DiskSpec, ExecRequest, ShareBackend, ShareSpec, Stdin, Transport, Vm,
+    VmConfig,
+};
 
 use crate::progress::Progress;
 
@@ -29,6 +33,8 @@ pub struct RunArgs {
     pub boot_chart: Option<PathBuf>,
     pub accel: Accel,
     pub transport: Transport,
+    pub shares: Vec<String>,
+    pub share_backend: ShareBackend,
     pub cmd: Vec<String>,
 }
 
@@ -131,6 +137,22 @@ pub fn run(a: RunArgs) -> Result<u8> {
     for p in &a.publish {
         cfg.publish.push(parse_publish(p)?);
     }
+    for s in &a.shares {
+        cfg.shares
+            .push(ShareSpec::parse(s).map_err(|e| anyhow::anyhow!("--share: {e}"))?);
+    }
+    cfg.guest_share_kinds = Some(
+        img.manifest
+            .shares
+            .iter()
+            .filter_map(|k| match k.as_str() {
+                "virtiofs" => Some(ShareKind::Virtiofs),
+                "9p" => Some(ShareKind::NineP),
+                _ => None,
+            })
+            .collect(),
+    );
+    cfg.share_backend = a.share_backend;
     let mut labels: Vec<String> = Vec::new();
     for d in &a.disks {
         let spec = parse_disk(d, &name, &img.disks)?;
@@ -292,8 +314,8 @@ pub fn exec(
 pub fn ps(out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
-        "{:<20} {:>8} {:<6} {:<12} PUBLISH",
-        "NAME", "QEMU", "ACCEL", "TRANSPORT"
+        "{:<20} {:>8} {:<6} {:<12} {:<16} SHARES",
+        "NAME", "QEMU", "ACCEL", "TRANSPORT", "PUBLISH"
     )?;
     for v in minke_shim::list_vms()? {
         let publish: Vec<String> = v
@@ -302,14 +324,37 @@ pub fn ps(out: &mut dyn Write) -> Result<()> {
             .iter()
             .map(|(h, g)| format!("{h}->{g}"))
             .collect();
+        let shares: Vec<String> = v
+            .run
+            .shares
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}->{} ({}{})",
+                    s.host.display(),
+                    s.share.path,
+                    s.share.kind.name(),
+                    if s.share.readonly { ", ro" } else { "" }
+                )
+            })
+            .collect();
         writeln!(
             out,
-            "{:<20} {:>8} {:<6} {:<12} {}",
+            "{:<20} {:>8} {:<6} {:<12} {:<16} {}",
             v.run.name,
             v.run.qemu_pid,
             format!("{:?}", v.run.accel).to_lowercase(),
             format!("{:?}", v.run.transport).to_lowercase(),
-            publish.join(",")
+            if publish.is_empty() {
+                "-".to_owned()
+            } else {
+                publish.join(",")
+            },
+            if shares.is_empty() {
+                "-".to_owned()
+            } else {
+                shares.join(", ")
+            }
         )?;
     }
     Ok(())

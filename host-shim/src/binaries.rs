@@ -26,6 +26,8 @@ pub enum Tool {
     Mke2fs,
     /// `e2fsck`.
     E2fsck,
+    /// `virtiofsd` (rust-vmm's virtio-fs daemon).
+    Virtiofsd,
 }
 
 impl Tool {
@@ -37,6 +39,7 @@ impl Tool {
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Mke2fs => "mke2fs",
             Tool::E2fsck => "e2fsck",
+            Tool::Virtiofsd => "virtiofsd",
         }
     }
 
@@ -46,6 +49,9 @@ impl Tool {
             Tool::QemuImg => "apt-get install qemu-utils",
             Tool::VhostDeviceVsock => "cargo install --locked vhost-device-vsock",
             Tool::Mke2fs | Tool::E2fsck => "apt-get install e2fsprogs",
+            Tool::Virtiofsd => {
+                "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd"
+            }
         }
     }
 }
@@ -66,7 +72,7 @@ pub fn find(tool: Tool) -> Result<PathBuf, NotFound> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     match tool {
-        Tool::VhostDeviceVsock => {
+        Tool::VhostDeviceVsock | Tool::Virtiofsd => {
             if let Some(home) = std::env::var_os("CARGO_HOME") {
                 dirs.push(PathBuf::from(home).join("bin"));
             }
@@ -77,13 +83,17 @@ pub fn find(tool: Tool) -> Result<PathBuf, NotFound> {
         Tool::Mke2fs | Tool::E2fsck => dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from)),
         _ => {}
     }
+    if tool == Tool::Virtiofsd {
+        // Where distributions that package it put it.
+        dirs.extend(["/usr/libexec", "/usr/lib/qemu"].map(PathBuf::from));
+    }
     dirs.iter()
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
         .ok_or(NotFound {
             name: name.into(),
             install: tool.install(),
-            extra: if tool == Tool::VhostDeviceVsock {
+            extra: if matches!(tool, Tool::VhostDeviceVsock | Tool::Virtiofsd) {
                 " or ~/.cargo/bin"
             } else {
                 ""

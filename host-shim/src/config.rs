@@ -33,6 +33,13 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Copy the serial console to the shim's stdout as well as to `console.log`.
     pub console_to_terminal: bool,
+    /// Host directories shared with the guest, mounted before anything runs there.
+    pub shares: Vec<ShareSpec>,
+    /// How shares reach the guest.
+    pub share_backend: ShareBackend,
+    /// The kinds of share the guest can mount (an image's manifest says); `None`: unknown, so
+    /// any is tried.
+    pub guest_share_kinds: Option<Vec<minke_protocol::shares::ShareKind>>,
     /// Runtime config sent to the guest's `/run/config` right after it is ready:
     /// `(file name, contents)`; `minke run --env`/`--data` end up here.
     pub runtime_config: Vec<(String, Vec<u8>)>,
@@ -58,9 +65,71 @@ impl VmConfig {
             transport: Transport::Auto,
             accel: Accel::Auto,
             console_to_terminal: false,
+            shares: Vec::new(),
+            share_backend: ShareBackend::Auto,
+            guest_share_kinds: None,
             runtime_config: Vec::new(),
         }
     }
+}
+
+/// A host directory shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The host directory (must exist).
+    pub host: PathBuf,
+    /// Absolute guest path it is mounted at; `None`: the host directory's own path (with
+    /// symlinks resolved).
+    pub guest: Option<String>,
+    /// Read-only: refused by the host side, and mounted read-only in the guest.
+    pub readonly: bool,
+}
+
+impl ShareSpec {
+    /// Parses `HOST_DIR[:GUEST_DIR][:ro|:rw]` (the guest path defaults to the host directory's
+    /// own path; a host path with `:` in it cannot be given this way).
+    pub fn parse(s: &str) -> Result<ShareSpec, String> {
+        let mut parts: Vec<&str> = s.split(':').collect();
+        let readonly = match parts.last() {
+            Some(&"ro") if parts.len() > 1 => {
+                parts.pop();
+                true
+            }
+            Some(&"rw") if parts.len() > 1 => {
+                parts.pop();
+                false
+            }
+            _ => false,
+        };
+        let (host, guest) = match parts.as_slice() {
+            [h] => (*h, None),
+            [h, g] => (*h, Some(*g)),
+            _ => {
+                return Err(format!(
+                    "share {s:?}: use HOST_DIR[:GUEST_DIR][:ro] (a path with `:` cannot be shared)"
+                ))
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("share {s:?} names no host directory"));
+        }
+        Ok(ShareSpec {
+            host: PathBuf::from(host),
+            guest: guest.map(str::to_owned),
+            readonly,
+        })
+    }
+}
+
+/// How shares reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareBackend {
+    /// virtio-fs when virtiofsd is installed, else 9p (which needs a guest kernel with 9p).
+    Auto,
+    /// virtio-fs only (needs virtiofsd on the host).
+    Virtiofs,
+    /// 9p only (QEMU serves it; the guest kernel needs 9p and 9pnet_virtio).
+    NineP,
 }
 
 /// A data disk.

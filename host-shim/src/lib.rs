@@ -39,6 +39,7 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod serial;
+pub mod share;
 pub mod state;
 #[allow(unsafe_code)] // the one module with raw syscalls, each with a SAFETY comment
 mod sys;
@@ -48,7 +49,7 @@ pub mod vm;
 
 pub use chart::boot_chart_svg;
 pub use client::{Output, Stdin};
-pub use config::{Accel, DiskFormat, DiskSpec, Transport, VmConfig};
+pub use config::{Accel, DiskFormat, DiskSpec, ShareBackend, ShareSpec, Transport, VmConfig};
 pub use forward::{ForwardListen, Forwarder};
 pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};
 pub use state::{list_vms, VmEntry};

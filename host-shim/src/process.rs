@@ -124,16 +124,37 @@ impl Guarded {
         }
     }
 
-    /// Kills the child's process group and reaps the child.
+    /// Kills the child's process group and its own children (which may have left the group
+    /// for a session or namespace of their own, as virtiofsd's sandbox does), reaps the child
+    /// and waits, bounded, until those children are gone too.
     pub(crate) fn kill(&mut self) {
         if self.try_wait().is_some() {
             return;
         }
+        // Opened while the child lives: until it is reaped its children stay its children,
+        // so each pidfd names one of them and no later holder of the pid.
+        let kids: Vec<OwnedFd> = children_of(self.child.id())
+            .into_iter()
+            .filter_map(|k| Pid::from_raw(k as i32))
+            .filter_map(|k| pidfd_open(k, PidfdFlags::empty()).ok())
+            .collect();
         if let Some(pgid) = Pid::from_raw(self.child.id() as i32) {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
         let _ = self.child.kill();
+        for k in &kids {
+            let _ = pidfd_send_signal(k, Signal::KILL);
+        }
         self.status = self.child.wait().ok();
+        for k in &kids {
+            // A pidfd turns readable when its process has exited.
+            let mut fds = [rustix::event::PollFd::new(k, rustix::event::PollFlags::IN)];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        }
     }
 }
 
@@ -141,6 +162,19 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The pids whose parent is `pid`, from `/proc/PID/task/*/children`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    out
 }
 
 /// Largest pid any Linux kernel hands out (`PID_MAX_LIMIT` on 64-bit).

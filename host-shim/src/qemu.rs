@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{DiskSpec, VmConfig};
+use crate::share::{self, Planned};
 use crate::state::{files, UsedAccel, UsedTransport};
 
 /// Guest CID given to vhost-device-vsock: it only matters inside the VM.
@@ -28,6 +29,7 @@ pub(crate) fn qemu_args(
     state: &Path,
     accel: UsedAccel,
     transport: UsedTransport,
+    shares: &[Planned],
 ) -> Vec<String> {
     let p = |f: &str| path_arg(&state.join(f));
     let mut a: Vec<String> = Vec::new();
@@ -45,7 +47,8 @@ pub(crate) fn qemu_args(
         UsedAccel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         UsedAccel::Tcg => push(&["-accel", "tcg"]),
     }
-    let shared_mem = transport == UsedTransport::VhostUser;
+    // vhost-user backends (the vsock backend, virtiofsd) map the guest's memory.
+    let shared_mem = transport == UsedTransport::VhostUser || share::needs_shared_memory(shares);
     push(&[
         "-machine",
         if shared_mem {
@@ -118,6 +121,7 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-pci,drive=d{i},serial={}", d.label),
         ]);
     }
+    a.extend(share::qemu_args(state, shares));
     a
 }
 
@@ -171,7 +175,7 @@ mod tests {
     }
 
     fn check(accel: UsedAccel, transport: UsedTransport, expected: &str) {
-        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport).join(" ");
+        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport, &[]).join(" ");
         assert_eq!(
             got,
             expected.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -235,6 +239,7 @@ mod tests {
             Path::new("/s"),
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
+            &[],
         )
         .join(" ");
         assert!(

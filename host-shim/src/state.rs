@@ -8,7 +8,7 @@
 //! boots of one name cannot race.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,10 @@ pub mod files {
     /// Written by the booting process once the guest is ready (the tagged ready line), so
     /// attached processes see readiness even after the console log rotated.
     pub const READY: &str = "ready";
+    /// The share list handed to the guest (0600; see `minke_protocol::shares`).
+    pub const SHARES: &str = "shares";
+    /// Prefix of each virtiofsd's socket and log (`fs0.sock`, `fs0.log`).
+    pub const FS_PREFIX: &str = "fs";
 }
 
 /// Accelerator actually used.
@@ -154,6 +158,9 @@ pub struct RunInfo {
     pub transport: UsedTransport,
     /// Host ports published to guest ports.
     pub publish: Vec<(u16, u16)>,
+    /// Host directories shared with the guest.
+    #[serde(default)]
+    pub shares: Vec<crate::share::Planned>,
     /// Start time, seconds since the epoch.
     pub started_unix: u64,
 }
@@ -523,6 +530,20 @@ pub(crate) fn check_socket_path(dir: &Path, file: &str) -> Result<PathBuf, State
     Ok(p)
 }
 
+/// The last `n` lines of a file (reads at most the last 64 KiB).
+pub(crate) fn tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return format!("({} not readable)", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let s = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +572,7 @@ mod tests {
                 accel: UsedAccel::Tcg,
                 transport: UsedTransport::VhostUser,
                 publish: vec![],
+                shares: vec![],
                 started_unix: 0,
             };
             write_run(&d, &run).unwrap();
@@ -608,6 +630,7 @@ mod tests {
             accel: UsedAccel::Tcg,
             transport: UsedTransport::Serial,
             publish: vec![],
+            shares: vec![],
             started_unix: 0,
         };
         let older = ProcStamp {

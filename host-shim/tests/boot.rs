@@ -17,16 +17,45 @@ mod common;
 use common::*;
 
 use minke_shim::{
-    Accel, DiskFormat, DiskSpec, ExecRequest, ForwardListen, ForwardTarget, PowerOff, Stdin,
-    Transport, Vm, VmConfig,
+    Accel, DiskFormat, DiskSpec, ExecRequest, ForwardListen, ForwardTarget, PowerOff, ShareSpec,
+    Stdin, Transport, Vm, VmConfig,
 };
 
-/// One VM shared by the tests that don't disturb it (with a data disk).
+/// One VM shared by the tests that don't disturb it (with a data disk, and two shared host
+/// directories: [`SHARE_RW`] and [`SHARE_RO`] under `dir/rw` and `dir/ro`).
 fn shared() -> &'static Vm {
+    &shared_with_dir().1
+}
+
+/// Where the shared VM's writable share is mounted.
+const SHARE_RW: &str = "/mnt/host-rw";
+/// Where the shared VM's read-only share is mounted.
+const SHARE_RO: &str = "/mnt/host-ro";
+
+fn shared_with_dir() -> &'static (tempfile::TempDir, Vm) {
     static VM: OnceLock<(tempfile::TempDir, Vm)> = OnceLock::new();
-    &VM.get_or_init(|| {
+    VM.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
+        for (sub, file) in [("rw", "in-rw"), ("ro", "in-ro")] {
+            let d = dir.path().join(sub);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join(file), format!("{sub} from the host\n")).unwrap();
+        }
+        // Guest users other than root may write there too (their files still land as ours).
+        std::fs::set_permissions(
+            dir.path().join("rw"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
         let mut c = config("shared", &dir.path().join("state"));
+        c.shares = vec![
+            ShareSpec::parse(&format!("{}:{SHARE_RW}", dir.path().join("rw").display())).unwrap(),
+            ShareSpec::parse(&format!(
+                "{}:{SHARE_RO}:ro",
+                dir.path().join("ro").display()
+            ))
+            .unwrap(),
+        ];
         c.accel = Accel::Auto;
         c.disks.push(DiskSpec {
             label: "var".into(),
@@ -39,7 +68,6 @@ fn shared() -> &'static Vm {
         let vm = boot(c);
         (dir, vm)
     })
-    .1
 }
 
 #[test]
@@ -331,8 +359,16 @@ fn poweroff_is_clean() {
 fn drop_kills_qemu_and_backend() {
     require_boot!();
     let dir = tempfile::tempdir().unwrap();
-    let vm = boot(config("drop", dir.path()));
+    let mut c = config("drop", &dir.path().join("state"));
+    c.shares = vec![ShareSpec::parse(&dir.path().display().to_string()).unwrap()];
+    let vm = boot(c);
     let run = vm.run_info().clone();
+    let daemons = processes_with_arg(&format!(
+        "--socket-path={}",
+        dir.path().join("state/fs0.sock").display()
+    ));
+    // virtiofsd's sandbox is a parent waiting on a child in its namespaces: both must go.
+    assert!(!daemons.is_empty(), "no virtiofsd serves the share");
     drop(vm);
     let alive = |pid: u32| {
         Path::new(&format!("/proc/{pid}")).exists()
@@ -344,6 +380,122 @@ fn drop_kills_qemu_and_backend() {
     assert!(
         !alive(run.backend_pid.unwrap()),
         "the backend survived the drop"
+    );
+    for pid in daemons {
+        assert!(!alive(pid), "virtiofsd {pid} survived the drop");
+    }
+}
+
+/// Live processes with `arg` among their arguments.
+fn processes_with_arg(arg: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn shares_read_write_own_and_refuse_what_they_should() {
+    require_boot!();
+    let (dir, vm) = shared_with_dir();
+    let rw = dir.path().join("rw");
+    let ro = dir.path().join("ro");
+    let kinds: Vec<_> = vm
+        .run_info()
+        .shares
+        .iter()
+        .map(|s| s.share.kind.name())
+        .collect();
+    assert_eq!(kinds, ["virtiofs", "virtiofs"], "virtiofsd is installed");
+    // Host files are there before anything runs in the guest.
+    assert_eq!(
+        out(vm, &["cat", &format!("{SHARE_RW}/in-rw")]),
+        "rw from the host\n"
+    );
+    assert_eq!(
+        out(vm, &["cat", &format!("{SHARE_RO}/in-ro")]),
+        "ro from the host\n"
+    );
+    // What guest root and a guest user create belongs to the host user.
+    out(
+        vm,
+        &["sh", "-c", &format!("echo root > {SHARE_RW}/by-root")],
+    );
+    let mut err = Vec::new();
+    let code = vm
+        .exec(
+            ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo user > {SHARE_RW}/by-user"),
+                ],
+                uid: Some(1000),
+                gid: Some(1000),
+                ..Default::default()
+            },
+            Stdin::Null,
+            &mut std::io::sink(),
+            &mut err,
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let me = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    for (name, text) in [("by-root", "root\n"), ("by-user", "user\n")] {
+        let p = rw.join(name);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+        let md = std::fs::metadata(&p).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((md.uid(), md.gid()), me, "{name} belongs to the host user");
+    }
+    // A hostile guest: no device node lands on the host.
+    let o = vm
+        .exec_output(&[
+            "/bin/busybox",
+            "mknod",
+            &format!("{SHARE_RW}/mem"),
+            "c",
+            "1",
+            "1",
+        ])
+        .unwrap();
+    assert_ne!(o.code, 0, "mknod on a share must fail");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("mknod"),
+        "busybox's mknod ran and failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!rw.join("mem").exists(), "a device node reached the host");
+    // Read-only is the host's decision: remounting read-write in the guest changes nothing.
+    let script = format!(
+        "echo x > {SHARE_RO}/new; a=$?; mount -o remount,rw {SHARE_RO}; \
+         echo x > {SHARE_RO}/new; b=$?; rm -f {SHARE_RO}/in-ro; c=$?; echo $a $b $c"
+    );
+    let codes = out(vm, &["sh", "-c", &script]);
+    assert!(
+        !codes.split_whitespace().any(|c| c == "0"),
+        "a write to the read-only share succeeded: {codes:?}"
+    );
+    assert!(!ro.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(ro.join("in-ro")).unwrap(),
+        "ro from the host\n"
+    );
+    // Host changes show in the guest.
+    std::fs::write(rw.join("later"), b"written on the host after boot\n").unwrap();
+    assert_eq!(
+        out(vm, &["cat", &format!("{SHARE_RW}/later")]),
+        "written on the host after boot\n"
     );
 }
 

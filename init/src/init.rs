@@ -13,7 +13,7 @@ use crate::console::{self, log};
 use crate::shutdown::{Input, PowerAction, Shutdown, Step};
 use crate::supervise::{Paths, Supervisor, TaskEnd};
 use crate::timeline::{boottime_ns, now_ms, Timeline};
-use crate::{config, disks, modules, setup, sys};
+use crate::{config, disks, modules, setup, shares, sys};
 
 /// Program agents are started from: this very binary.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -150,6 +150,11 @@ impl Init {
                 self.stage = Stage::Onboot(0);
                 self.mounted = disks::mount_all(&self.cfg.disks);
                 self.sup.timeline.record("disks");
+                let shared = shares::mount_all(&self.cfg.share_modules);
+                if !shared.is_empty() {
+                    self.mounted.extend(shared);
+                    self.sup.timeline.record("shares");
+                }
             }
             Stage::Onboot(i) => self.onboot(i),
             Stage::Start => {

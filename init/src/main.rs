@@ -49,6 +49,7 @@ mod order;
 mod power;
 mod reap;
 mod setup;
+mod shares;
 mod shutdown;
 mod spawn;
 mod supervise;

@@ -39,6 +39,10 @@ pub struct ImageConfig {
     pub containers: Vec<Container>,
     /// Time between SIGTERM and SIGKILL at shutdown, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Modules loaded only when the host shares directories with this boot (virtio-fs, 9p),
+    /// in load order, none of them in [`ImageConfig::modules`].
+    #[serde(default)]
+    pub share_modules: Vec<Module>,
 }
 
 /// One kernel module file inside the image.

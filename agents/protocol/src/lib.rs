@@ -8,6 +8,8 @@
 //!   virtio-serial port of the serial transport;
 //! - [`console`]: the console lines PID1 and the agents print that the host reads, whose
 //!   wording is therefore part of the contract;
+//! - [`shares`]: the host directories shared with a guest at run time, as the host hands
+//!   them to PID1;
 //! - [`config`]: the image config the builder writes for the init (`/etc/minke/image.cfg`, with
 //!   a JSON copy at `/etc/minke/image.json` for people), and the boot timeline the init
 //!   writes to `/run/minke/boot.json`.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod console;
 pub mod msg;
 pub mod mux;
+pub mod shares;
 pub mod wire;
 
 pub use auth::{Purpose, Secret};

@@ -28,6 +28,8 @@ pub struct Assembled {
     pub kernel: ResolvedKernel,
     /// The validated spec.
     pub spec: Spec,
+    /// The kinds of share a boot can mount (see [`kernel::share_kinds`]).
+    pub share_kinds: Vec<String>,
 }
 
 /// Resolves a spec into the merged tree and config without archiving.
@@ -87,8 +89,11 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     // Kernel and modules, then the kernel's config checked against what this image needs.
     let kernel = kernel::resolve_kernel(&spec, &opts.cache, opts.epoch, progress)?;
     let closure = kernel::module_closure(&spec, &kernel)?;
+    let share_closure = kernel::share_modules(&spec, &kernel, &closure)?;
     let compression = opts.compression.unwrap_or(spec.raw.compression);
-    if let Some(report) = kernel::kernel_report(&spec, &kernel, &closure, compression)? {
+    let carried: Vec<_> = closure.iter().chain(&share_closure).cloned().collect();
+    let share_kinds = kernel::share_kinds(&spec, &kernel, &carried);
+    if let Some(report) = kernel::kernel_report(&spec, &kernel, &carried, compression)? {
         if report.fatal() {
             return Err(BuildError::Kernel(KernelError::Unusable(format!(
                 "the kernel cannot run this image:\n{}",
@@ -97,9 +102,11 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         }
     }
     let mut module_list = Vec::new();
+    let mut share_list = Vec::new();
     if let Some(mdir) = &kernel.modules_dir {
         let mut mods = Tree::new();
-        for m in closure {
+        let on_demand = share_closure.iter().map(|m| (m, true));
+        for (m, on_share) in closure.iter().map(|m| (m, false)).chain(on_demand) {
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
@@ -113,11 +120,16 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                     kind: NodeKind::File(FileData::Path { path: src, size }),
                 },
             )?;
-            module_list.push(cfg::Module {
+            let module = cfg::Module {
                 name: m.name.clone(),
                 path: format!("/{image_path}"),
                 params: String::new(),
-            });
+            };
+            if on_share {
+                share_list.push(module);
+            } else {
+                module_list.push(module);
+            }
         }
         let recs = records_of(&mods).map_err(|source| BuildError::Hash {
             what: "the kernel modules",
@@ -174,7 +186,8 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
             own.insert(&d.mountpoint, Node::dir(0o755))?;
         }
     }
-    let config = image_config(&spec, module_list, containers);
+    let mut config = image_config(&spec, module_list, containers);
+    config.share_modules = share_list;
     // The init and agents read the compact form; the JSON copy is for people and `Info`.
     let json = serde_json::to_vec_pretty(&config).map_err(|source| BuildError::Json {
         what: "the image config",
@@ -196,6 +209,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         digest: records_digest(&recs),
     });
     Ok(Assembled {
+        share_kinds,
         tree,
         config,
         layers,

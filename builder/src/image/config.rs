@@ -99,5 +99,6 @@ pub fn image_config(
         binfmt,
         containers,
         shutdown_grace_ms: raw.shutdown_grace_ms,
+        share_modules: Vec::new(),
     }
 }

@@ -31,6 +31,10 @@ pub struct Manifest {
     /// Data disks the image mounts: label and size the host creates them with.
     #[serde(default)]
     pub disks: Vec<DiskRecord>,
+    /// The kinds of host directory share a boot can mount (`virtiofs`, `9p`); empty when
+    /// the spec says `allow_shares: false` or the kernel has neither.
+    #[serde(default)]
+    pub shares: Vec<String>,
     /// Every entry of the initramfs.
     pub files: Vec<Record>,
 }
@@ -196,6 +200,7 @@ mod tests {
             layers: vec![],
             modules: vec![],
             disks: vec![],
+            shares: vec![],
             files: vec![rec("/a", "1"), rec("/b", "1")],
         };
         let mut n = m.clone();

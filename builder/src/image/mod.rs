@@ -205,6 +205,7 @@ fn manifest_of(
                 size: d.size.as_deref().and_then(spec::parse_size),
             })
             .collect(),
+        shares: a.share_kinds.clone(),
         files,
     }
 }

@@ -62,6 +62,71 @@ pub fn module_closure(
     })
 }
 
+/// Modules a boot loads only when the host shares directories with it: virtio-fs, and 9p over
+/// virtio where the kernel has it (the 9p fallback of hosts without virtiofsd), in load order,
+/// without those already in `closure`. Empty when the spec does not allow shares or the kernel
+/// has no modules directory (whatever it supports is then built in, as the config check says).
+pub fn share_modules(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    let Some(mdir) = &kernel.modules_dir else {
+        return Ok(Vec::new());
+    };
+    if !spec.raw.allow_shares {
+        return Ok(Vec::new());
+    }
+    let present = kconfig::module_names(mdir);
+    let want: Vec<&str> = SHARE_MODULES
+        .iter()
+        .copied()
+        .filter(|m| present.contains(&kconfig::module_key(m)))
+        .collect();
+    if want.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = kmod::closure(mdir, &want).map_err(|source| KernelError::ModuleClosure {
+        dir: mdir.clone(),
+        source,
+    })?;
+    Ok(all
+        .into_iter()
+        .filter(|m| !closure.iter().any(|c| c.name == m.name))
+        .collect())
+}
+
+/// The kinds of share (`virtiofs`, `9p`) a boot of this image can mount: those whose modules
+/// the image carries, or, for a kernel without modules, those its config builds in (none
+/// when that config is unknown, or when the spec does not allow shares).
+pub fn share_kinds(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    carried: &[kmod::ModuleInfo],
+) -> Vec<String> {
+    if !spec.raw.allow_shares {
+        return Vec::new();
+    }
+    let has = |module: &str, option: &str| -> bool {
+        if kernel.modules_dir.is_some() && carried.iter().any(|m| m.name == module) {
+            return true;
+        }
+        let config = kernel.config.as_deref().unwrap_or(&kernel.image);
+        kconfig::config_for(config).is_ok_and(|(c, _)| c.get(option) == "y")
+    };
+    let mut kinds = Vec::new();
+    if has("virtiofs", "CONFIG_VIRTIO_FS") {
+        kinds.push("virtiofs".to_owned());
+    }
+    if has("9p", "CONFIG_9P_FS") && has("9pnet_virtio", "CONFIG_NET_9P_VIRTIO") {
+        kinds.push("9p".to_owned());
+    }
+    kinds
+}
+
+/// The modules [`share_modules`] starts from, where the kernel has them.
+pub const SHARE_MODULES: &[&str] = &["virtiofs", "9pnet_virtio", "9p"];
+
 /// The image features that make `@required-for` fragment options required.
 pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feature> {
     let mut f = BTreeSet::new();
@@ -78,6 +143,9 @@ pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feat
     }
     if !spec.raw.containers.is_empty() {
         f.insert(kconfig::Feature::Containers);
+    }
+    if spec.raw.allow_shares {
+        f.insert(kconfig::Feature::Shares);
     }
     f
 }
@@ -185,7 +253,9 @@ pub fn check_kernel(
         Some(k) if !k.contains('/') => kernel_from_package(k, cache, progress)?,
         Some(k) => return Err(KernelError::Unusable(format!("{k} does not exist"))),
     };
-    let closure = module_closure(&spec, &resolved)?;
+    let mut closure = module_closure(&spec, &resolved)?;
+    let shares = share_modules(&spec, &resolved, &closure)?;
+    closure.extend(shares);
     let compression = compression.unwrap_or(spec.raw.compression);
     kernel_report(&spec, &resolved, &closure, compression)?.ok_or_else(|| {
         KernelError::Unusable(format!(

@@ -101,6 +101,8 @@ pub enum Feature {
     Binfmt,
     /// Containers.
     Containers,
+    /// Host directories shared at run time.
+    Shares,
 }
 
 impl Feature {
@@ -111,6 +113,7 @@ impl Feature {
             "disks" => Feature::Disks,
             "binfmt" => Feature::Binfmt,
             "containers" => Feature::Containers,
+            "shares" => Feature::Shares,
             _ => return None,
         })
     }
@@ -122,6 +125,7 @@ impl Feature {
             Feature::Disks => "disks",
             Feature::Binfmt => "binfmt",
             Feature::Containers => "containers",
+            Feature::Shares => "shares",
         }
     }
 }

@@ -13,7 +13,10 @@ pub mod kconfig;
 pub mod kmod;
 pub mod resolve;
 
-pub use check::{check_kernel, features, kernel_report, module_closure, DEFAULT_MODULES};
+pub use check::{
+    check_kernel, features, kernel_report, module_closure, share_kinds, share_modules,
+    DEFAULT_MODULES, SHARE_MODULES,
+};
 pub use resolve::{
     is_modules_tree, kbuild_options, kernel_config_dir, kernel_from_package, modules_beside,
     release_from_file_name, resolve_kernel, ResolvedKernel,

@@ -42,6 +42,11 @@ pub struct RawSpec {
     /// image needs a host with vsock.
     #[serde(default = "default_transports")]
     pub transports: Vec<String>,
+    /// Whether `minke run --share` can mount host directories in this image: the share
+    /// modules (virtio-fs, and 9p where the kernel has it) come along and are loaded only on a
+    /// boot that has shares. Default true; `false` keeps a minimal image smaller.
+    #[serde(default = "default_true")]
+    pub allow_shares: bool,
     /// Tasks run in order at boot before services.
     #[serde(default)]
     pub onboot: Vec<RawTask>,
@@ -84,6 +89,9 @@ fn default_transports() -> Vec<String> {
     vec!["vsock".into(), "serial".into()]
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_arch() -> String {
     "x86_64".into()
 }

@@ -33,12 +33,16 @@ impl Vm {
                 .trim()
         ));
         let qemu_bin = binaries::find(Tool::QemuSystem)?;
+        // virtiofsd serves one QEMU: fresh ones for the new QEMU.
+        o.share_daemons.clear();
+        o.share_daemons = crate::share::start_daemons(&self.state, &self.run.shares)?;
         let (qemu, backend, accel, transport, console) = launch(
             &o.cfg,
             &self.state,
             &qemu_bin,
             UsedAccel::Tcg,
             self.transport,
+            &self.run.shares,
         )?;
         o.qemu = qemu;
         o.console = console;

@@ -42,6 +42,7 @@ fn run(qemu: u32, qemu_stamp: Option<ProcStamp>, backend: Option<u32>) -> RunInf
         accel: UsedAccel::Tcg,
         transport: UsedTransport::VhostUser,
         publish: vec![],
+        shares: vec![],
         started_unix: 0,
     }
 }

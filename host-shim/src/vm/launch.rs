@@ -13,6 +13,7 @@ use crate::process::Guarded;
 use crate::qemu;
 use crate::qmp;
 use crate::serial::SerialEndpoint;
+use crate::share::Planned;
 use crate::state;
 use crate::state::{files, UsedAccel, UsedTransport};
 use crate::timesync::TimeServer;
@@ -72,6 +73,7 @@ pub(super) fn launch(
     qemu_bin: &Path,
     accel: UsedAccel,
     transport: UsedTransport,
+    shares: &[Planned],
 ) -> Result<Launched, VmError> {
     let backend = match transport {
         UsedTransport::VhostUser => Some(start_backend(state)?),
@@ -81,7 +83,7 @@ pub(super) fn launch(
     let mut transport = transport;
     loop {
         let _ = std::fs::remove_file(state.join(files::QMP));
-        let args = qemu::qemu_args(cfg, state, accel, transport);
+        let args = qemu::qemu_args(cfg, state, accel, transport, shares);
         let log_path = state.join(files::QEMU_LOG);
         let log = state::create_private(&log_path)?;
         // The console comes through a socket into a capped, rotated log; a console shown on

@@ -12,8 +12,7 @@
 //! - `transport_choice.rs`: the transport choice;
 //! - `secret.rs`: the per-VM secret, made at boot and read back by attached handles.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -32,6 +31,8 @@ use crate::process::Guarded;
 use crate::qemu;
 use crate::qmp::{self, QmpError};
 use crate::serial::SerialEndpoint;
+use crate::share;
+pub(crate) use crate::state::tail;
 use crate::state::{self, RunInfo, StateError};
 use crate::state::{files, UsedAccel, UsedTransport};
 use crate::timesync::{TimeServer, TimesyncStats};
@@ -84,6 +85,9 @@ pub enum VmError {
     /// The agent conversation failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// A shared directory could not be set up.
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
     /// A process could not be started.
     #[error("cannot start {what}")]
     Spawn {
@@ -180,6 +184,8 @@ struct Owned {
     cfg: VmConfig,
     qemu: Guarded,
     backend: Option<Guarded>,
+    /// One virtiofsd per virtio-fs share.
+    share_daemons: Vec<Guarded>,
     time: Option<TimeServer>,
     serial: Option<SerialEndpoint>,
     forwards: Vec<Forwarder>,
@@ -209,6 +215,12 @@ impl Vm {
         }
         state::check_socket_path(&state, &format!("{}_{TIMESYNC_PORT}", files::VSOCK))?;
         let qemu_bin = binaries::find(Tool::QemuSystem)?;
+        // Every share checked before anything starts: a missing directory is an error here.
+        let shares = share::plan(
+            &cfg.shares,
+            cfg.share_backend,
+            cfg.guest_share_kinds.as_deref(),
+        )?;
         for d in &cfg.disks {
             disk::ensure(d)?;
         }
@@ -216,6 +228,10 @@ impl Vm {
         let transport = resolve_transport(cfg.transport)?;
         let secret = new_secret()?;
         state::write_private(&state.join(files::SECRET), secret.as_bytes())?;
+        if !shares.is_empty() {
+            share::write_list(&state, &shares)?;
+        }
+        let share_daemons = share::start_daemons(&state, &shares)?;
         let time = match transport {
             UsedTransport::VhostUser => Some(
                 TimeServer::listen_unix(
@@ -242,7 +258,7 @@ impl Vm {
             UsedTransport::Serial => Some(TimeServer::detached(secret.clone())),
         };
         let (qemu, backend, accel, transport, console, kvm_probe) =
-            match launch(&cfg, &state, &qemu_bin, accel, transport) {
+            match launch(&cfg, &state, &qemu_bin, accel, transport, &shares) {
                 Ok((q, b, a, t, c)) => (q, b, a, t, c, kvm_probe),
                 Err(VmError::Kvm(why)) if kvm_probe => {
                     record_kvm_broken(&why);
@@ -250,7 +266,7 @@ impl Vm {
                     "warning: KVM cannot run this guest here ({why}); falling back to TCG (slower)"
                 ));
                     let (q, b, a, t, c) =
-                        launch(&cfg, &state, &qemu_bin, UsedAccel::Tcg, transport)?;
+                        launch(&cfg, &state, &qemu_bin, UsedAccel::Tcg, transport, &shares)?;
                     (q, b, a, t, c, false)
                 }
                 Err(e) => return Err(e),
@@ -267,6 +283,7 @@ impl Vm {
             accel,
             transport,
             publish: cfg.publish.clone(),
+            shares,
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -285,6 +302,7 @@ impl Vm {
                 cfg,
                 qemu,
                 backend,
+                share_daemons,
                 time,
                 serial,
                 forwards: Vec::new(),
@@ -586,20 +604,6 @@ impl Vm {
             }
         }
     }
-}
-
-/// The last `n` lines of a file (reads at most the last 64 KiB).
-pub(crate) fn tail(path: &Path, n: usize) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return format!("({} not readable)", path.display());
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let s = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
