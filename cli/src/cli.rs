@@ -119,6 +119,11 @@ enum Cmd {
         /// How shares reach the guest: virtio-fs (virtiofsd), or 9p (QEMU's own server).
         #[arg(long, value_enum, default_value = "auto")]
         share_backend: ShareBackendArg,
+        /// Put a host file or directory in the guest for this boot: HOST_PATH[:GUEST_PATH]
+        /// (default: the same path); a program brings its shared libraries. The image on disk
+        /// is unchanged.
+        #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
+        adds: Vec<String>,
         /// Command to run in the guest; its exit code becomes minke's.
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -485,6 +490,7 @@ pub fn run() -> Result<u8> {
             transport,
             shares,
             share_backend,
+            adds,
             cmd,
         } => {
             drop(out);
@@ -521,6 +527,7 @@ pub fn run() -> Result<u8> {
                 transport,
                 shares,
                 share_backend,
+                adds,
                 cmd,
             });
         }

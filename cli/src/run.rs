@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use minke::image::addon::Addition;
 use minke::image::{self, BuildOptions, Image};
 use minke_protocol::config::BootTimeline;
 use minke_protocol::shares::ShareKind;
@@ -35,6 +36,7 @@ pub struct RunArgs {
     pub transport: Transport,
     pub shares: Vec<String>,
     pub share_backend: ShareBackend,
+    pub adds: Vec<String>,
     pub cmd: Vec<String>,
 }
 
@@ -153,6 +155,20 @@ pub fn run(a: RunArgs) -> Result<u8> {
             .collect(),
     );
     cfg.share_backend = a.share_backend;
+    if !a.adds.is_empty() {
+        let adds = a
+            .adds
+            .iter()
+            .map(|s| Addition::parse(s).map_err(|e| anyhow::anyhow!("--add {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        progress.step("adding host files");
+        let archive = minke::image::addon::archive(
+            &adds,
+            &minke::layer::Cache::default_location(),
+            minke::epoch_from_env(),
+        )?;
+        cfg.extra_initrds.push(archive);
+    }
     let mut labels: Vec<String> = Vec::new();
     for d in &a.disks {
         let spec = parse_disk(d, &name, &img.disks)?;
@@ -223,7 +239,9 @@ pub fn run(a: RunArgs) -> Result<u8> {
         Stdin::Reader(Box::new(std::io::stdin()))
     };
     let cmd_start = started.elapsed();
-    let code = vm.exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())?;
+    let code = vm
+        .exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())
+        .map_err(|e| suggest_add(e, &a.cmd[0], true))?;
     let cmd_end = started.elapsed();
     chart(
         &vm,
@@ -306,8 +324,34 @@ pub fn exec(
     } else {
         Stdin::Reader(Box::new(std::io::stdin()))
     };
-    let code = vm.exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())?;
+    let argv0 = req.argv.first().cloned().unwrap_or_default();
+    let code = vm
+        .exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())
+        .map_err(|e| suggest_add(e, &argv0, false))?;
     Ok(exit_byte(code))
+}
+
+/// An exec error, with a suggestion when the program is a host path the image lacks:
+/// `minke run --add` brings it (and its libraries) along for one boot.
+fn suggest_add(e: minke_shim::VmError, argv0: &str, in_run: bool) -> anyhow::Error {
+    let missing = matches!(
+        &e,
+        minke_shim::VmError::Agent(minke_shim::client::AgentError::Guest(m))
+            if *m == minke_protocol::msg::program_not_found(argv0)
+    );
+    let on_host = argv0.starts_with('/') && Path::new(argv0).is_file();
+    if !(missing && on_host) {
+        return e.into();
+    }
+    let how = if in_run {
+        format!("add `--add {argv0}` to this `minke run`")
+    } else {
+        format!("boot with `minke run --add {argv0} …`")
+    };
+    anyhow::Error::new(e).context(format!(
+        "{argv0} is on this host but not in the image: {how} to bring it (and its shared \
+         libraries) along without a rebuild"
+    ))
 }
 
 /// `minke ps`.

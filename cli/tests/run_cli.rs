@@ -387,3 +387,83 @@ fn exec_from_launch_never_succeeds_falsely_over_vsock() {
 fn exec_from_launch_never_succeeds_falsely_over_serial() {
     exec_from_launch_never_succeeds_falsely("serial");
 }
+
+fn minke_run_with(name: &str, opts: &[&str], cmd: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .args(["run", "--name", name, "--accel", "tcg"])
+        .args(opts)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A host program the image lacks, at a path only this test uses.
+fn host_program(dir: &std::path::Path) -> String {
+    let p = dir.join("gnu-sha256sum");
+    std::fs::copy("/usr/bin/sha256sum", &p).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_host_program_the_image_lacks_gets_a_suggestion_and_runs_with_add() {
+    if !can_boot() {
+        return;
+    }
+    // Not under /tmp: the guest mounts its own /tmp over whatever the initrd holds there.
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let prog = host_program(d.path());
+    let (code, _, err) = minke_run_with("cli-add-missing", &[], &[&prog, "--version"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--add {prog}")) && err.contains("not in the image"),
+        "no --add suggestion: {err}"
+    );
+    // Brought along for one boot, with its shared libraries (GNU coreutils is dynamic).
+    let (code, out, err) = minke_run_with("cli-add", &["--add", &prog], &[&prog, "--version"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("GNU coreutils"), "{out}");
+    // At another guest path, next to a directory.
+    std::fs::create_dir(d.path().join("tree")).unwrap();
+    std::fs::write(d.path().join("tree/data"), b"abc").unwrap();
+    let (code, out, err) = minke_run_with(
+        "cli-add-at",
+        &[
+            "--add",
+            &format!("{prog}:/opt/tools/sum"),
+            "--add",
+            &format!("{}:/srv/tree", d.path().join("tree").display()),
+        ],
+        &["/opt/tools/sum", "/srv/tree/data"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        "{out}"
+    );
+}
+
+#[test]
+fn shares_are_checked_before_qemu_starts() {
+    if !can_boot() {
+        return;
+    }
+    let (code, _, err) = minke_run_with(
+        "cli-share-missing",
+        &["--share", "/no/such/dir:/mnt/x"],
+        &["true"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot share /no/such/dir"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "each cause once: {err}"
+    );
+}

@@ -33,6 +33,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Copy the serial console to the shim's stdout as well as to `console.log`.
     pub console_to_terminal: bool,
+    /// Archives appended to the initrd for this boot (uncompressed newc, such as
+    /// `minke run --add` makes): the kernel unpacks them after the image's, over its files.
+    pub extra_initrds: Vec<PathBuf>,
     /// Host directories shared with the guest, mounted before anything runs there.
     pub shares: Vec<ShareSpec>,
     /// How shares reach the guest.
@@ -65,6 +68,7 @@ impl VmConfig {
             transport: Transport::Auto,
             accel: Accel::Auto,
             console_to_terminal: false,
+            extra_initrds: Vec::new(),
             shares: Vec::new(),
             share_backend: ShareBackend::Auto,
             guest_share_kinds: None,

@@ -45,6 +45,8 @@ pub mod files {
     /// Written by the booting process once the guest is ready (the tagged ready line), so
     /// attached processes see readiness even after the console log rotated.
     pub const READY: &str = "ready";
+    /// The initrd of a boot with extra archives (the image's with them appended).
+    pub const INITRD: &str = "initrd.img";
     /// The share list handed to the guest (0600; see `minke_protocol::shares`).
     pub const SHARES: &str = "shares";
     /// Prefix of each virtiofsd's socket and log (`fs0.sock`, `fs0.log`).
@@ -267,15 +269,17 @@ pub(crate) fn remove_stale_files(dir: &Path) {
         files::SERIAL,
         files::SECRET,
         files::READY,
+        files::SHARES,
+        files::INITRD,
+        files::CONSOLE_SOCKET,
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{}_", files::VSOCK))
-            {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let share_socket = name.starts_with(files::FS_PREFIX) && name.ends_with(".sock");
+            if name.starts_with(&format!("{}_", files::VSOCK)) || share_socket {
                 let _ = std::fs::remove_file(e.path());
             }
         }

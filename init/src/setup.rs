@@ -288,6 +288,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_early_mount_is_a_known_boot_mount() {
+        for m in early_mounts() {
+            assert!(
+                minke_protocol::BOOT_MOUNTS
+                    .iter()
+                    .any(|b| m.target == *b || m.target.starts_with(&format!("{b}/"))),
+                "{} is mounted at boot but not in minke_protocol::BOOT_MOUNTS",
+                m.target
+            );
+        }
+    }
+
+    #[test]
     fn link_protections_are_on_unless_the_image_says_otherwise() {
         let mut cfg = ImageConfig::default();
         assert_eq!(sysctls(&cfg), DEFAULT_SYSCTLS.to_vec());

@@ -20,6 +20,10 @@
 
 #![forbid(unsafe_code)]
 
+/// Directories PID1 mounts a filesystem over early in boot: whatever the initramfs holds
+/// below them is hidden from then on, so nothing meant to be seen may be put there.
+pub const BOOT_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
+
 pub mod auth;
 pub mod config;
 pub mod console;

@@ -228,6 +228,12 @@ pub struct InfoReply {
     pub boottime_ns: u64,
 }
 
+/// The `Error` an exec answers when its program is not in the guest; the host compares
+/// against it to suggest bringing the program along (`minke run --add`).
+pub fn program_not_found(argv0: &str) -> String {
+    format!("{argv0}: no such file or directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

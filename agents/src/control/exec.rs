@@ -45,7 +45,7 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
         None => {
             let program =
                 resolve_program(&argv0, env.get("PATH").map(String::as_str)).ok_or_else(|| {
-                    ControlError::Refused(format!("{argv0}: no such file or directory"))
+                    ControlError::Refused(minke_protocol::msg::program_not_found(&argv0))
                 })?;
             let mut cmd = Command::new(program);
             let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());

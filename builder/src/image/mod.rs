@@ -17,6 +17,7 @@ use crate::layer::{records_digest, records_of, sha256_hex, write_atomic, Cache, 
 use crate::sources::package::PackageError;
 use crate::spec::{self, SpecError};
 
+pub mod addon;
 mod assemble;
 pub mod binfmt;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Starting a VM's processes: the vsock backend (vhost-user), QEMU, the wait for QMP, and the
 //! host end of the chosen transport.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,35 @@ pub(super) fn connector(
             uds: state.join(files::VSOCK),
         },
     }
+}
+
+/// The initrd QEMU boots: the image's, or, with extra archives, a private copy of it in the
+/// state directory with each extra appended on a 4-byte boundary (zero padding between
+/// archives is skipped by the kernel's unpacker).
+pub(super) fn initrd_for(cfg: &VmConfig, state: &Path) -> Result<std::path::PathBuf, VmError> {
+    if cfg.extra_initrds.is_empty() {
+        return Ok(cfg.initrd.clone());
+    }
+    let path = state.join(files::INITRD);
+    let io = |what: String| move |source| VmError::Io { what, source };
+    let mut out = state::create_private(&path)?;
+    let mut len = 0u64;
+    for part in std::iter::once(&cfg.initrd).chain(&cfg.extra_initrds) {
+        let pad = (4 - len % 4) % 4;
+        out.write_all(&[0u8; 3][..pad as usize])
+            .map_err(io(format!("cannot write {}", path.display())))?;
+        len += pad;
+        let mut f = std::fs::File::open(part).map_err(io(format!(
+            "cannot read the initrd part {}",
+            part.display()
+        )))?;
+        len += std::io::copy(&mut f, &mut out).map_err(io(format!(
+            "cannot copy {} into {}",
+            part.display(),
+            path.display()
+        )))?;
+    }
+    Ok(path)
 }
 
 /// Starts the vsock backend (if any) and QEMU, and waits for QMP to answer.

@@ -201,7 +201,7 @@ struct Owned {
 
 impl Vm {
     /// Boots `cfg` and returns once QEMU runs (see [`Vm::wait_ready`] for the guest).
-    pub fn boot(cfg: VmConfig) -> Result<Vm, VmError> {
+    pub fn boot(mut cfg: VmConfig) -> Result<Vm, VmError> {
         let state = match &cfg.state_dir {
             Some(d) => {
                 state::check_name(&cfg.name)?;
@@ -231,6 +231,7 @@ impl Vm {
         if !shares.is_empty() {
             share::write_list(&state, &shares)?;
         }
+        cfg.initrd = launch::initrd_for(&cfg, &state)?;
         let share_daemons = share::start_daemons(&state, &shares)?;
         let time = match transport {
             UsedTransport::VhostUser => Some(
