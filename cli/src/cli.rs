@@ -22,6 +22,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per process: the size of its largest variant (`run`) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image from a spec (default: the built-in examples/default.yml).
