@@ -126,6 +126,14 @@ enum Cmd {
         /// is unchanged.
         #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
         adds: Vec<String>,
+        /// Runner mode, for cargo's `target.<triple>.runner`: CMD's program is a host path,
+        /// brought along with its libraries; the current directory is shared at the same path
+        /// and is CMD's working directory; CARGO_* and RUST_* variables pass through.
+        #[arg(long)]
+        runner: bool,
+        /// Pass this host environment variable through to CMD (runner mode).
+        #[arg(long = "pass-env", value_name = "NAME")]
+        pass_env: Vec<String>,
         /// Command to run in the guest; its exit code becomes minke's.
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -493,6 +501,8 @@ pub fn run() -> Result<u8> {
             shares,
             share_backend,
             adds,
+            runner,
+            pass_env,
             cmd,
         } => {
             drop(out);
@@ -530,6 +540,8 @@ pub fn run() -> Result<u8> {
                 shares,
                 share_backend,
                 adds,
+                runner,
+                pass_env,
                 cmd,
             });
         }

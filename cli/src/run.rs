@@ -37,7 +37,50 @@ pub struct RunArgs {
     pub shares: Vec<String>,
     pub share_backend: ShareBackend,
     pub adds: Vec<String>,
+    pub runner: bool,
+    pub pass_env: Vec<String>,
     pub cmd: Vec<String>,
+}
+
+/// What runner mode (`minke run --runner -- PROGRAM ARGS…`, cargo's `target.*.runner`) adds to
+/// a run: the program from the host with its libraries, the current directory shared at the
+/// same path and used as the working directory, and cargo's environment.
+struct Runner {
+    /// The current directory, canonical: the share and the guest's working directory.
+    cwd: PathBuf,
+    /// The environment the program gets.
+    env: Vec<(String, String)>,
+}
+
+impl Runner {
+    fn new(a: &RunArgs) -> Result<(Runner, Addition, ShareSpec)> {
+        let Some(prog) = a.cmd.first() else {
+            bail!("--runner needs the program to run: minke run --runner -- PROGRAM [ARGS…]");
+        };
+        let cwd = std::env::current_dir()
+            .and_then(std::fs::canonicalize)
+            .context("cannot read the current directory")?;
+        let prog_path = std::fs::canonicalize(prog)
+            .with_context(|| format!("--runner: cannot find the program {prog}"))?;
+        // Under the current directory the share shows the program; only its libraries must
+        // come along then (and a program there may sit below /tmp, which an archive cannot).
+        let addition = Addition {
+            host: PathBuf::from(prog),
+            guest: None,
+            only_libraries: prog_path.starts_with(&cwd),
+        };
+        let share = ShareSpec {
+            host: cwd.clone(),
+            guest: None,
+            readonly: false,
+        };
+        let env = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("CARGO_") || k.starts_with("RUST_") || a.pass_env.contains(k)
+            })
+            .collect();
+        Ok((Runner { cwd, env }, addition, share))
+    }
 }
 
 /// Grace period between asking the guest to power off and killing QEMU.
@@ -126,9 +169,19 @@ fn parse_disk(s: &str, vm: &str, sizes: &[(String, Option<u64>)]) -> Result<Disk
 
 /// `minke run`: returns the exit code (CMD's, or 0 when the guest powered off by itself).
 pub fn run(a: RunArgs) -> Result<u8> {
+    let runner = if a.runner {
+        Some(Runner::new(&a)?)
+    } else {
+        None
+    };
     let progress = Progress::new();
     let img = resolve_image(a.image.as_deref(), &progress)?;
-    let name = a.name.clone().unwrap_or_else(|| img.name.clone());
+    // Runs of a runner may overlap (several cargo invocations): one VM name each.
+    let default_name = match &runner {
+        Some(_) => format!("{}-runner-{}", img.name, std::process::id()),
+        None => img.name.clone(),
+    };
+    let name = a.name.clone().unwrap_or(default_name);
     let mut cfg = VmConfig::new(name.clone(), &img.kernel, &img.initrd);
     cfg.cmdline = img.cmdline.clone();
     cfg.mem_mib = a.mem;
@@ -155,12 +208,16 @@ pub fn run(a: RunArgs) -> Result<u8> {
             .collect(),
     );
     cfg.share_backend = a.share_backend;
-    if !a.adds.is_empty() {
-        let adds = a
-            .adds
-            .iter()
-            .map(|s| Addition::parse(s).map_err(|e| anyhow::anyhow!("--add {e}")))
-            .collect::<Result<Vec<_>>>()?;
+    let mut adds = a
+        .adds
+        .iter()
+        .map(|s| Addition::parse(s).map_err(|e| anyhow::anyhow!("--add {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some((_, addition, share)) = &runner {
+        adds.push(addition.clone());
+        cfg.shares.push(share.clone());
+    }
+    if !adds.is_empty() {
         progress.step("adding host files");
         let archive = minke::image::addon::archive(
             &adds,
@@ -228,11 +285,15 @@ pub fn run(a: RunArgs) -> Result<u8> {
         chart(&vm, a.boot_chart.as_deref(), started, None)?;
         return Ok(code);
     }
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         argv: a.cmd.clone(),
         container: a.container.clone(),
         ..Default::default()
     };
+    if let Some((r, _, _)) = &runner {
+        req.cwd = Some(r.cwd.to_string_lossy().into_owned());
+        req.env = r.env.clone();
+    }
     let stdin = if std::io::stdin().is_terminal() {
         Stdin::Null
     } else {

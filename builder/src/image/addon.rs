@@ -84,6 +84,9 @@ pub struct Addition {
     pub host: PathBuf,
     /// Absolute guest path; `None`: the host path made absolute.
     pub guest: Option<String>,
+    /// Only a program's shared libraries and loader, not the program (which the guest sees
+    /// some other way, such as a share).
+    pub only_libraries: bool,
 }
 
 impl Addition {
@@ -106,6 +109,7 @@ impl Addition {
         Ok(Addition {
             host: PathBuf::from(host),
             guest,
+            only_libraries: false,
         })
     }
 }
@@ -124,7 +128,7 @@ pub fn tree_of(adds: &[Addition]) -> Result<Tree, AddError> {
             Some(g) => g.clone(),
             None => abs.to_string_lossy().into_owned(),
         };
-        if let Some(mount) = hidden_by(&guest) {
+        if let Some(mount) = hidden_by(&guest).filter(|_| !a.only_libraries) {
             return Err(AddError::Hidden {
                 path: a.host.clone(),
                 guest,
@@ -194,6 +198,9 @@ pub fn tree_of(adds: &[Addition]) -> Result<Tree, AddError> {
                         source,
                     })?;
             }
+        }
+        if a.only_libraries {
+            continue;
         }
         let node = Node {
             mode: md.permissions().mode() & 0o7777,
