@@ -72,7 +72,11 @@ fn cargo_test_runs_in_a_guest_and_failures_come_back() {
         return;
     }
     let (code, out) = cargo_test_demo(&[]);
-    assert_eq!(code, Some(0), "cargo test through the runner failed:\n{out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "cargo test through the runner failed:\n{out}"
+    );
     assert!(
         out.contains("3 passed"),
         "the three guest tests did not all run:\n{out}"
