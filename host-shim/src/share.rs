@@ -19,6 +19,7 @@ use minke_protocol::shares::{self as contract, Share, ShareKind, MAX_SHARES};
 use crate::binaries::{self, NotFound, Tool};
 use crate::config::{ShareBackend, ShareSpec};
 use crate::process::Guarded;
+pub use crate::state::Planned;
 use crate::state::{self, files, StateError};
 
 /// How long virtiofsd may take to listen.
@@ -85,16 +86,6 @@ pub enum ShareError {
         /// The end of its log.
         log: String,
     },
-}
-
-/// A share checked and resolved: the host directory with symlinks resolved, and the guest's
-/// view of it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Planned {
-    /// The host directory, canonical.
-    pub host: PathBuf,
-    /// What the guest is told.
-    pub share: Share,
 }
 
 /// Checks `specs` (host directories exist, guest paths absolute and distinct) and picks how

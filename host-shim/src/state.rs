@@ -53,6 +53,16 @@ pub mod files {
     pub const FS_PREFIX: &str = "fs";
 }
 
+/// A share checked and resolved: the host directory with symlinks resolved, and the guest's
+/// view of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Planned {
+    /// The host directory, canonical.
+    pub host: PathBuf,
+    /// What the guest is told.
+    pub share: minke_protocol::shares::Share,
+}
+
 /// Accelerator actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UsedAccel {
@@ -162,7 +172,7 @@ pub struct RunInfo {
     pub publish: Vec<(u16, u16)>,
     /// Host directories shared with the guest.
     #[serde(default)]
-    pub shares: Vec<crate::share::Planned>,
+    pub shares: Vec<Planned>,
     /// Start time, seconds since the epoch.
     pub started_unix: u64,
 }
