@@ -33,6 +33,8 @@ const APT: &[(&str, &str)] = &[
     // What `cargo install virtiofsd` links against.
     ("libseccomp-dev", "/usr/include/seccomp.h"),
     ("libcap-ng-dev", "/usr/include/cap-ng.h"),
+    // User-mode networking without root (`minke run --net user`).
+    ("passt", "passt"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).

@@ -126,6 +126,14 @@ enum Cmd {
         /// is unchanged.
         #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
         adds: Vec<String>,
+        /// The guest's network: `user` gives it a card with user-mode networking (passt, or
+        /// QEMU's slirp): outbound connections through this host, which it reaches at the
+        /// gateway address 10.0.2.2; `none` (the default) leaves vsock as its only link.
+        #[arg(long, value_enum, default_value = "none")]
+        net: NetArg,
+        /// Who serves `--net user`.
+        #[arg(long, value_enum, default_value = "auto")]
+        net_backend: NetBackendArg,
         /// Runner mode, for cargo's `target.<triple>.runner`: CMD's program is a host path,
         /// brought along with its libraries; the current directory is shared at the same path
         /// and is CMD's working directory; CARGO_* and RUST_* variables pass through.
@@ -273,6 +281,19 @@ enum TransportArg {
     VhostKernel,
     VhostUser,
     Serial,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetArg {
+    None,
+    User,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetBackendArg {
+    Auto,
+    Passt,
+    Slirp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -501,10 +522,21 @@ pub fn run() -> Result<u8> {
             shares,
             share_backend,
             adds,
+            net,
+            net_backend,
             runner,
             pass_env,
             cmd,
         } => {
+            let net = match net {
+                NetArg::None => minke_shim::NetMode::None,
+                NetArg::User => minke_shim::NetMode::User,
+            };
+            let net_backend = match net_backend {
+                NetBackendArg::Auto => minke_shim::NetBackend::Auto,
+                NetBackendArg::Passt => minke_shim::NetBackend::Passt,
+                NetBackendArg::Slirp => minke_shim::NetBackend::Slirp,
+            };
             drop(out);
             let share_backend = match share_backend {
                 ShareBackendArg::Auto => minke_shim::ShareBackend::Auto,
@@ -540,6 +572,8 @@ pub fn run() -> Result<u8> {
                 shares,
                 share_backend,
                 adds,
+                net,
+                net_backend,
                 runner,
                 pass_env,
                 cmd,

@@ -12,8 +12,8 @@ use minke::image::{self, BuildOptions, Image};
 use minke_protocol::config::BootTimeline;
 use minke_protocol::shares::ShareKind;
 use minke_shim::{
-    Accel, DiskFormat, DiskSpec, ExecRequest, ShareBackend, ShareSpec, Stdin, Transport, Vm,
-    VmConfig,
+    Accel, DiskFormat, DiskSpec, ExecRequest, NetBackend, NetMode, ShareBackend, ShareSpec, Stdin,
+    Transport, Vm, VmConfig,
 };
 
 use crate::progress::Progress;
@@ -37,6 +37,8 @@ pub struct RunArgs {
     pub shares: Vec<String>,
     pub share_backend: ShareBackend,
     pub adds: Vec<String>,
+    pub net: NetMode,
+    pub net_backend: NetBackend,
     pub runner: bool,
     pub pass_env: Vec<String>,
     pub cmd: Vec<String>,
@@ -208,6 +210,15 @@ pub fn run(a: RunArgs) -> Result<u8> {
             .collect(),
     );
     cfg.share_backend = a.share_backend;
+    if a.net == NetMode::User && !img.manifest.network {
+        bail!(
+            "image {} cannot take a network card (its spec says `allow_network: false`, or its \
+             kernel has no virtio-net): rebuild it, or boot another image",
+            img.name
+        );
+    }
+    cfg.net = a.net;
+    cfg.net_backend = a.net_backend;
     let mut adds = a
         .adds
         .iter()
@@ -419,8 +430,8 @@ fn suggest_add(e: minke_shim::VmError, argv0: &str, in_run: bool) -> anyhow::Err
 pub fn ps(out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
-        "{:<20} {:>8} {:<6} {:<12} {:<16} SHARES",
-        "NAME", "QEMU", "ACCEL", "TRANSPORT", "PUBLISH"
+        "{:<20} {:>8} {:<6} {:<12} {:<6} {:<16} SHARES",
+        "NAME", "QEMU", "ACCEL", "TRANSPORT", "NET", "PUBLISH"
     )?;
     for v in minke_shim::list_vms()? {
         let publish: Vec<String> = v
@@ -445,11 +456,12 @@ pub fn ps(out: &mut dyn Write) -> Result<()> {
             .collect();
         writeln!(
             out,
-            "{:<20} {:>8} {:<6} {:<12} {:<16} {}",
+            "{:<20} {:>8} {:<6} {:<12} {:<6} {:<16} {}",
             v.run.name,
             v.run.qemu_pid,
             format!("{:?}", v.run.accel).to_lowercase(),
             format!("{:?}", v.run.transport).to_lowercase(),
+            v.run.net.map_or("-", |n| n.name()),
             if publish.is_empty() {
                 "-".to_owned()
             } else {

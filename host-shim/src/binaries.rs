@@ -28,6 +28,8 @@ pub enum Tool {
     E2fsck,
     /// `virtiofsd` (rust-vmm's virtio-fs daemon).
     Virtiofsd,
+    /// `passt` (user-mode networking).
+    Passt,
 }
 
 impl Tool {
@@ -40,6 +42,7 @@ impl Tool {
             Tool::Mke2fs => "mke2fs",
             Tool::E2fsck => "e2fsck",
             Tool::Virtiofsd => "virtiofsd",
+            Tool::Passt => "passt",
         }
     }
 
@@ -49,6 +52,7 @@ impl Tool {
             Tool::QemuImg => "apt-get install qemu-utils",
             Tool::VhostDeviceVsock => "cargo install --locked vhost-device-vsock",
             Tool::Mke2fs | Tool::E2fsck => "apt-get install e2fsprogs",
+            Tool::Passt => "apt-get install passt",
             Tool::Virtiofsd => {
                 "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd"
             }

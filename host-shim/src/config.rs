@@ -36,6 +36,10 @@ pub struct VmConfig {
     /// Archives appended to the initrd for this boot (uncompressed newc, such as
     /// `minke run --add` makes): the kernel unpacks them after the image's, over its files.
     pub extra_initrds: Vec<PathBuf>,
+    /// The guest's network card.
+    pub net: NetMode,
+    /// Who serves a user-mode network.
+    pub net_backend: NetBackend,
     /// Host directories shared with the guest, mounted before anything runs there.
     pub shares: Vec<ShareSpec>,
     /// How shares reach the guest.
@@ -69,12 +73,35 @@ impl VmConfig {
             accel: Accel::Auto,
             console_to_terminal: false,
             extra_initrds: Vec::new(),
+            net: NetMode::None,
+            net_backend: NetBackend::Auto,
             shares: Vec::new(),
             share_backend: ShareBackend::Auto,
             guest_share_kinds: None,
             runtime_config: Vec::new(),
         }
     }
+}
+
+/// The guest's network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetMode {
+    /// None: the guest talks to the host over vsock only.
+    None,
+    /// User-mode networking: outbound connections through the host's sockets, the host's
+    /// loopback at the gateway address, no root needed.
+    User,
+}
+
+/// Who serves user-mode networking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetBackend {
+    /// passt when installed, else QEMU's slirp.
+    Auto,
+    /// passt only.
+    Passt,
+    /// QEMU's slirp only.
+    Slirp,
 }
 
 /// A host directory shared with the guest.

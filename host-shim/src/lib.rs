@@ -35,6 +35,7 @@ pub mod console;
 pub mod disk;
 pub mod forward;
 pub mod getfiles;
+pub mod net;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
@@ -49,7 +50,9 @@ pub mod vm;
 
 pub use chart::boot_chart_svg;
 pub use client::{Output, Stdin};
-pub use config::{Accel, DiskFormat, DiskSpec, ShareBackend, ShareSpec, Transport, VmConfig};
+pub use config::{
+    Accel, DiskFormat, DiskSpec, NetBackend, NetMode, ShareBackend, ShareSpec, Transport, VmConfig,
+};
 pub use forward::{ForwardListen, Forwarder};
 pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};
 pub use state::{list_vms, VmEntry};

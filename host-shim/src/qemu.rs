@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{DiskSpec, VmConfig};
+use crate::net::NetPlan;
 use crate::share::{self, Planned};
 use crate::state::{files, UsedAccel, UsedTransport};
 
@@ -30,6 +31,7 @@ pub(crate) fn qemu_args(
     accel: UsedAccel,
     transport: UsedTransport,
     shares: &[Planned],
+    net: Option<&NetPlan>,
 ) -> Vec<String> {
     let p = |f: &str| path_arg(&state.join(f));
     let mut a: Vec<String> = Vec::new();
@@ -122,6 +124,7 @@ pub(crate) fn qemu_args(
         ]);
     }
     a.extend(share::qemu_args(state, shares));
+    a.extend(crate::net::qemu_args(state, net));
     a
 }
 
@@ -175,7 +178,7 @@ mod tests {
     }
 
     fn check(accel: UsedAccel, transport: UsedTransport, expected: &str) {
-        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport, &[]).join(" ");
+        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport, &[], None).join(" ");
         assert_eq!(
             got,
             expected.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -240,6 +243,7 @@ mod tests {
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
             &[],
+            None,
         )
         .join(" ");
         assert!(

@@ -47,6 +47,10 @@ pub mod files {
     pub const READY: &str = "ready";
     /// The initrd of a boot with extra archives (the image's with them appended).
     pub const INITRD: &str = "initrd.img";
+    /// The network configuration handed to the guest (0600; see `minke_protocol::net`).
+    pub const NET: &str = "net";
+    /// passt's log.
+    pub const NET_LOG: &str = "passt.log";
     /// The share list handed to the guest (0600; see `minke_protocol::shares`).
     pub const SHARES: &str = "shares";
     /// Prefix of each virtiofsd's socket and log (`fs0.sock`, `fs0.log`).
@@ -61,6 +65,25 @@ pub struct Planned {
     pub host: PathBuf,
     /// What the guest is told.
     pub share: minke_protocol::shares::Share,
+}
+
+/// The user-mode network stack serving a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedNet {
+    /// passt, a process of its own.
+    Passt,
+    /// QEMU's slirp.
+    Slirp,
+}
+
+impl UsedNet {
+    /// The name shown to people (`minke ps`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UsedNet::Passt => "passt",
+            UsedNet::Slirp => "slirp",
+        }
+    }
 }
 
 /// Accelerator actually used.
@@ -173,6 +196,9 @@ pub struct RunInfo {
     /// Host directories shared with the guest.
     #[serde(default)]
     pub shares: Vec<Planned>,
+    /// Who serves the guest's network, if it has one.
+    #[serde(default)]
+    pub net: Option<UsedNet>,
     /// Start time, seconds since the epoch.
     pub started_unix: u64,
 }
@@ -281,6 +307,7 @@ pub(crate) fn remove_stale_files(dir: &Path) {
         files::READY,
         files::SHARES,
         files::INITRD,
+        files::NET,
         files::CONSOLE_SOCKET,
     ] {
         let _ = std::fs::remove_file(dir.join(f));
@@ -587,6 +614,7 @@ mod tests {
                 transport: UsedTransport::VhostUser,
                 publish: vec![],
                 shares: vec![],
+                net: None,
                 started_unix: 0,
             };
             write_run(&d, &run).unwrap();
@@ -645,6 +673,7 @@ mod tests {
             transport: UsedTransport::Serial,
             publish: vec![],
             shares: vec![],
+            net: None,
             started_unix: 0,
         };
         let older = ProcStamp {

@@ -22,3 +22,25 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// Hands `fd` to the child as its descriptor `target`, open across exec (every other
+/// descriptor of this process is close-on-exec). `fd` must stay open until the spawn returns.
+pub(crate) fn inherit_fd_as(cmd: &mut Command, fd: std::os::fd::RawFd, target: std::os::fd::RawFd) {
+    // SAFETY: the closure runs in the forked child before exec and makes only dup2 or fcntl
+    // calls on descriptor numbers, which are async-signal-safe and touch no state shared with
+    // other threads of the parent. dup2 leaves `target` without close-on-exec; when `fd` is
+    // already `target`, the flag is cleared by fcntl instead.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -1244,3 +1244,76 @@ fn serial_exec_while_booting_never_succeeds_falsely() {
     require_boot!(serial);
     assert_no_false_success_while_booting(Transport::Serial, "early-serial");
 }
+
+/// A web server on the host's 127.0.0.1 answering every request with `body`; its port.
+fn host_web_server(body: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn user_network_reaches_the_host_over_passt_and_slirp() {
+    require_boot!();
+    let port = host_web_server("hello from the host's loopback\n");
+    for (backend, used) in [
+        (minke_shim::NetBackend::Passt, "passt"),
+        (minke_shim::NetBackend::Slirp, "slirp"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&format!("net-{used}"), dir.path());
+        c.net = minke_shim::NetMode::User;
+        c.net_backend = backend;
+        let vm = boot(c);
+        assert_eq!(vm.run_info().net.map(|n| n.name()), Some(used));
+        // The gateway address is the host itself: a server on its 127.0.0.1 answers.
+        let got = out(
+            &vm,
+            &[
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://10.0.2.2:{port}/"),
+            ],
+        );
+        assert_eq!(got, "hello from the host's loopback\n", "over {used}");
+        assert_eq!(
+            out(&vm, &["cat", "/etc/resolv.conf"]),
+            "nameserver 10.0.2.3\n"
+        );
+        // Forwards into the guest still go over vsock, network or not.
+        let f = vm
+            .forward(
+                ForwardListen::Tcp("127.0.0.1:0".parse().unwrap()),
+                ForwardTarget::Tcp(8080),
+            )
+            .unwrap();
+        let ForwardListen::Tcp(addr) = f.local().clone() else {
+            unreachable!()
+        };
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        assert!(r.ends_with("hello from the guest\n"), "{r}");
+    }
+    // Without --net the guest has no card at all.
+    let o = shared()
+        .exec_output(&["sh", "-c", "ls /sys/class/net"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "lo");
+}

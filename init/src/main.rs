@@ -45,6 +45,7 @@ mod disks;
 mod init;
 mod logring;
 mod modules;
+mod net;
 mod order;
 mod power;
 mod reap;

@@ -43,6 +43,10 @@ pub struct ImageConfig {
     /// in load order, none of them in [`ImageConfig::modules`].
     #[serde(default)]
     pub share_modules: Vec<Module>,
+    /// Modules loaded only when the host gives the guest a network card (virtio-net), in
+    /// load order, none of them in [`ImageConfig::modules`].
+    #[serde(default)]
+    pub net_modules: Vec<Module>,
 }
 
 /// One kernel module file inside the image.

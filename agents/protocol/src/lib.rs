@@ -8,6 +8,7 @@
 //!   virtio-serial port of the serial transport;
 //! - [`console`]: the console lines PID1 and the agents print that the host reads, whose
 //!   wording is therefore part of the contract;
+//! - [`net`]: the network interface the host configures for a guest it gives a network card;
 //! - [`shares`]: the host directories shared with a guest at run time, as the host hands
 //!   them to PID1;
 //! - [`config`]: the image config the builder writes for the init (`/etc/minke/image.cfg`, with
@@ -29,6 +30,7 @@ pub mod config;
 pub mod console;
 pub mod msg;
 pub mod mux;
+pub mod net;
 pub mod shares;
 pub mod wire;
 

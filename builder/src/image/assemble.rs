@@ -30,6 +30,19 @@ pub struct Assembled {
     pub spec: Spec,
     /// The kinds of share a boot can mount (see [`kernel::share_kinds`]).
     pub share_kinds: Vec<String>,
+    /// Whether a boot can take a network card (see [`kernel::has_network`]).
+    pub network: bool,
+}
+
+/// When a carried module is loaded.
+#[derive(Clone, Copy)]
+enum OnDemand {
+    /// At every boot.
+    Always,
+    /// When the host shares directories.
+    Shares,
+    /// When the host gives a network card.
+    Network,
 }
 
 /// Resolves a spec into the merged tree and config without archiving.
@@ -90,9 +103,12 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let kernel = kernel::resolve_kernel(&spec, &opts.cache, opts.epoch, progress)?;
     let closure = kernel::module_closure(&spec, &kernel)?;
     let share_closure = kernel::share_modules(&spec, &kernel, &closure)?;
+    let before_net: Vec<_> = closure.iter().chain(&share_closure).cloned().collect();
+    let net_closure = kernel::net_modules(&spec, &kernel, &before_net)?;
     let compression = opts.compression.unwrap_or(spec.raw.compression);
-    let carried: Vec<_> = closure.iter().chain(&share_closure).cloned().collect();
+    let carried: Vec<_> = before_net.iter().chain(&net_closure).cloned().collect();
     let share_kinds = kernel::share_kinds(&spec, &kernel, &carried);
+    let network = kernel::has_network(&spec, &kernel, &carried);
     if let Some(report) = kernel::kernel_report(&spec, &kernel, &carried, compression)? {
         if report.fatal() {
             return Err(BuildError::Kernel(KernelError::Unusable(format!(
@@ -103,10 +119,13 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     }
     let mut module_list = Vec::new();
     let mut share_list = Vec::new();
+    let mut net_list = Vec::new();
     if let Some(mdir) = &kernel.modules_dir {
         let mut mods = Tree::new();
-        let on_demand = share_closure.iter().map(|m| (m, true));
-        for (m, on_share) in closure.iter().map(|m| (m, false)).chain(on_demand) {
+        let on_boot = closure.iter().map(|m| (m, OnDemand::Always));
+        let on_share = share_closure.iter().map(|m| (m, OnDemand::Shares));
+        let on_net = net_closure.iter().map(|m| (m, OnDemand::Network));
+        for (m, when) in on_boot.chain(on_share).chain(on_net) {
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
@@ -125,10 +144,10 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 path: format!("/{image_path}"),
                 params: String::new(),
             };
-            if on_share {
-                share_list.push(module);
-            } else {
-                module_list.push(module);
+            match when {
+                OnDemand::Always => module_list.push(module),
+                OnDemand::Shares => share_list.push(module),
+                OnDemand::Network => net_list.push(module),
             }
         }
         let recs = records_of(&mods).map_err(|source| BuildError::Hash {
@@ -188,6 +207,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     }
     let mut config = image_config(&spec, module_list, containers);
     config.share_modules = share_list;
+    config.net_modules = net_list;
     // The init and agents read the compact form; the JSON copy is for people and `Info`.
     let json = serde_json::to_vec_pretty(&config).map_err(|source| BuildError::Json {
         what: "the image config",
@@ -210,6 +230,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     });
     Ok(Assembled {
         share_kinds,
+        network,
         tree,
         config,
         layers,

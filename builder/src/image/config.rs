@@ -100,5 +100,6 @@ pub fn image_config(
         containers,
         shutdown_grace_ms: raw.shutdown_grace_ms,
         share_modules: Vec::new(),
+        net_modules: Vec::new(),
     }
 }

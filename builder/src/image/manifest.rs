@@ -35,6 +35,9 @@ pub struct Manifest {
     /// the spec says `allow_shares: false` or the kernel has neither.
     #[serde(default)]
     pub shares: Vec<String>,
+    /// Whether a boot can take a network card (`minke run --net user`).
+    #[serde(default)]
+    pub network: bool,
     /// Every entry of the initramfs.
     pub files: Vec<Record>,
 }
@@ -201,6 +204,7 @@ mod tests {
             modules: vec![],
             disks: vec![],
             shares: vec![],
+            network: false,
             files: vec![rec("/a", "1"), rec("/b", "1")],
         };
         let mut n = m.clone();

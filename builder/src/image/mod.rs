@@ -207,6 +207,7 @@ fn manifest_of(
             })
             .collect(),
         shares: a.share_kinds.clone(),
+        network: a.network,
         files,
     }
 }

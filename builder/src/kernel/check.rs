@@ -96,6 +96,46 @@ pub fn share_modules(
         .collect())
 }
 
+/// Modules a boot loads only when the host gives it a network card (virtio-net), in load
+/// order, without those already in `closure`; empty when the spec does not allow networking
+/// or the kernel has no modules directory.
+pub fn net_modules(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    let Some(mdir) = &kernel.modules_dir else {
+        return Ok(Vec::new());
+    };
+    if !spec.raw.allow_network
+        || !kconfig::module_names(mdir).contains(&kconfig::module_key("virtio_net"))
+    {
+        return Ok(Vec::new());
+    }
+    let all =
+        kmod::closure(mdir, &["virtio_net"]).map_err(|source| KernelError::ModuleClosure {
+            dir: mdir.clone(),
+            source,
+        })?;
+    Ok(all
+        .into_iter()
+        .filter(|m| !closure.iter().any(|c| c.name == m.name))
+        .collect())
+}
+
+/// Whether a boot of this image can take a network card: the spec allows it and virtio-net
+/// is carried (or, for a kernel without modules, built in).
+pub fn has_network(spec: &Spec, kernel: &ResolvedKernel, carried: &[kmod::ModuleInfo]) -> bool {
+    if !spec.raw.allow_network {
+        return false;
+    }
+    if kernel.modules_dir.is_some() && carried.iter().any(|m| m.name == "virtio_net") {
+        return true;
+    }
+    let config = kernel.config.as_deref().unwrap_or(&kernel.image);
+    kconfig::config_for(config).is_ok_and(|(c, _)| c.get("CONFIG_VIRTIO_NET") == "y")
+}
+
 /// The kinds of share (`virtiofs`, `9p`) a boot of this image can mount: those whose modules
 /// the image carries, or, for a kernel without modules, those its config builds in (none
 /// when that config is unknown, or when the spec does not allow shares).
@@ -146,6 +186,9 @@ pub fn features(spec: &Spec, compression: Compression) -> BTreeSet<kconfig::Feat
     }
     if spec.raw.allow_shares {
         f.insert(kconfig::Feature::Shares);
+    }
+    if spec.raw.allow_network {
+        f.insert(kconfig::Feature::Network);
     }
     f
 }
@@ -256,6 +299,8 @@ pub fn check_kernel(
     let mut closure = module_closure(&spec, &resolved)?;
     let shares = share_modules(&spec, &resolved, &closure)?;
     closure.extend(shares);
+    let net = net_modules(&spec, &resolved, &closure)?;
+    closure.extend(net);
     let compression = compression.unwrap_or(spec.raw.compression);
     kernel_report(&spec, &resolved, &closure, compression)?.ok_or_else(|| {
         KernelError::Unusable(format!(

@@ -103,6 +103,8 @@ pub enum Feature {
     Containers,
     /// Host directories shared at run time.
     Shares,
+    /// A network card at run time.
+    Network,
 }
 
 impl Feature {
@@ -114,6 +116,7 @@ impl Feature {
             "binfmt" => Feature::Binfmt,
             "containers" => Feature::Containers,
             "shares" => Feature::Shares,
+            "network" => Feature::Network,
             _ => return None,
         })
     }
@@ -126,6 +129,7 @@ impl Feature {
             Feature::Binfmt => "binfmt",
             Feature::Containers => "containers",
             Feature::Shares => "shares",
+            Feature::Network => "network",
         }
     }
 }

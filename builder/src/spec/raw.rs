@@ -47,6 +47,11 @@ pub struct RawSpec {
     /// boot that has shares. Default true; `false` keeps a minimal image smaller.
     #[serde(default = "default_true")]
     pub allow_shares: bool,
+    /// Whether `minke run --net user` can give this image a network card: virtio-net comes
+    /// along and is loaded only on a boot that has one. Default true; `false` keeps a minimal
+    /// image smaller.
+    #[serde(default = "default_true")]
+    pub allow_network: bool,
     /// Tasks run in order at boot before services.
     #[serde(default)]
     pub onboot: Vec<RawTask>,

@@ -36,13 +36,19 @@ impl Vm {
         // virtiofsd serves one QEMU: fresh ones for the new QEMU.
         o.share_daemons.clear();
         o.share_daemons = crate::share::start_daemons(&self.state, &self.run.shares)?;
+        o.net_daemon = None;
+        o.net_daemon = crate::net::start(&self.state, o.net.as_ref())?;
         let (qemu, backend, accel, transport, console) = launch(
             &o.cfg,
             &self.state,
             &qemu_bin,
             UsedAccel::Tcg,
             self.transport,
-            &self.run.shares,
+            &super::launch::Devices {
+                shares: &self.run.shares,
+                net: o.net.as_ref(),
+                net_fd: o.net_daemon.as_ref().map(|p| &p.qemu_end),
+            },
         )?;
         o.qemu = qemu;
         o.console = console;

@@ -43,6 +43,7 @@ fn run(qemu: u32, qemu_stamp: Option<ProcStamp>, backend: Option<u32>) -> RunInf
         transport: UsedTransport::VhostUser,
         publish: vec![],
         shares: vec![],
+        net: None,
         started_unix: 0,
     }
 }

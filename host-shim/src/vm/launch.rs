@@ -10,6 +10,7 @@ use super::{tail, VmError, CONSOLE_TAIL_LINES};
 use crate::binaries::{self, Tool};
 use crate::config::VmConfig;
 use crate::console::ConsoleLog;
+use crate::net::NetPlan;
 use crate::process::Guarded;
 use crate::qemu;
 use crate::qmp;
@@ -96,6 +97,15 @@ pub(super) fn initrd_for(cfg: &VmConfig, state: &Path) -> Result<std::path::Path
     Ok(path)
 }
 
+/// What a boot brings besides the image and the transport: shared directories and the network
+/// card with, for passt, QEMU's end of their socket pair.
+#[derive(Clone, Copy)]
+pub(super) struct Devices<'a> {
+    pub(super) shares: &'a [Planned],
+    pub(super) net: Option<&'a NetPlan>,
+    pub(super) net_fd: Option<&'a std::os::fd::OwnedFd>,
+}
+
 /// Starts the vsock backend (if any) and QEMU, and waits for QMP to answer.
 pub(super) fn launch(
     cfg: &VmConfig,
@@ -103,8 +113,13 @@ pub(super) fn launch(
     qemu_bin: &Path,
     accel: UsedAccel,
     transport: UsedTransport,
-    shares: &[Planned],
+    devices: &Devices<'_>,
 ) -> Result<Launched, VmError> {
+    let Devices {
+        shares,
+        net,
+        net_fd,
+    } = *devices;
     let backend = match transport {
         UsedTransport::VhostUser => Some(start_backend(state)?),
         _ => None,
@@ -113,7 +128,7 @@ pub(super) fn launch(
     let mut transport = transport;
     loop {
         let _ = std::fs::remove_file(state.join(files::QMP));
-        let args = qemu::qemu_args(cfg, state, accel, transport, shares);
+        let args = qemu::qemu_args(cfg, state, accel, transport, shares, net);
         let log_path = state.join(files::QEMU_LOG);
         let log = state::create_private(&log_path)?;
         // The console comes through a socket into a capped, rotated log; a console shown on
@@ -126,6 +141,10 @@ pub(super) fn launch(
         };
         let mut cmd = Command::new(qemu_bin);
         cmd.args(&args).stdin(Stdio::null()).stderr(log);
+        if let Some(fd) = net_fd {
+            use std::os::fd::AsRawFd;
+            crate::sys::inherit_fd_as(&mut cmd, fd.as_raw_fd(), crate::net::PASST_FD);
+        }
         cmd.stdout(if cfg.console_to_terminal {
             Stdio::inherit()
         } else {

@@ -47,7 +47,7 @@ mod secret;
 mod transport_choice;
 
 use accel::{record_kvm_broken, resolve_accel, warn_once};
-use launch::{connector, launch, start_serial};
+use launch::{connector, launch, start_serial, Devices};
 use secret::new_secret;
 use transport_choice::resolve_transport;
 
@@ -88,6 +88,9 @@ pub enum VmError {
     /// A shared directory could not be set up.
     #[error(transparent)]
     Share(#[from] crate::share::ShareError),
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// A process could not be started.
     #[error("cannot start {what}")]
     Spawn {
@@ -186,6 +189,10 @@ struct Owned {
     backend: Option<Guarded>,
     /// One virtiofsd per virtio-fs share.
     share_daemons: Vec<Guarded>,
+    /// The network plan, kept for a relaunch.
+    net: Option<crate::net::NetPlan>,
+    /// passt, when it serves the network.
+    net_daemon: Option<crate::net::Passt>,
     time: Option<TimeServer>,
     serial: Option<SerialEndpoint>,
     forwards: Vec<Forwarder>,
@@ -233,6 +240,12 @@ impl Vm {
         }
         cfg.initrd = launch::initrd_for(&cfg, &state)?;
         let share_daemons = share::start_daemons(&state, &shares)?;
+        let net = crate::net::plan(cfg.net, cfg.net_backend)?;
+        if let Some(p) = &net {
+            crate::net::write_config(&state, p)?;
+        }
+        let mut net_daemon = crate::net::start(&state, net.as_ref())?;
+        let mut share_daemons = share_daemons;
         let time = match transport {
             UsedTransport::VhostUser => Some(
                 TimeServer::listen_unix(
@@ -258,20 +271,45 @@ impl Vm {
             }
             UsedTransport::Serial => Some(TimeServer::detached(secret.clone())),
         };
-        let (qemu, backend, accel, transport, console, kvm_probe) =
-            match launch(&cfg, &state, &qemu_bin, accel, transport, &shares) {
-                Ok((q, b, a, t, c)) => (q, b, a, t, c, kvm_probe),
-                Err(VmError::Kvm(why)) if kvm_probe => {
-                    record_kvm_broken(&why);
-                    warn_once(&format!(
+        let (qemu, backend, accel, transport, console, kvm_probe) = match launch(
+            &cfg,
+            &state,
+            &qemu_bin,
+            accel,
+            transport,
+            &Devices {
+                shares: &shares,
+                net: net.as_ref(),
+                net_fd: net_daemon.as_ref().map(|p| &p.qemu_end),
+            },
+        ) {
+            Ok((q, b, a, t, c)) => (q, b, a, t, c, kvm_probe),
+            Err(VmError::Kvm(why)) if kvm_probe => {
+                record_kvm_broken(&why);
+                warn_once(&format!(
                     "warning: KVM cannot run this guest here ({why}); falling back to TCG (slower)"
                 ));
-                    let (q, b, a, t, c) =
-                        launch(&cfg, &state, &qemu_bin, UsedAccel::Tcg, transport, &shares)?;
-                    (q, b, a, t, c, false)
-                }
-                Err(e) => return Err(e),
-            };
+                // virtiofsd and passt serve one QEMU each: fresh ones for the second.
+                share_daemons.clear();
+                share_daemons = share::start_daemons(&state, &shares)?;
+                drop(net_daemon.take());
+                net_daemon = crate::net::start(&state, net.as_ref())?;
+                let (q, b, a, t, c) = launch(
+                    &cfg,
+                    &state,
+                    &qemu_bin,
+                    UsedAccel::Tcg,
+                    transport,
+                    &Devices {
+                        shares: &shares,
+                        net: net.as_ref(),
+                        net_fd: net_daemon.as_ref().map(|p| &p.qemu_end),
+                    },
+                )?;
+                (q, b, a, t, c, false)
+            }
+            Err(e) => return Err(e),
+        };
         let serial = start_serial(&state, transport, time.as_ref())?;
         let connector = connector(&state, transport, serial.as_ref());
         let run = RunInfo {
@@ -285,6 +323,7 @@ impl Vm {
             transport,
             publish: cfg.publish.clone(),
             shares,
+            net: net.as_ref().map(|p| p.used),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -304,6 +343,8 @@ impl Vm {
                 qemu,
                 backend,
                 share_daemons,
+                net,
+                net_daemon,
                 time,
                 serial,
                 forwards: Vec::new(),
