@@ -7,6 +7,7 @@
 
 mod bench_build;
 mod bench_reliability;
+mod bench_share;
 mod bench_vm;
 mod demo;
 mod fuzz;
@@ -26,7 +27,7 @@ tasks:
   setup              install what the project needs (apt packages, cargo tools, default kernel)
   test               setup, then formatting, lints and the whole test suite (what CI runs)
   demo               build the default image, boot it, run commands in it
-  bench <what>       benchmarks: build | boot | agents | reliability [DRILL…]
+  bench <what>       benchmarks: build | boot | agents | share | reliability [DRILL…]
   fuzz [--time N]    run every fuzz target for N seconds (default 10)
 ";
 
@@ -44,8 +45,11 @@ fn main() -> Result<()> {
             Some("build") => bench_build::run(&sh),
             Some("boot") => bench_vm::boot(&sh),
             Some("agents") => bench_vm::agents(&sh),
+            Some("share") => bench_share::run(&sh),
             Some("reliability") => bench_reliability::run(&sh, &rest[1..]),
-            other => bail!("unknown benchmark {other:?}: build | boot | agents | reliability"),
+            other => {
+                bail!("unknown benchmark {other:?}: build | boot | agents | share | reliability")
+            }
         },
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

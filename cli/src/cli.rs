@@ -128,9 +128,10 @@ enum Cmd {
         adds: Vec<String>,
         /// The guest's network: `user` gives it a card with user-mode networking (passt, or
         /// QEMU's slirp): outbound connections through this host, which it reaches at the
-        /// gateway address 10.0.2.2; `none` (the default) leaves vsock as its only link.
-        #[arg(long, value_enum, default_value = "none")]
-        net: NetArg,
+        /// gateway address 10.0.2.2; `none` leaves vsock as its only link. Default: the
+        /// image's `network:` (itself `none` by default).
+        #[arg(long, value_enum)]
+        net: Option<NetArg>,
         /// Who serves `--net user`.
         #[arg(long, value_enum, default_value = "auto")]
         net_backend: NetBackendArg,
@@ -528,10 +529,10 @@ pub fn run() -> Result<u8> {
             pass_env,
             cmd,
         } => {
-            let net = match net {
+            let net = net.map(|n| match n {
                 NetArg::None => minke_shim::NetMode::None,
                 NetArg::User => minke_shim::NetMode::User,
-            };
+            });
             let net_backend = match net_backend {
                 NetBackendArg::Auto => minke_shim::NetBackend::Auto,
                 NetBackendArg::Passt => minke_shim::NetBackend::Passt,

@@ -37,7 +37,7 @@ pub struct RunArgs {
     pub shares: Vec<String>,
     pub share_backend: ShareBackend,
     pub adds: Vec<String>,
-    pub net: NetMode,
+    pub net: Option<NetMode>,
     pub net_backend: NetBackend,
     pub runner: bool,
     pub pass_env: Vec<String>,
@@ -210,14 +210,18 @@ pub fn run(a: RunArgs) -> Result<u8> {
             .collect(),
     );
     cfg.share_backend = a.share_backend;
-    if a.net == NetMode::User && !img.manifest.network {
+    let net = a.net.unwrap_or(match img.manifest.default_network {
+        minke::spec::RawNetwork::None => NetMode::None,
+        minke::spec::RawNetwork::User => NetMode::User,
+    });
+    if net == NetMode::User && !img.manifest.network {
         bail!(
             "image {} cannot take a network card (its spec says `allow_network: false`, or its \
              kernel has no virtio-net): rebuild it, or boot another image",
             img.name
         );
     }
-    cfg.net = a.net;
+    cfg.net = net;
     cfg.net_backend = a.net_backend;
     let mut adds = a
         .adds

@@ -1317,3 +1317,80 @@ fn user_network_reaches_the_host_over_passt_and_slirp() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "lo");
 }
+
+/// `tests/images/generic-kernel.yml`: the boot-test essentials on Debian's generic kernel.
+fn generic_kernel_image() -> Result<TestImage, String> {
+    static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let p = build_image(
+                "host-shim/tests/images/generic-kernel.yml",
+                "generic-kernel",
+            )?;
+            Ok(TestImage {
+                kernel: format!("{p}-kernel").into(),
+                initrd: format!("{p}-initrd.img").into(),
+                cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+            })
+        })
+        .clone()
+}
+
+#[test]
+fn shares_over_9p_where_the_kernel_has_it() {
+    require_boot!();
+    let img = generic_kernel_image().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let (rw, ro) = (dir.path().join("rw"), dir.path().join("ro"));
+    for d in [&rw, &ro] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("in"), b"from the host\n").unwrap();
+    }
+    let mut c = VmConfig::new("ninep", img.kernel, img.initrd);
+    if let Some(cl) = img.cmdline {
+        c.cmdline = cl;
+    }
+    c.state_dir = Some(dir.path().join("state"));
+    c.transport = Transport::VhostUser;
+    c.accel = Accel::Tcg;
+    c.share_backend = minke_shim::ShareBackend::NineP;
+    c.shares = vec![
+        ShareSpec::parse(&format!("{}:/mnt/rw", rw.display())).unwrap(),
+        ShareSpec::parse(&format!("{}:/mnt/ro:ro", ro.display())).unwrap(),
+    ];
+    let vm = boot(c);
+    let kinds: Vec<_> = vm
+        .run_info()
+        .shares
+        .iter()
+        .map(|s| s.share.kind.name())
+        .collect();
+    assert_eq!(kinds, ["9p", "9p"]);
+    assert_eq!(out(&vm, &["cat", "/mnt/rw/in"]), "from the host\n");
+    out(&vm, &["sh", "-c", "echo made > /mnt/rw/new"]);
+    assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "made\n");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(rw.join("new")).unwrap();
+    assert_eq!(
+        md.uid(),
+        rustix::process::getuid().as_raw(),
+        "QEMU's 9p server creates files as the host user"
+    );
+    // Read-only is QEMU's decision, whatever the guest remounts.
+    let codes = out(
+        &vm,
+        &[
+            "sh",
+            "-c",
+            "echo x > /mnt/ro/new; a=$?; mount -o remount,rw /mnt/ro; echo x > /mnt/ro/new; \
+             echo $a $?",
+        ],
+    );
+    assert!(
+        !codes.split_whitespace().any(|c| c == "0"),
+        "a write to the read-only 9p share succeeded: {codes:?}"
+    );
+    assert!(!ro.join("new").exists());
+}

@@ -38,6 +38,9 @@ pub struct Manifest {
     /// Whether a boot can take a network card (`minke run --net user`).
     #[serde(default)]
     pub network: bool,
+    /// The network a `minke run` gives unless told otherwise (`none` or `user`).
+    #[serde(default)]
+    pub default_network: crate::spec::RawNetwork,
     /// Every entry of the initramfs.
     pub files: Vec<Record>,
 }
@@ -205,6 +208,7 @@ mod tests {
             disks: vec![],
             shares: vec![],
             network: false,
+            default_network: Default::default(),
             files: vec![rec("/a", "1"), rec("/b", "1")],
         };
         let mut n = m.clone();

@@ -208,6 +208,7 @@ fn manifest_of(
             .collect(),
         shares: a.share_kinds.clone(),
         network: a.network,
+        default_network: a.spec.raw.network,
         files,
     }
 }

@@ -52,6 +52,10 @@ pub struct RawSpec {
     /// image smaller.
     #[serde(default = "default_true")]
     pub allow_network: bool,
+    /// The network a `minke run` of this image gets unless `--net` says otherwise: `none`
+    /// (the default: vsock only) or `user` (user-mode networking).
+    #[serde(default)]
+    pub network: RawNetwork,
     /// Tasks run in order at boot before services.
     #[serde(default)]
     pub onboot: Vec<RawTask>,
@@ -337,6 +341,17 @@ pub struct RawDisk {
 
 fn default_fs() -> String {
     "ext4".into()
+}
+
+/// A guest's network by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawNetwork {
+    /// No network card.
+    #[default]
+    None,
+    /// User-mode networking.
+    User,
 }
 
 /// A container root filesystem.

@@ -43,6 +43,7 @@ pub(super) fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Resul
     check_identity(&raw, src)?;
     let agents = agents(&raw, src)?;
     check_modules(&raw, src)?;
+    check_network(&raw, src)?;
     check_tasks_and_services(&raw, &agents, src)?;
     let service_order = order_services(&raw.services, &agents, src)?;
     let files = files(&raw, src, base_dir)?;
@@ -139,6 +140,18 @@ fn agents(raw: &RawSpec, src: &Source<'_>) -> Result<BTreeMap<AgentKind, Option<
         agents.entry(AgentKind::Serial).or_insert(None);
     }
     Ok(agents)
+}
+
+/// Networking: a default network needs the card to be allowed.
+fn check_network(raw: &RawSpec, src: &Source<'_>) -> Result<(), SpecError> {
+    if raw.network == RawNetwork::User && !raw.allow_network {
+        return Err(src.err(
+            "network",
+            "user",
+            "`network: user` needs a network card, which `allow_network: false` leaves out",
+        ));
+    }
+    Ok(())
 }
 
 /// Module names: one path component, no whitespace.
