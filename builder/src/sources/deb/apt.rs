@@ -110,8 +110,10 @@ pub fn cached_deb(name: &str, arch: Option<&str>) -> Option<PathBuf> {
         .find_map(|d| find_cached(d, name, None, arch))
 }
 
-/// The cached Debian kernel image package (`linux-image-<abi>-<flavour>_…_amd64.deb`, the
-/// highest version), or the file named by `$MINKE_KERNEL_DEB` when set.
+/// The cached Debian cloud kernel image package (`linux-image-<abi>-cloud-amd64_…_amd64.deb`,
+/// the highest version: what `cargo xtask setup` fetches, and what tests compare modules of),
+/// or the file named by `$MINKE_KERNEL_DEB` when set. Other flavours in the cache (the
+/// generic kernel some images boot) are not it.
 pub fn cached_kernel_deb() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MINKE_KERNEL_DEB").map(PathBuf::from) {
         return p.is_file().then_some(p);
@@ -119,8 +121,7 @@ pub fn cached_kernel_deb() -> Option<PathBuf> {
     let is_kernel = |n: &str| {
         n.strip_prefix("linux-image-")
             .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-            && !n.ends_with("-dbg")
-            && !n.ends_with("-unsigned")
+            && n.ends_with("-cloud-amd64")
     };
     [debs_dir(), cache_dir()]
         .iter()
