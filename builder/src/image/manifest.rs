@@ -38,6 +38,9 @@ pub struct Manifest {
     /// Whether a boot can take a network card (`minke run --net user`).
     #[serde(default)]
     pub network: bool,
+    /// The image's onshutdown tasks, by name: a stop must let the guest run them.
+    #[serde(default)]
+    pub onshutdown: Vec<String>,
     /// The network a `minke run` gives unless told otherwise (`none` or `user`).
     #[serde(default)]
     pub default_network: crate::spec::RawNetwork,
@@ -209,6 +212,7 @@ mod tests {
             shares: vec![],
             network: false,
             default_network: Default::default(),
+            onshutdown: vec![],
             files: vec![rec("/a", "1"), rec("/b", "1")],
         };
         let mut n = m.clone();

@@ -209,6 +209,13 @@ fn manifest_of(
         shares: a.share_kinds.clone(),
         network: a.network,
         default_network: a.spec.raw.network,
+        onshutdown: a
+            .spec
+            .raw
+            .onshutdown
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
         files,
     }
 }
