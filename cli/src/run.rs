@@ -44,6 +44,24 @@ pub struct RunArgs {
     pub cmd: Vec<String>,
 }
 
+/// Whether runner mode passes the host variable `name` to the program: what cargo sets for
+/// a test or a binary (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, `CARGO_BIN_EXE_*`,
+/// `CARGO_CRATE_NAME`, `CARGO_TARGET_TMPDIR`, `CARGO_PRIMARY_PACKAGE`) and `RUST_*`, never a
+/// credential (registry tokens live in `CARGO_REGISTRY*` variables) whatever its name.
+fn passes_to_runner(name: &str) -> bool {
+    let secret = ["TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"]
+        .iter()
+        .any(|w| name.contains(w));
+    let cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME" | "CARGO_TARGET_TMPDIR" | "CARGO_PRIMARY_PACKAGE"
+        );
+    !secret && (cargo || name.starts_with("RUST_"))
+}
+
 /// What runner mode (`minke run --runner -- PROGRAM ARGS…`, cargo's `target.*.runner`) adds to
 /// a run: the program from the host with its libraries, the current directory shared at the
 /// same path and used as the working directory, and cargo's environment.
@@ -77,9 +95,7 @@ impl Runner {
             readonly: false,
         };
         let env = std::env::vars()
-            .filter(|(k, _)| {
-                k.starts_with("CARGO_") || k.starts_with("RUST_") || a.pass_env.contains(k)
-            })
+            .filter(|(k, _)| passes_to_runner(k) || a.pass_env.contains(k))
             .collect();
         Ok((Runner { cwd, env }, addition, share))
     }
@@ -180,7 +196,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     let img = resolve_image(a.image.as_deref(), &progress)?;
     // Runs of a runner may overlap (several cargo invocations): one VM name each.
     let default_name = match &runner {
-        Some(_) => format!("{}-runner-{}", img.name, std::process::id()),
+        Some(_) => format!("runner-{}", std::process::id()),
         None => img.name.clone(),
     };
     let name = a.name.clone().unwrap_or(default_name);
@@ -234,8 +250,10 @@ pub fn run(a: RunArgs) -> Result<u8> {
     }
     if !adds.is_empty() {
         progress.step("adding host files");
+        let image_files = img.manifest.files.iter().map(|f| f.path.clone()).collect();
         let archive = minke::image::addon::archive(
             &adds,
+            &image_files,
             &minke::layer::Cache::default_location(),
             minke::epoch_from_env(),
         )?;
@@ -293,6 +311,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     // memory may still sit in the guest's page cache.
     let guest_must_stop = !cfg.disks.is_empty()
         || cfg.shares.iter().any(|s| !s.readonly)
+        || cfg.net != NetMode::None
         || !img.manifest.onshutdown.is_empty();
     progress.step("booting");
     let started = Instant::now();
@@ -337,6 +356,13 @@ pub fn run(a: RunArgs) -> Result<u8> {
         // Nothing in the guest outlives it: its files are in memory, and every write to a
         // share already reached the host. Stopping QEMU now saves the guest's power-off.
         vm.kill();
+    }
+    if runner.is_some() && a.name.is_none() {
+        // A runner's VM is one process's: its state and its data disks go with it.
+        let state = vm.state_dir().to_path_buf();
+        drop(vm);
+        let _ = std::fs::remove_dir_all(state);
+        let _ = std::fs::remove_dir_all(disk_dir(&name));
     }
     Ok(exit_byte(code))
 }

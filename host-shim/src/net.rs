@@ -188,7 +188,9 @@ pub(crate) fn qemu_args(state: &Path, plan: Option<&NetPlan>) -> Vec<String> {
 }
 
 fn network_of(c: &NetConfig) -> std::net::Ipv4Addr {
-    let mask = u32::MAX << (32 - u32::from(c.prefix));
+    let mask = u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(c.prefix)))
+        .unwrap_or(0);
     std::net::Ipv4Addr::from(u32::from(c.address) & mask)
 }
 

@@ -131,12 +131,18 @@ impl Guarded {
         if self.try_wait().is_some() {
             return;
         }
-        // Opened while the child lives: until it is reaped its children stay its children,
-        // so each pidfd names one of them and no later holder of the pid.
-        let kids: Vec<OwnedFd> = children_of(self.child.id())
+        // Each child's pidfd, taken while it is still the child's (checked after opening):
+        // from then on it names that process and no later holder of the pid.
+        let parent = self.child.id();
+        let kids: Vec<OwnedFd> = children_of(parent)
             .into_iter()
-            .filter_map(|k| Pid::from_raw(k as i32))
-            .filter_map(|k| pidfd_open(k, PidfdFlags::empty()).ok())
+            .filter_map(|k| Some((k, Pid::from_raw(k as i32)?)))
+            .filter_map(|(k, pid)| {
+                let fd = pidfd_open(pid, PidfdFlags::empty()).ok()?;
+                // The child may have reaped that one and its pid been reused since the list was
+                // read: the pidfd counts only if the process it names is still ours.
+                (parent_of(k) == Some(parent)).then_some(fd)
+            })
             .collect();
         if let Some(pgid) = Pid::from_raw(self.child.id() as i32) {
             let _ = kill_process_group(pgid, Signal::KILL);
@@ -178,6 +184,17 @@ fn children_of(pid: u32) -> Vec<u32> {
         );
     }
     out
+}
+
+/// The parent pid of `pid` (`PPid:` of `/proc/PID/status`).
+fn parent_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Largest pid any Linux kernel hands out (`PID_MAX_LIMIT` on 64-bit).

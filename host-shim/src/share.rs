@@ -65,6 +65,16 @@ pub enum ShareError {
     /// The guest cannot mount this kind of share.
     #[error("{0}")]
     Unsupported(String),
+    /// The guest did not mount a share.
+    #[error("the guest did not mount {} at {guest}; console log tail:\n{console}", host.display())]
+    NotMounted {
+        /// The guest path.
+        guest: String,
+        /// The host directory.
+        host: PathBuf,
+        /// The end of the console log, which says why.
+        console: String,
+    },
     /// A state file could not be written.
     #[error(transparent)]
     State(#[from] StateError),
@@ -323,7 +333,7 @@ pub(crate) fn qemu_args(state: &Path, planned: &[Planned]) -> Vec<String> {
             ShareKind::NineP => {
                 a.push("-fsdev".into());
                 a.push(format!(
-                    "local,id=fs{i},path={},security_model=none{}",
+                    "local,id=fs{i},path={},security_model=mapped-xattr{}",
                     comma(&p.host),
                     if p.share.readonly { ",readonly=on" } else { "" }
                 ));
@@ -451,7 +461,7 @@ mod tests {
             "{v}"
         );
         let n = qemu_args(st, &[p(ShareKind::NineP, true)]).join(" ");
-        assert!(n.contains("-fsdev local,id=fs0,path=/h,,1,security_model=none,readonly=on -device virtio-9p-pci,fsdev=fs0,mount_tag=minke0"), "{n}");
+        assert!(n.contains("-fsdev local,id=fs0,path=/h,,1,security_model=mapped-xattr,readonly=on -device virtio-9p-pci,fsdev=fs0,mount_tag=minke0"), "{n}");
         let a = virtiofsd_args(st, 0, &p(ShareKind::Virtiofs, true));
         assert!(a.contains(&"--readonly".to_owned()), "{a:?}");
         assert!(a.contains(&"--modcaps=-mknod".to_owned()), "{a:?}");

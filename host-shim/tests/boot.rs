@@ -1378,6 +1378,25 @@ fn shares_over_9p_where_the_kernel_has_it() {
         rustix::process::getuid().as_raw(),
         "QEMU's 9p server creates files as the host user"
     );
+    // What the guest sets (owners, modes, device numbers) is kept in extended attributes
+    // (security_model=mapped-xattr), never on the host file itself.
+    out(
+        &vm,
+        &[
+            "sh",
+            "-c",
+            "chmod 4755 /mnt/rw/new; /bin/busybox mknod /mnt/rw/mem c 1 1; true",
+        ],
+    );
+    let md = std::fs::metadata(rw.join("new")).unwrap();
+    assert_eq!(md.mode() & 0o6000, 0, "a setuid bit reached the host file");
+    if let Ok(m) = std::fs::symlink_metadata(rw.join("mem")) {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            !m.file_type().is_char_device() && !m.file_type().is_block_device(),
+            "a device node reached the host"
+        );
+    }
     // Read-only is QEMU's decision, whatever the guest remounts.
     let codes = out(
         &vm,

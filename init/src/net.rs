@@ -66,6 +66,8 @@ pub fn set_up(net_modules: &[Module]) -> Option<String> {
             return None;
         }
     }
+    // Replaced, not written through: an image's resolv.conf may be a link elsewhere.
+    let _ = std::fs::remove_file("/etc/resolv.conf");
     if let Err(e) = std::fs::write("/etc/resolv.conf", format!("nameserver {}\n", cfg.dns)) {
         log!("network: cannot write /etc/resolv.conf: {e}");
     }

@@ -79,7 +79,7 @@ impl NetConfig {
         if c.address == c.gateway {
             return Err(NetError::Invalid("the address is the gateway's".into()));
         }
-        let mask = u32::MAX << (32 - u32::from(c.prefix));
+        let mask = u32::MAX.checked_shl(32 - u32::from(c.prefix)).unwrap_or(0);
         if u32::from(c.address) & mask != u32::from(c.gateway) & mask {
             return Err(NetError::Invalid(format!(
                 "gateway {} outside {}/{}",
@@ -91,7 +91,7 @@ impl NetConfig {
 
     /// The subnet's broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
-        let host = u32::MAX >> u32::from(self.prefix.min(32));
+        let host = u32::MAX.checked_shr(u32::from(self.prefix)).unwrap_or(0);
         Ipv4Addr::from(u32::from(self.address) | host)
     }
 }

@@ -5,6 +5,7 @@
 //! put as real files at the paths the loader looks for them; a directory comes whole. The archive is cached by the digest of its records, so the same
 //! files cost one build.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -115,8 +116,10 @@ impl Addition {
 }
 
 /// The tree of `adds`: each file at its guest path (an ELF with its libraries and loader at
-/// their host paths), each directory with everything below it, owned by root.
-pub fn tree_of(adds: &[Addition]) -> Result<Tree, AddError> {
+/// their host paths), each directory with everything below it, owned by root. A library or
+/// loader at a path in `image_files` (the image's own, `/`-rooted) is left out: the image's
+/// programs keep the copy they were built with, and the added program uses it too.
+pub fn tree_of(adds: &[Addition], image_files: &BTreeSet<String>) -> Result<Tree, AddError> {
     let mut tree = Tree::new();
     for a in adds {
         let host_err = |source| AddError::Host {
@@ -173,7 +176,7 @@ pub fn tree_of(adds: &[Addition]) -> Result<Tree, AddError> {
             // program names it, each library where the host's loader found it), not the
             // host's symlinks: the image's /lib may be a directory where the host's is a link.
             let wanted = closure.interpreters.iter().chain(closure.libraries.keys());
-            for at in wanted {
+            for at in wanted.filter(|at| !image_files.contains(&*at.to_string_lossy())) {
                 let real = std::fs::canonicalize(at).map_err(|source| AddError::Host {
                     path: at.clone(),
                     source,
@@ -234,10 +237,16 @@ fn is_elf(path: &Path) -> bool {
         && magic == *b"\x7fELF"
 }
 
-/// Builds (or finds in the cache) the archive of `adds` with every mtime `epoch`; returns its
-/// path in the cache.
-pub fn archive(adds: &[Addition], cache: &Cache, epoch: u64) -> Result<PathBuf, AddError> {
-    let tree = tree_of(adds)?;
+/// Builds (or finds in the cache) the archive of `adds` with every mtime `epoch`, leaving
+/// out the libraries `image_files` already has (see [`tree_of`]); returns its path in the
+/// cache.
+pub fn archive(
+    adds: &[Addition],
+    image_files: &BTreeSet<String>,
+    cache: &Cache,
+    epoch: u64,
+) -> Result<PathBuf, AddError> {
+    let tree = tree_of(adds, image_files)?;
     let records = records_of(&tree).map_err(|source| AddError::Host {
         path: adds.first().map(|a| a.host.clone()).unwrap_or_default(),
         source,
@@ -272,14 +281,28 @@ mod tests {
             Addition::parse("/bin/ls:/opt/ls").unwrap(),
             Addition::parse(&format!("{}:/srv/data", d.path().join("data").display())).unwrap(),
         ];
-        let t = tree_of(&adds).unwrap();
+        let t = tree_of(&adds, &BTreeSet::new()).unwrap();
         assert!(matches!(t.get("opt/ls").unwrap().kind, NodeKind::File(_)));
         assert!(t.get("srv/data/sub/x").is_some());
         let libc = t.iter().any(|(p, _)| p.contains("libc.so"));
         assert!(libc, "ls brings libc along");
         let cache = Cache::at(d.path().join("cache"));
-        let a = archive(&adds, &cache, 0).unwrap();
-        assert_eq!(archive(&adds, &cache, 0).unwrap(), a, "cached by content");
+        let none = BTreeSet::new();
+        let a = archive(&adds, &none, &cache, 0).unwrap();
+        assert_eq!(
+            archive(&adds, &none, &cache, 0).unwrap(),
+            a,
+            "cached by content"
+        );
+        // A library the image has stays the image's.
+        let libc = t
+            .iter()
+            .find(|(p, _)| p.contains("libc.so"))
+            .unwrap()
+            .0
+            .clone();
+        let has = BTreeSet::from([format!("/{libc}")]);
+        assert!(tree_of(&adds, &has).unwrap().get(&libc).is_none());
         let bytes = std::fs::read(&a).unwrap();
         let entries = crate::archive::cpio::read(&bytes).unwrap();
         assert!(entries.iter().any(|e| e.name == b"opt/ls"));
@@ -287,11 +310,19 @@ mod tests {
 
     #[test]
     fn bad_additions_name_the_path() {
-        let e = tree_of(&[Addition::parse("/no/such/file").unwrap()]).unwrap_err();
+        let e = tree_of(
+            &[Addition::parse("/no/such/file").unwrap()],
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/no/such/file"), "{e}");
         assert!(Addition::parse("/bin/ls:rel").is_err());
         assert!(Addition::parse(":/x").is_err());
-        let e = tree_of(&[Addition::parse("/bin/ls:/tmp/ls").unwrap()]).unwrap_err();
+        let e = tree_of(
+            &[Addition::parse("/bin/ls:/tmp/ls").unwrap()],
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains("mounts a filesystem over /tmp"),
             "{e}"

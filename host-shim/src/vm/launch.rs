@@ -165,7 +165,10 @@ pub(super) fn launch(
                         continue;
                     }
                 }
-                if accel == UsedAccel::Kvm && qemu.try_wait().is_some() {
+                // A QEMU that died under KVM for another reason (a device, a daemon) is not a
+                // verdict on KVM: only what names it is.
+                let about_kvm = said.to_ascii_lowercase().contains("kvm");
+                if accel == UsedAccel::Kvm && about_kvm && qemu.try_wait().is_some() {
                     return Err(VmError::Kvm(
                         said.trim()
                             .lines()

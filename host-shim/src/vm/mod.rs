@@ -485,12 +485,39 @@ impl Vm {
         if !config.is_empty() {
             self.put_runtime_config(&config)?;
         }
+        if self.owned.is_some() && !self.run.shares.is_empty() {
+            self.check_shares_mounted()?;
+        }
         if self.owned.is_some() {
             if let Ok(i) = self.info() {
                 let _ = state::write_private(
                     &self.state.join(files::BOOT_JSON),
                     i.boot_json.as_bytes(),
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless every share is mounted in the guest where it was asked: a command must
+    /// not run against an empty directory and have its writes vanish.
+    fn check_shares_mounted(&self) -> Result<(), VmError> {
+        let mounts = self.read_file("/proc/1/mounts")?;
+        let mounts = String::from_utf8_lossy(&mounts);
+        for p in &self.run.shares {
+            // /proc/PID/mounts writes a space in a path as \040.
+            let path = p.share.path.replace(' ', "\\040");
+            let mounted = mounts.lines().any(|l| {
+                let mut f = l.split(' ');
+                f.next() == Some(p.share.tag.as_str()) && f.next() == Some(path.as_str())
+            });
+            if !mounted {
+                return Err(crate::share::ShareError::NotMounted {
+                    guest: p.share.path.clone(),
+                    host: p.host.clone(),
+                    console: self.console_tail(),
+                }
+                .into());
             }
         }
         Ok(())

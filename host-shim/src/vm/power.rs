@@ -79,6 +79,8 @@ impl Vm {
                 o.forwards.clear();
                 o.serial = None;
                 o.qemu.kill();
+                o.share_daemons.clear();
+                o.net_daemon = None;
                 if let Some(b) = o.backend.as_mut() {
                     b.kill();
                 }
