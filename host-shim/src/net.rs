@@ -109,7 +109,7 @@ pub(crate) const PASST_FD: i32 = 3;
 #[derive(Debug)]
 pub(crate) struct Passt {
     /// The passt process (killed on drop).
-    _process: Guarded,
+    process: Guarded,
     /// QEMU's end, handed to it as [`PASST_FD`].
     pub(crate) qemu_end: OwnedFd,
 }
@@ -148,10 +148,21 @@ pub(crate) fn start(state: &Path, plan: Option<&NetPlan>) -> Result<Option<Passt
             log: state::tail(&log_path, 10),
         });
     }
-    Ok(Some(Passt {
-        _process: process,
-        qemu_end,
-    }))
+    Ok(Some(Passt { process, qemu_end }))
+}
+
+impl Passt {
+    /// Fails if passt has exited (say, at start, over an option or its sandbox), with what
+    /// it said.
+    pub(crate) fn check_running(&mut self, state: &Path) -> Result<(), NetError> {
+        match self.process.try_wait() {
+            None => Ok(()),
+            Some(status) => Err(NetError::Startup {
+                status: status.to_string(),
+                log: state::tail(&state.join(files::NET_LOG), 10),
+            }),
+        }
+    }
 }
 
 /// QEMU's arguments: a virtio-net card on passt's socket or on slirp, and the configuration

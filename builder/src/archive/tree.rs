@@ -93,6 +93,20 @@ impl Node {
             kind: NodeKind::File(FileData::Inline(data.into())),
         }
     }
+    /// A root-owned copy of the host file at `path`, read when archived, with the permission
+    /// bits and size `md` (its metadata) says.
+    pub fn host_file(path: PathBuf, md: &std::fs::Metadata) -> Node {
+        use std::os::unix::fs::PermissionsExt;
+        Node {
+            mode: md.permissions().mode() & 0o7777,
+            uid: 0,
+            gid: 0,
+            kind: NodeKind::File(FileData::Path {
+                path,
+                size: md.len(),
+            }),
+        }
+    }
     /// A root-owned symlink.
     pub fn symlink(target: impl Into<String>) -> Node {
         Node {

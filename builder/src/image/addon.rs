@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::archive::compress::{self, ArchiveOptions, Compression};
-use crate::archive::tree::{FileData, Node, NodeKind, Tree, TreeError};
+use crate::archive::tree::{Node, NodeKind, Tree, TreeError};
 use crate::error::io_err;
 use crate::layer::{records_digest, records_of, write_atomic, Cache};
 use crate::sources::elf;
@@ -185,16 +185,7 @@ pub fn tree_of(adds: &[Addition], image_files: &BTreeSet<String>) -> Result<Tree
                     path: real.clone(),
                     source,
                 })?;
-                let node = Node {
-                    mode: md.permissions().mode() & 0o7777,
-                    uid: 0,
-                    gid: 0,
-                    kind: NodeKind::File(FileData::Path {
-                        path: real,
-                        size: md.len(),
-                    }),
-                };
-                tree.insert(&at.to_string_lossy(), node)
+                tree.insert(&at.to_string_lossy(), Node::host_file(real, &md))
                     .map_err(|source| AddError::Guest {
                         path: a.host.clone(),
                         guest: at.display().to_string(),
@@ -205,16 +196,8 @@ pub fn tree_of(adds: &[Addition], image_files: &BTreeSet<String>) -> Result<Tree
         if a.only_libraries {
             continue;
         }
-        let node = Node {
-            mode: md.permissions().mode() & 0o7777,
-            uid: 0,
-            gid: 0,
-            kind: NodeKind::File(FileData::Path {
-                path: abs.clone(),
-                size: md.len(),
-            }),
-        };
-        tree.insert(&guest, node).map_err(guest_err)?;
+        tree.insert(&guest, Node::host_file(abs.clone(), &md))
+            .map_err(guest_err)?;
     }
     Ok(tree)
 }

@@ -28,7 +28,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use goblin::elf::{header, Elf};
@@ -155,16 +154,7 @@ impl Closure {
                 path: host.clone(),
                 source,
             })?;
-            let node = Node {
-                mode: md.permissions().mode() & 0o7777,
-                uid: 0,
-                gid: 0,
-                kind: NodeKind::File(FileData::Path {
-                    path: host,
-                    size: md.len(),
-                }),
-            };
-            put(tree, real, node)?;
+            put(tree, real, Node::host_file(host, &md))?;
         }
         Ok(())
     }

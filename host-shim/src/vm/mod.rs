@@ -310,6 +310,11 @@ impl Vm {
             }
             Err(e) => return Err(e),
         };
+        // QEMU is up and connected to passt: a passt that died meanwhile is an error now,
+        // not a guest without network later.
+        if let Some(p) = net_daemon.as_mut() {
+            p.check_running(&state)?;
+        }
         let serial = start_serial(&state, transport, time.as_ref())?;
         let connector = connector(&state, transport, serial.as_ref());
         let run = RunInfo {

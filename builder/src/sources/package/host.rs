@@ -6,7 +6,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{PackageError, SourceCx, TreeSource};
-use crate::archive::tree::{FileData, Node, NodeKind, Tree};
+use crate::archive::tree::{Node, Tree};
 use crate::layer::sha256_file;
 use crate::sources::elf::{self, Closure};
 
@@ -61,23 +61,9 @@ impl TreeSource for HostSource {
         for f in &self.files {
             let md = std::fs::metadata(f)
                 .map_err(|e| cx.step(format!("cannot read {}", f.display()))(e.into()))?;
-            let node = Node {
-                mode: perm(&md),
-                uid: 0,
-                gid: 0,
-                kind: NodeKind::File(FileData::Path {
-                    path: f.clone(),
-                    size: md.len(),
-                }),
-            };
-            tree.insert(&f.to_string_lossy(), node)
+            tree.insert(&f.to_string_lossy(), Node::host_file(f.clone(), &md))
                 .map_err(|e| cx.tree_err(e))?;
         }
         Ok(())
     }
-}
-
-fn perm(md: &std::fs::Metadata) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    md.permissions().mode() & 0o7777
 }
