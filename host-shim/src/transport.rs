@@ -180,6 +180,30 @@ pub fn hybrid_connect(
     port: u32,
     timeout: Duration,
 ) -> Result<UnixStream, ConnectError> {
+    // vhost-device-vsock 0.3.0 now and then closes a new connection before reading its
+    // CONNECT line. Nothing reached the guest then, so the exchange is tried again on a fresh
+    // connection, a bounded number of times; a refusal after the line was read is final.
+    let mut dropped = 0;
+    loop {
+        match hybrid_connect_once(uds, port, timeout) {
+            Err(ConnectError::Io { source, .. })
+                if source.kind() == io::ErrorKind::BrokenPipe && dropped < DROPS_TRIED =>
+            {
+                dropped += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Connections the vsock backend may drop before reading `CONNECT` before one counts.
+const DROPS_TRIED: u32 = 3;
+
+fn hybrid_connect_once(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, ConnectError> {
     let mut s = UnixStream::connect(uds).map_err(|source| ConnectError::Socket {
         path: uds.to_path_buf(),
         source,
