@@ -998,17 +998,20 @@ fn powerdown_runs_onshutdown_and_data_survives_reboot() {
 fn cross_arch_image() -> Result<TestImage, String> {
     static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let p = build_image("examples/cross-arch.yml", "cross-arch")?;
-            Ok(TestImage {
-                kernel: format!("{p}-kernel").into(),
-                initrd: format!("{p}-initrd.img").into(),
-                cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-                    .ok()
-                    .map(|s| s.trim().to_string()),
-            })
-        })
+        .get_or_init(|| image_of("examples/cross-arch.yml", "cross-arch"))
         .clone()
+}
+
+/// Builds a workspace spec with [`build_image`] and names its outputs.
+fn image_of(spec: &str, name: &str) -> Result<TestImage, String> {
+    let p = build_image(spec, name)?;
+    Ok(TestImage {
+        kernel: format!("{p}-kernel").into(),
+        initrd: format!("{p}-initrd.img").into(),
+        cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
+            .ok()
+            .map(|s| s.trim().to_string()),
+    })
 }
 
 #[test]
@@ -1338,17 +1341,10 @@ fn generic_kernel_image() -> Result<TestImage, String> {
     static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let p = build_image(
+            image_of(
                 "host-shim/tests/images/generic-kernel.yml",
                 "generic-kernel",
-            )?;
-            Ok(TestImage {
-                kernel: format!("{p}-kernel").into(),
-                initrd: format!("{p}-initrd.img").into(),
-                cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-                    .ok()
-                    .map(|s| s.trim().to_string()),
-            })
+            )
         })
         .clone()
 }

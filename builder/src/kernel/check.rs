@@ -71,14 +71,33 @@ pub fn share_modules(
     kernel: &ResolvedKernel,
     closure: &[kmod::ModuleInfo],
 ) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
-    let Some(mdir) = &kernel.modules_dir else {
+    on_demand(spec.raw.allow_shares, kernel, SHARE_MODULES, closure)
+}
+
+/// Modules a boot loads only when the host gives it a network card (virtio-net), in load
+/// order, without those already in `closure`; empty when the spec does not allow networking
+/// or the kernel has no modules directory.
+pub fn net_modules(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    on_demand(spec.raw.allow_network, kernel, &["virtio_net"], closure)
+}
+
+/// The closure of those of `names` the kernel's modules tree has, without what `closure`
+/// already holds; empty unless `allowed` and the kernel has modules.
+fn on_demand(
+    allowed: bool,
+    kernel: &ResolvedKernel,
+    names: &[&str],
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    let Some(mdir) = kernel.modules_dir.as_ref().filter(|_| allowed) else {
         return Ok(Vec::new());
     };
-    if !spec.raw.allow_shares {
-        return Ok(Vec::new());
-    }
     let present = kconfig::module_names(mdir);
-    let want: Vec<&str> = SHARE_MODULES
+    let want: Vec<&str> = names
         .iter()
         .copied()
         .filter(|m| present.contains(&kconfig::module_key(m)))
@@ -96,44 +115,42 @@ pub fn share_modules(
         .collect())
 }
 
-/// Modules a boot loads only when the host gives it a network card (virtio-net), in load
-/// order, without those already in `closure`; empty when the spec does not allow networking
-/// or the kernel has no modules directory.
-pub fn net_modules(
-    spec: &Spec,
-    kernel: &ResolvedKernel,
-    closure: &[kmod::ModuleInfo],
-) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
-    let Some(mdir) = &kernel.modules_dir else {
-        return Ok(Vec::new());
-    };
-    if !spec.raw.allow_network
-        || !kconfig::module_names(mdir).contains(&kconfig::module_key("virtio_net"))
-    {
-        return Ok(Vec::new());
+/// What a boot's kernel can do, module by module: a module the image carries, or, for a
+/// kernel without modules, an option its config builds in (the config read once, and none
+/// counted when it is unknown).
+struct Support<'a> {
+    kernel: &'a ResolvedKernel,
+    carried: &'a [kmod::ModuleInfo],
+    config: std::cell::OnceCell<Option<kconfig::KernelConfig>>,
+}
+
+impl<'a> Support<'a> {
+    fn new(kernel: &'a ResolvedKernel, carried: &'a [kmod::ModuleInfo]) -> Self {
+        Support {
+            kernel,
+            carried,
+            config: std::cell::OnceCell::new(),
+        }
     }
-    let all =
-        kmod::closure(mdir, &["virtio_net"]).map_err(|source| KernelError::ModuleClosure {
-            dir: mdir.clone(),
-            source,
-        })?;
-    Ok(all
-        .into_iter()
-        .filter(|m| !closure.iter().any(|c| c.name == m.name))
-        .collect())
+
+    fn has(&self, module: &str, option: &str) -> bool {
+        if self.kernel.modules_dir.is_some() && self.carried.iter().any(|m| m.name == module) {
+            return true;
+        }
+        self.config
+            .get_or_init(|| {
+                let path = self.kernel.config.as_deref().unwrap_or(&self.kernel.image);
+                kconfig::config_for(path).ok().map(|(c, _)| c)
+            })
+            .as_ref()
+            .is_some_and(|c| c.get(option) == "y")
+    }
 }
 
 /// Whether a boot of this image can take a network card: the spec allows it and virtio-net
 /// is carried (or, for a kernel without modules, built in).
 pub fn has_network(spec: &Spec, kernel: &ResolvedKernel, carried: &[kmod::ModuleInfo]) -> bool {
-    if !spec.raw.allow_network {
-        return false;
-    }
-    if kernel.modules_dir.is_some() && carried.iter().any(|m| m.name == "virtio_net") {
-        return true;
-    }
-    let config = kernel.config.as_deref().unwrap_or(&kernel.image);
-    kconfig::config_for(config).is_ok_and(|(c, _)| c.get("CONFIG_VIRTIO_NET") == "y")
+    spec.raw.allow_network && Support::new(kernel, carried).has("virtio_net", "CONFIG_VIRTIO_NET")
 }
 
 /// The kinds of share (`virtiofs`, `9p`) a boot of this image can mount: those whose modules
@@ -147,18 +164,12 @@ pub fn share_kinds(
     if !spec.raw.allow_shares {
         return Vec::new();
     }
-    let has = |module: &str, option: &str| -> bool {
-        if kernel.modules_dir.is_some() && carried.iter().any(|m| m.name == module) {
-            return true;
-        }
-        let config = kernel.config.as_deref().unwrap_or(&kernel.image);
-        kconfig::config_for(config).is_ok_and(|(c, _)| c.get(option) == "y")
-    };
+    let support = Support::new(kernel, carried);
     let mut kinds = Vec::new();
-    if has("virtiofs", "CONFIG_VIRTIO_FS") {
+    if support.has("virtiofs", "CONFIG_VIRTIO_FS") {
         kinds.push("virtiofs".to_owned());
     }
-    if has("9p", "CONFIG_9P_FS") && has("9pnet_virtio", "CONFIG_NET_9P_VIRTIO") {
+    if support.has("9p", "CONFIG_9P_FS") && support.has("9pnet_virtio", "CONFIG_NET_9P_VIRTIO") {
         kinds.push("9p".to_owned());
     }
     kinds
