@@ -36,9 +36,14 @@ enum Cmd {
         /// Initramfs compression (overrides the spec).
         #[arg(long, value_enum)]
         compression: Option<CompressionArg>,
-        /// Ask apt again for Debian package versions instead of reusing the cached resolution.
+        /// Ask apt again for Debian package versions, and registries for the digests of image
+        /// tags, instead of reusing the cached resolution and the spec's lock file.
         #[arg(long)]
         refresh: bool,
+        /// Speak plain HTTP to this registry (HOST[:PORT]); registries on loopback addresses
+        /// always are.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
         /// Boot another kernel than the spec's: `build` (built from kernel-config/),
         /// `build:FRAGMENT,…`, `package:NAME`, or a kernel image path.
         #[arg(long, value_name = "KERNEL")]
@@ -332,12 +337,15 @@ pub fn run() -> Result<u8> {
             output,
             compression,
             refresh,
+            insecure_registries,
             kernel,
         } => {
             if refresh {
                 std::env::set_var("MINKE_REFRESH", "1");
             }
             let mut opts = BuildOptions::new(spec, output);
+            opts.registry.refresh = refresh;
+            opts.registry.insecure = insecure_registries;
             opts.compression = compression.map(Into::into);
             opts.kernel = kernel.as_deref().map(parse_kernel_arg);
             let progress = Progress::new();

@@ -13,6 +13,7 @@ use crate::archive::tree::{FileData, Node, NodeKind, Tree};
 use crate::error::io_err;
 use crate::kernel::{self, KernelError, ResolvedKernel};
 use crate::layer::{records_digest, records_of};
+use crate::sources::oci::registry::Registry;
 use crate::sources::package;
 use crate::spec::{self, FileWhat, Spec};
 
@@ -45,6 +46,11 @@ enum OnDemand {
     Network,
 }
 
+/// The lock file of the spec at `spec`: `NAME.lock` beside `NAME.yml`.
+pub fn lock_path(spec: &std::path::Path) -> std::path::PathBuf {
+    spec.with_extension("lock")
+}
+
 /// Resolves a spec into the merged tree and config without archiving.
 pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assembled, BuildError> {
     let mut spec = spec::load(opts.spec.as_deref())?;
@@ -53,11 +59,14 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     }
     let workspace = spec::workspace_dir();
     let search = package::search_path(&spec.base_dir, &workspace);
+    let lock = opts.spec.as_deref().map(lock_path);
+    let registry = Registry::new(opts.cache.clone(), opts.registry.clone(), lock.as_deref())?;
     let cx = package::Context {
         cache: &opts.cache,
         workspace: &workspace,
         epoch: opts.epoch,
         progress,
+        registry: &registry,
     };
 
     // Packages, init first; the merge order is the spec's.
@@ -96,6 +105,12 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 name: c.name.clone(),
                 rootfs,
             });
+        }
+    }
+
+    if registry.save_lock()? {
+        if let Some(l) = &lock {
+            progress(&format!("wrote {}", l.display()));
         }
     }
 

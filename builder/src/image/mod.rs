@@ -14,6 +14,7 @@ use crate::epoch_from_env;
 use crate::error::io_err;
 use crate::kernel::KernelError;
 use crate::layer::{records_digest, records_of, sha256_hex, write_atomic, Cache, Record};
+pub use crate::sources::oci::registry::{RegistryError, RegistryOptions};
 use crate::sources::package::PackageError;
 use crate::spec::{self, SpecError};
 
@@ -24,7 +25,7 @@ pub mod config;
 pub mod manifest;
 pub mod outputs;
 
-pub use assemble::{assemble, Assembled};
+pub use assemble::{assemble, lock_path, Assembled};
 pub use config::image_config;
 pub use manifest::{diff, DiskRecord, InitrdRecord, KernelRecord, LayerRef, Manifest};
 pub use outputs::Image;
@@ -44,6 +45,8 @@ pub struct BuildOptions {
     pub compression: Option<Compression>,
     /// Override of the spec's kernel.
     pub kernel: Option<spec::RawKernel>,
+    /// How registry images are pinned and fetched.
+    pub registry: RegistryOptions,
 }
 
 impl BuildOptions {
@@ -56,6 +59,7 @@ impl BuildOptions {
             epoch: epoch_from_env(),
             compression: None,
             kernel: None,
+            registry: RegistryOptions::default(),
         }
     }
 }
@@ -85,6 +89,9 @@ pub enum BuildError {
     /// A path problem.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// A registry image could not be pinned or its lock file written.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// Archiving failed.
     #[error("cannot archive the initramfs")]
     Archive(#[source] crate::archive::compress::ArchiveError),

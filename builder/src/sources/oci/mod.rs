@@ -24,12 +24,14 @@ mod format;
 mod input;
 mod layers;
 mod platform;
+pub mod registry;
 mod write;
 
 use format::*;
 use input::{blob_hex_of_name, Source};
 use layers::apply_layer;
-use platform::{choose_manifest, oci_arch};
+use platform::choose_manifest;
+pub use platform::Wanted;
 pub use write::write_oci_layout;
 
 /// Errors of reading and writing images.
@@ -99,6 +101,14 @@ pub enum OciError {
         /// The platforms present.
         available: String,
     },
+    /// A document contradicts itself.
+    #[error("{image}: {what}: the image is malformed")]
+    Malformed {
+        /// The input.
+        image: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A layer's media type is not a tar layer.
     #[error("{image}: layer {blob} has media type {media_type}, which is not a tar layer")]
     MediaType {
@@ -156,12 +166,63 @@ pub struct OciImage {
     pub os: String,
     /// The config's `variant`, if any (e.g. `v7`).
     pub variant: Option<String>,
+    /// How the image asks to be run.
+    pub run: RunConfig,
+}
+
+/// The part of an image's config that says how to run it (`config` in the OCI image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunConfig {
+    /// `Entrypoint`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `Env` (`KEY=VALUE`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `WorkingDir` (empty: `/`).
+    #[serde(default)]
+    pub working_dir: String,
+    /// `User` (`NAME`, `UID`, `UID:GID`, `NAME:GROUP`; empty: root).
+    #[serde(default)]
+    pub user: String,
+}
+
+impl RunConfig {
+    fn of(config: &serde_json::Map<String, serde_json::Value>) -> RunConfig {
+        let strings = |k: &str| -> Vec<String> {
+            config
+                .get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let string = |k: &str| {
+            config
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        RunConfig {
+            entrypoint: strings("Entrypoint"),
+            cmd: strings("Cmd"),
+            env: strings("Env"),
+            working_dir: string("WorkingDir"),
+            user: string("User"),
+        }
+    }
 }
 
 /// Unpacks the image at `path` (an OCI layout directory, an OCI layout tar, or a `docker save`
-/// tar) for `platform` (`(os, arch)`, e.g. `("linux", "arm64")`; Debian names like `armhf` are
-/// accepted). Without a platform, an index with several images yields the host's.
-pub fn unpack_oci(path: &Path, platform: Option<(&str, &str)>) -> Result<OciImage, OciError> {
+/// tar) for `platform`. Without a platform, an index with several images yields the host's.
+pub fn unpack_oci(path: &Path, platform: Option<&Wanted>) -> Result<OciImage, OciError> {
     let src = if path.is_dir() {
         Source::Dir(path.to_path_buf())
     } else {
@@ -169,39 +230,17 @@ pub fn unpack_oci(path: &Path, platform: Option<(&str, &str)>) -> Result<OciImag
     };
     if src.exists("index.json") {
         let index: Index = src.json("index.json", &src.read_small("index.json")?)?;
-        let desc = choose_manifest(&src, &index, platform)?;
-        let manifest: Manifest = src.blob_json(&desc.digest)?;
-        let config: ImageConfig = src.blob_json(&manifest.config.digest)?;
-        let mut tree = Tree::new();
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            let hex = src.hex_of(&layer.digest)?;
-            let name = format!("blobs/sha256/{hex}");
-            src.verify_blob(&name, &hex)?;
-            let diff_id = config.rootfs.diff_ids.get(i).map(String::as_str);
-            apply_layer(
-                &src,
-                &layer.digest,
-                &name,
-                &layer.media_type,
-                diff_id,
-                &mut tree,
-            )?;
-        }
-        Ok(OciImage {
-            tree,
-            architecture: config.architecture,
-            os: config.os,
-            variant: config.variant,
-        })
+        let desc = choose_manifest(src.image(), &index, platform, &mut |d| src.blob_json(d))?;
+        unpack_manifest_in(&src, &desc.digest)
     } else if src.exists("manifest.json") {
         let entries: Vec<DockerManifest> =
             src.json("manifest.json", &src.read_small("manifest.json")?)?;
         let pick = |e: &&DockerManifest| -> Result<bool, OciError> {
-            let Some((os, arch)) = platform else {
+            let Some(want) = platform else {
                 return Ok(true);
             };
             let c: ImageConfig = src.json(&e.config, &src.read_small(&e.config)?)?;
-            Ok(c.os == os && oci_arch(&c.architecture).0 == oci_arch(arch).0)
+            Ok(want.matches(&c.os, &c.architecture, c.variant.as_deref()))
         };
         let mut chosen = None;
         for e in &entries {
@@ -213,9 +252,7 @@ pub fn unpack_oci(path: &Path, platform: Option<(&str, &str)>) -> Result<OciImag
         let Some(entry) = chosen else {
             return Err(OciError::NoPlatform {
                 image: path.to_path_buf(),
-                wanted: platform
-                    .map(|(o, a)| format!("{o}/{a}"))
-                    .unwrap_or_default(),
+                wanted: platform.map(|w| w.to_string()).unwrap_or_default(),
                 available: format!("{} image(s) of other platforms", entries.len()),
             });
         };
@@ -232,16 +269,58 @@ pub fn unpack_oci(path: &Path, platform: Option<(&str, &str)>) -> Result<OciImag
             let diff_id = config.rootfs.diff_ids.get(i).map(String::as_str);
             apply_layer(&src, layer, layer, "", diff_id, &mut tree)?;
         }
-        Ok(OciImage {
-            tree,
-            architecture: config.architecture,
-            os: config.os,
-            variant: config.variant,
-        })
+        Ok(image_of(tree, config))
     } else {
         Err(OciError::NotAnImage {
             path: path.to_path_buf(),
         })
+    }
+}
+
+/// Unpacks the image whose manifest has `digest` from a store of blobs (`DIR/blobs/sha256/…`,
+/// an OCI layout without its index, such as the cache a registry pull fills).
+pub fn unpack_manifest(store: &Path, digest: &str) -> Result<OciImage, OciError> {
+    unpack_manifest_in(&Source::Dir(store.to_path_buf()), digest)
+}
+
+fn unpack_manifest_in(src: &Source, digest: &str) -> Result<OciImage, OciError> {
+    let manifest: Manifest = src.blob_json(digest)?;
+    let config: ImageConfig = src.blob_json(&manifest.config.digest)?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(OciError::Malformed {
+            image: src.image().to_path_buf(),
+            what: format!(
+                "manifest {digest}: its config lists {} layer digests for {} layers",
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            ),
+        });
+    }
+    let mut tree = Tree::new();
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        let hex = src.hex_of(&layer.digest)?;
+        let name = format!("blobs/sha256/{hex}");
+        src.verify_blob(&name, &hex)?;
+        let diff_id = config.rootfs.diff_ids.get(i).map(String::as_str);
+        apply_layer(
+            src,
+            &layer.digest,
+            &name,
+            &layer.media_type,
+            diff_id,
+            &mut tree,
+        )?;
+    }
+    Ok(image_of(tree, config))
+}
+
+fn image_of(tree: Tree, config: ImageConfig) -> OciImage {
+    OciImage {
+        tree,
+        run: RunConfig::of(&config.config),
+        architecture: config.architecture,
+        os: config.os,
+        variant: config.variant,
     }
 }
 
@@ -400,23 +479,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("layout");
         write_layout(&dir, "arm64", false);
-        let img = unpack_oci(&dir, Some(("linux", "aarch64"))).unwrap();
+        let img = unpack_oci(&dir, Some(&Wanted::parse("linux/aarch64").unwrap())).unwrap();
         assert_eq!(img.architecture, "arm64");
         check_merged(&img);
-        let err = unpack_oci(&dir, Some(("linux", "riscv64"))).unwrap_err();
+        let err = unpack_oci(&dir, Some(&Wanted::parse("linux/riscv64").unwrap())).unwrap_err();
         assert!(matches!(err, OciError::NoPlatform { .. }), "{err}");
         // The s390x entry points to a missing manifest.
         assert!(matches!(
-            unpack_oci(&dir, Some(("linux", "s390x"))),
+            unpack_oci(&dir, Some(&Wanted::parse("linux/s390x").unwrap())),
             Err(OciError::MissingBlob { .. })
         ));
         let tarball = tmp.path().join("layout.tar");
         tar_dir(&dir, &tarball);
-        check_merged(&unpack_oci(&tarball, Some(("linux", "arm64"))).unwrap());
+        check_merged(&unpack_oci(&tarball, Some(&Wanted::parse("linux/arm64").unwrap())).unwrap());
 
         let nested = tmp.path().join("nested");
         write_layout(&nested, "arm64", true);
-        check_merged(&unpack_oci(&nested, Some(("linux", "arm64"))).unwrap());
+        check_merged(&unpack_oci(&nested, Some(&Wanted::parse("linux/arm64").unwrap())).unwrap());
     }
 
     #[test]
@@ -477,7 +556,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&victim, bytes).unwrap();
-        match unpack_oci(tmp.path(), Some(("linux", "amd64"))) {
+        match unpack_oci(tmp.path(), Some(&Wanted::parse("linux/amd64").unwrap())) {
             Err(OciError::DigestMismatch { blob, .. }) => {
                 assert!(blob.contains(&m.layers[0].digest[7..]))
             }
@@ -590,7 +669,7 @@ mod tests {
             fs::read(a.join("index.json")).unwrap(),
             fs::read(b.join("index.json")).unwrap()
         );
-        let img = unpack_oci(&a, Some(("linux", "arm"))).unwrap();
+        let img = unpack_oci(&a, Some(&Wanted::parse("linux/arm").unwrap())).unwrap();
         assert_eq!(
             (img.architecture.as_str(), img.variant.as_deref()),
             ("arm", Some("v7"))

@@ -377,6 +377,8 @@ pub struct Context<'a> {
     pub epoch: u64,
     /// Progress reporting.
     pub progress: &'a dyn Fn(&str),
+    /// Registry images: pins (the spec's lock file) and fetches.
+    pub registry: &'a crate::sources::oci::registry::Registry,
 }
 
 /// Produces (or loads from the cache) the layer of `pkg`.

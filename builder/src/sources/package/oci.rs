@@ -1,4 +1,6 @@
-//! `oci:` — the root filesystem of an OCI image layout or `docker save` tarball.
+//! `oci:` — the root filesystem of a container image: an OCI image layout or `docker save`
+//! tarball on disk (`path:`), or an image in a registry (`image:`), pinned by the spec's lock
+//! file and fetched into the cache.
 
 use std::path::PathBuf;
 
@@ -8,6 +10,8 @@ use sha2::{Digest, Sha256};
 use super::{graft, hash_path, PackageError, SourceCx, TreeSource};
 use crate::archive::tree::Tree;
 use crate::layer::Cache;
+use crate::sources::oci::registry::Pinned;
+use crate::sources::oci::Wanted;
 
 /// `oci:` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,40 +19,87 @@ use crate::layer::Cache;
 pub struct OciSource {
     /// OCI layout directory or tarball, or `docker save` tarball (relative to the package
     /// directory, or absolute; `$MINKE_CACHE` is expanded).
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A registry reference (`REGISTRY/NAME:TAG` or `REGISTRY/NAME@sha256:…`).
+    #[serde(default)]
+    pub image: Option<String>,
     /// Where the root filesystem lands in the image.
     pub dest: String,
-    /// Platform to pick from a multi-platform index (`linux/arm64`).
+    /// Platform to pick from a multi-platform index (`linux/arm64`, `linux/arm/v7`).
     #[serde(default)]
     pub platform: Option<String>,
 }
 
+/// Where the image is.
+#[derive(Debug)]
+pub enum Found {
+    /// On disk.
+    Path(PathBuf),
+    /// In a registry, pinned.
+    Registry(Pinned),
+}
+
 impl TreeSource for OciSource {
-    /// The image's resolved path.
-    type Found = PathBuf;
+    type Found = Found;
 
     fn kind(&self) -> &'static str {
         "oci"
     }
 
-    fn hash_inputs(&self, cx: &SourceCx<'_>, key: &mut Sha256) -> Result<PathBuf, PackageError> {
-        let p = expand(&self.path, cx.outer.cache);
-        let src = if p.is_absolute() { p } else { cx.dir.join(p) };
-        let sha = hash_path(&src).map_err(|e| {
-            cx.step(format!(
-                "cannot read OCI image {}: build it first (cargo xtask setup makes the demo's)",
-                src.display()
-            ))(e.into())
-        })?;
-        key.update(format!("oci {sha}\n").as_bytes());
-        Ok(src)
+    fn hash_inputs(&self, cx: &SourceCx<'_>, key: &mut Sha256) -> Result<Found, PackageError> {
+        let platform = match &self.platform {
+            Some(p) => Some(Wanted::parse(p).ok_or_else(|| {
+                cx.fail(format!(
+                    "platform {p:?} is not OS/ARCH or OS/ARCH/VARIANT (linux/arm64, linux/arm/v7)"
+                ))
+            })?),
+            None => None,
+        };
+        match (&self.path, &self.image) {
+            (Some(path), None) => {
+                let p = expand(path, cx.outer.cache);
+                let src = if p.is_absolute() { p } else { cx.dir.join(p) };
+                let sha = hash_path(&src).map_err(|e| {
+                    cx.step(format!(
+                        "cannot read OCI image {}: build it first (cargo xtask setup makes the demo's)",
+                        src.display()
+                    ))(e.into())
+                })?;
+                key.update(format!("oci {sha}\n").as_bytes());
+                Ok(Found::Path(src))
+            }
+            (None, Some(image)) => {
+                let plat = platform.as_ref().map(|w| w.to_string());
+                let pinned = cx
+                    .outer
+                    .registry
+                    .pin(image, plat.as_deref())
+                    .map_err(|e| cx.step(format!("cannot pin {image}"))(e.into()))?;
+                key.update(format!("oci-registry {}\n", pinned.digest).as_bytes());
+                Ok(Found::Registry(pinned))
+            }
+            _ => Err(cx.fail("`oci:` needs exactly one of `path:` and `image:`".into())),
+        }
     }
 
-    fn build(&self, cx: &SourceCx<'_>, src: PathBuf, tree: &mut Tree) -> Result<(), PackageError> {
-        (cx.outer.progress)(&format!("unpacking OCI image {}", src.display()));
-        let platform = self.platform.as_deref().and_then(|p| p.split_once('/'));
-        let img = crate::sources::oci::unpack_oci(&src, platform)
-            .map_err(|e| cx.step(format!("cannot unpack OCI image {}", src.display()))(e.into()))?;
+    fn build(&self, cx: &SourceCx<'_>, found: Found, tree: &mut Tree) -> Result<(), PackageError> {
+        let img = match found {
+            Found::Path(src) => {
+                (cx.outer.progress)(&format!("unpacking OCI image {}", src.display()));
+                let platform = self.platform.as_deref().and_then(Wanted::parse);
+                crate::sources::oci::unpack_oci(&src, platform.as_ref()).map_err(|e| {
+                    cx.step(format!("cannot unpack OCI image {}", src.display()))(e.into())
+                })?
+            }
+            Found::Registry(pinned) => {
+                (cx.outer.progress)(&format!("fetching {} ({})", pinned.image, pinned.digest));
+                cx.outer
+                    .registry
+                    .fetch(&pinned, cx.outer.progress)
+                    .map_err(|e| cx.step(format!("cannot fetch {}", pinned.image))(e.into()))?
+            }
+        };
         graft(tree, &img.tree, &self.dest).map_err(|e| cx.tree_err(e))
     }
 }

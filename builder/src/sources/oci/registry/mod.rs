@@ -1,0 +1,595 @@
+//! Images from registries (the OCI distribution API, through `oci-client`): a reference
+//! (`REGISTRY/NAME:TAG` or `…@sha256:…`) and a platform are pinned to the digest of one image
+//! manifest — from the spec's [`lock`] file when it has the pair, else resolved once and
+//! recorded there — and every blob the image needs is fetched, verified against its digest
+//! and kept in the content-addressed cache (`CACHE/blobs/sha256/HEX`), which build and run
+//! share. A build with its lock file and a warm cache makes no network request.
+//!
+//! Transport: HTTPS, except for registries on a loopback address (`127.0.0.0/8`, `::1`,
+//! `localhost`) and those the user names as insecure, which are spoken to over plain HTTP.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+
+use super::format::{Index, Manifest, MT_DOCKER_LIST, MT_INDEX};
+use super::platform::{choose_manifest, Wanted};
+use super::{OciError, OciImage};
+use crate::layer::Cache;
+
+mod auth;
+pub mod lock;
+
+use lock::{Entry, Lock};
+
+/// Media types asked for when reading a manifest by tag or digest.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Largest manifest or index accepted.
+const MAX_MANIFEST: usize = 4 << 20;
+
+/// Why an image could not be pinned or fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference does not parse.
+    #[error("{image:?} is not an image reference ({reason}): write REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST")]
+    Reference {
+        /// As written.
+        image: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The platform does not parse.
+    #[error(
+        "{0:?} is not a platform: write OS/ARCH or OS/ARCH/VARIANT (linux/arm64, linux/arm/v7)"
+    )]
+    Platform(String),
+    /// A request to the registry failed.
+    #[error("cannot {what} {image}: {reason}{hint}")]
+    Pull {
+        /// What was asked.
+        what: &'static str,
+        /// The reference.
+        image: String,
+        /// The client's error.
+        reason: String,
+        /// What the user can do.
+        hint: &'static str,
+    },
+    /// What the registry sent is not what was asked for.
+    #[error("{image}: {what}")]
+    Bad {
+        /// The reference.
+        image: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The credentials could not be read.
+    #[error("cannot read the credentials for {registry}: {reason}: fix the entry in $REGISTRY_AUTH_FILE or ~/.docker/config.json")]
+    Credentials {
+        /// The registry.
+        registry: String,
+        /// Why.
+        reason: String,
+    },
+    /// The lock file is malformed.
+    #[error("lock file {path}: {reason}: fix it, or delete it and build again to re-resolve every image")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A local file could not be read or written.
+    #[error("cannot access {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The stored image could not be unpacked.
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+/// How registries are spoken to.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Resolve tags again instead of using the lock file's digests.
+    pub refresh: bool,
+    /// Registries (`HOST[:PORT]`) spoken to over plain HTTP although not on loopback.
+    pub insecure: Vec<String>,
+    /// Credentials file (Docker's `config.json` format); `None`: `$REGISTRY_AUTH_FILE`, else
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// An image pinned to one manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The reference as written.
+    pub image: String,
+    /// The platform asked for, or `host`.
+    pub platform: String,
+    /// The image manifest's digest (`sha256:…`).
+    pub digest: String,
+}
+
+/// Pins and fetches registry images for one build or run.
+pub struct Registry {
+    cache: Cache,
+    opts: RegistryOptions,
+    lock: Mutex<Lock>,
+    net: Mutex<Option<Net>>,
+}
+
+/// The network side, made on first use: one client per registry host.
+struct Net {
+    rt: tokio::runtime::Runtime,
+    clients: HashMap<String, Client>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `registry` (`HOST[:PORT]`) is on this machine's loopback.
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The hex of a well-formed `sha256:` digest.
+fn hex_of(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+impl Registry {
+    /// A registry session over `cache`, pinning through the lock file at `lock` (`None`: the
+    /// built-in spec, whose pins are not kept).
+    pub fn new(
+        cache: Cache,
+        opts: RegistryOptions,
+        lock: Option<&Path>,
+    ) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            cache,
+            opts,
+            lock: Mutex::new(Lock::load(lock)?),
+            net: Mutex::new(None),
+        })
+    }
+
+    /// Writes the lock file when this session changed what it records.
+    pub fn save_lock(&self) -> Result<bool, RegistryError> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).save()
+    }
+
+    fn reference(image: &str) -> Result<Reference, RegistryError> {
+        image
+            .parse()
+            .map_err(|e: oci_client::ParseError| RegistryError::Reference {
+                image: image.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The manifest digest `image` has for `platform`: the lock file's, else resolved now
+    /// (and recorded).
+    pub fn pin(&self, image: &str, platform: Option<&str>) -> Result<Pinned, RegistryError> {
+        let want = match platform {
+            Some(p) => Some(Wanted::parse(p).ok_or_else(|| RegistryError::Platform(p.into()))?),
+            None => None,
+        };
+        let plat = want.as_ref().map_or("host".to_string(), |w| w.to_string());
+        let reference = Self::reference(image)?;
+        if !self.opts.refresh {
+            let locked = self
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(image, &plat);
+            if let Some(e) = locked {
+                return Ok(Pinned {
+                    image: image.into(),
+                    platform: plat,
+                    digest: e.digest,
+                });
+            }
+        }
+        let (digest, index) = self.resolve(image, &reference, want.as_ref())?;
+        self.lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(Entry {
+                image: image.into(),
+                platform: plat.clone(),
+                digest: digest.clone(),
+                index,
+            });
+        Ok(Pinned {
+            image: image.into(),
+            platform: plat,
+            digest,
+        })
+    }
+
+    /// Asks the registry: the platform's manifest digest, and the index's when the reference
+    /// named one. Both documents are verified and stored.
+    fn resolve(
+        &self,
+        image: &str,
+        reference: &Reference,
+        want: Option<&Wanted>,
+    ) -> Result<(String, Option<String>), RegistryError> {
+        let bytes = self.manifest(image, reference, reference.digest())?;
+        let top = sha256_digest(&bytes);
+        if !is_index(&bytes) {
+            return Ok((top, None));
+        }
+        let index: Index = parse(image, "index", &bytes)?;
+        let mut nested = |digest: &str| -> Result<Index, OciError> {
+            let b =
+                self.manifest(image, reference, Some(digest))
+                    .map_err(|e| OciError::Malformed {
+                        image: image.into(),
+                        what: e.to_string(),
+                    })?;
+            serde_json::from_slice(&b).map_err(|source| OciError::Json {
+                image: image.into(),
+                what: format!("index {digest}"),
+                source,
+            })
+        };
+        let chosen = choose_manifest(Path::new(image), &index, want, &mut nested)?;
+        let b = self.manifest(image, reference, Some(&chosen.digest))?;
+        if is_index(&b) {
+            return Err(RegistryError::Bad {
+                image: image.into(),
+                what: format!(
+                    "{} is an index where an image manifest belongs",
+                    chosen.digest
+                ),
+            });
+        }
+        Ok((chosen.digest, Some(top)))
+    }
+
+    /// A manifest or index by tag (`digest` `None`) or digest: from the cache when held, else
+    /// from the registry, checked against the digest asked for, and stored.
+    fn manifest(
+        &self,
+        image: &str,
+        reference: &Reference,
+        digest: Option<&str>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if let Some(d) = digest {
+            let hex = hex_of(d).ok_or_else(|| RegistryError::Bad {
+                image: image.into(),
+                what: format!("{d:?} is not a sha256 digest"),
+            })?;
+            if let Ok(b) = std::fs::read(self.blob_path(hex)) {
+                if sha256_digest(&b) == d {
+                    return Ok(b);
+                }
+            }
+        }
+        let target = match digest {
+            Some(d) => Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                d.to_string(),
+            ),
+            None => reference.clone(),
+        };
+        let (bytes, _) = self.net(image, reference, "read the manifest of", |c, auth| {
+            Box::pin(async move {
+                c.pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
+                    .await
+                    .map(|(b, d)| (b.to_vec(), d))
+            })
+        })?;
+        if bytes.len() > MAX_MANIFEST {
+            return Err(RegistryError::Bad {
+                image: image.into(),
+                what: format!("a manifest of {} bytes is larger than allowed", bytes.len()),
+            });
+        }
+        let actual = sha256_digest(&bytes);
+        if let Some(d) = digest {
+            if actual != d {
+                return Err(RegistryError::Bad {
+                    image: image.into(),
+                    what: format!("the registry sent {actual} for {d}: refusing it"),
+                });
+            }
+        }
+        self.store(&actual, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.cache.root().join("blobs/sha256").join(hex)
+    }
+
+    fn store(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        let hex = hex_of(digest).unwrap_or_default();
+        let path = self.blob_path(hex);
+        crate::layer::write_atomic(&path, bytes)
+            .map_err(|source| RegistryError::Io { path, source })
+    }
+
+    /// Runs one request against the registry `reference` names, with its credentials.
+    fn net<T>(
+        &self,
+        image: &str,
+        reference: &Reference,
+        what: &'static str,
+        call: impl FnOnce(
+            Client,
+            RegistryAuth,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                    Output = Result<T, oci_client::errors::OciDistributionError>,
+                >,
+            >,
+        >,
+    ) -> Result<T, RegistryError> {
+        let registry = reference.resolve_registry().to_string();
+        let auth = auth::for_registry(reference.registry(), self.opts.auth_file.as_deref())?;
+        let mut guard = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| RegistryError::Io {
+                    path: "tokio runtime".into(),
+                    source,
+                })?;
+            // ring rather than aws-lc-rs: no C/cmake build for the whole tool, at the price of
+            // classical (not post-quantum) key exchange for image pulls, whose content is
+            // checked against digests anyway. The first install in a process wins.
+            #[allow(deprecated)]
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            *guard = Some(Net {
+                rt,
+                clients: HashMap::new(),
+            });
+        }
+        let net = guard.as_mut().expect("set above");
+        let plain = is_loopback(&registry)
+            || self
+                .opts
+                .insecure
+                .iter()
+                .any(|r| *r == registry || *r == reference.registry());
+        let client = net
+            .clients
+            .entry(registry.clone())
+            .or_insert_with(|| {
+                Client::new(ClientConfig {
+                    protocol: if plain {
+                        ClientProtocol::Http
+                    } else {
+                        ClientProtocol::Https
+                    },
+                    platform_resolver: None,
+                    connect_timeout: Some(std::time::Duration::from_secs(30)),
+                    read_timeout: Some(std::time::Duration::from_secs(120)),
+                    user_agent: concat!("minke/", env!("CARGO_PKG_VERSION")),
+                    ..ClientConfig::default()
+                })
+            })
+            .clone();
+        net.rt.block_on(call(client, auth)).map_err(|e| {
+            let reason = error_chain(&e);
+            let hint = if reason.contains("InvalidContentType")
+                || reason.contains("invalid HTTP version")
+                || reason.contains("record overflow")
+                || reason.contains("corrupt message")
+            {
+                ": if this registry speaks plain HTTP, name it with --insecure-registry"
+            } else if matches!(e, oci_client::errors::OciDistributionError::DigestError(_)) {
+                ": the bytes do not match the digest that names them; refusing them (nothing was kept)"
+            } else if matches!(
+                e,
+                oci_client::errors::OciDistributionError::AuthenticationFailure(_)
+                    | oci_client::errors::OciDistributionError::UnauthorizedError { .. }
+            ) {
+                ": log in (credentials from $REGISTRY_AUTH_FILE or ~/.docker/config.json)"
+            } else {
+                ""
+            };
+            RegistryError::Pull {
+                what,
+                image: image.to_string(),
+                reason,
+                hint,
+            }
+        })
+    }
+
+    /// Fetches what `pinned` needs into the cache (nothing when it is all there) and unpacks it.
+    pub fn fetch(
+        &self,
+        pinned: &Pinned,
+        progress: &dyn Fn(&str),
+    ) -> Result<OciImage, RegistryError> {
+        let image = pinned.image.as_str();
+        let reference = Self::reference(image)?;
+        let bytes = self.manifest(image, &reference, Some(&pinned.digest))?;
+        let manifest: Manifest = parse(image, "manifest", &bytes)?;
+        let mut blobs = vec![&manifest.config];
+        blobs.extend(manifest.layers.iter());
+        for d in blobs {
+            let hex = hex_of(&d.digest).ok_or_else(|| RegistryError::Bad {
+                image: image.into(),
+                what: format!("{:?} is not a sha256 digest", d.digest),
+            })?;
+            let path = self.blob_path(hex);
+            if path.is_file() {
+                continue;
+            }
+            if d.media_type.contains("nondistributable") || d.media_type.contains("foreign") {
+                return Err(RegistryError::Bad {
+                    image: image.into(),
+                    what: format!("layer {} is non-distributable ({}): it cannot be pulled from this registry", d.digest, d.media_type),
+                });
+            }
+            progress(&format!("pulling {image}: {} ({} bytes)", d.digest, d.size));
+            let dir = path
+                .parent()
+                .expect("blob paths have a parent")
+                .to_path_buf();
+            std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let tmp =
+                tempfile::NamedTempFile::new_in(&dir).map_err(|source| RegistryError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+            let file =
+                tokio::fs::File::from_std(tmp.reopen().map_err(|source| RegistryError::Io {
+                    path: tmp.path().to_path_buf(),
+                    source,
+                })?);
+            let digest = d.digest.clone();
+            let target = reference.clone();
+            self.net(image, &reference, "pull a blob of", move |c, auth| {
+                Box::pin(async move {
+                    c.store_auth_if_needed(target.resolve_registry(), &auth)
+                        .await;
+                    let mut out = tokio::io::BufWriter::new(file);
+                    c.pull_blob(&target, digest.as_str(), &mut out).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut out).await?;
+                    Ok(())
+                })
+            })?;
+            // The client compared the bytes with the digest; so does this, on what landed.
+            let actual =
+                crate::layer::sha256_file(tmp.path()).map_err(|source| RegistryError::Io {
+                    path: tmp.path().to_path_buf(),
+                    source,
+                })?;
+            if actual != hex {
+                return Err(RegistryError::Bad {
+                    image: image.into(),
+                    what: format!("blob {} arrived as sha256:{actual}: refusing it", d.digest),
+                });
+            }
+            let mut f = tmp.as_file();
+            f.flush().ok();
+            tmp.persist(&path).map_err(|e| RegistryError::Io {
+                path: path.clone(),
+                source: e.error,
+            })?;
+        }
+        Ok(super::unpack_manifest(self.cache.root(), &pinned.digest)?)
+    }
+}
+
+fn is_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(p) => match p.media_type.as_deref() {
+            Some(MT_INDEX) | Some(MT_DOCKER_LIST) => true,
+            Some(_) => false,
+            None => p.manifests.is_some(),
+        },
+        Err(_) => false,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    image: &str,
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Bad {
+        image: image.into(),
+        what: format!("the {what} is not valid JSON of the expected shape: {e}"),
+    })
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for r in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "[::1]:5000",
+            "localhost",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in ["registry.example:5000", "10.0.2.2:5000", "docker.io"] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn index_detection() {
+        assert!(is_index(
+            br#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+        ));
+        assert!(is_index(br#"{"schemaVersion":2,"manifests":[]}"#));
+        assert!(!is_index(br#"{"schemaVersion":2,"config":{},"layers":[]}"#));
+        assert!(!is_index(b"not json"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Shared parts of the CLI tests.
+
+#![allow(dead_code)]
+
+pub mod registry;
