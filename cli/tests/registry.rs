@@ -40,7 +40,7 @@ fn quiet(_: &str) {}
 
 #[test]
 fn registry_images_are_pinned_verified_and_cached() {
-    if !support::registry::tools_present() {
+    if !support::require_tools(support::registry::TOOLS) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -187,7 +187,7 @@ fn registry_images_are_pinned_verified_and_cached() {
 
 #[test]
 fn a_blob_that_does_not_match_its_digest_is_refused() {
-    if !support::registry::tools_present() {
+    if !support::require_tools(support::registry::TOOLS) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -230,7 +230,7 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
 
 #[test]
 fn basic_auth_from_a_credentials_file() {
-    if !support::registry::tools_present() {
+    if !support::require_tools(support::registry::TOOLS) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -274,4 +274,151 @@ fn basic_auth_from_a_credentials_file() {
     );
     let img = r.fetch(&r.pin(&image, None).unwrap(), &quiet).unwrap();
     assert_eq!(file(&img, "etc/arch").unwrap(), b"private");
+}
+
+/// Debian's static busybox for `arch` as a one-layer image with the applets the test uses.
+fn busybox_image(arch: &str, oci_arch: &'static str, variant: Option<&'static str>) -> Img {
+    let cache = Cache::default_location();
+    let deb = minke::sources::deb::pins::fetch(&cache, "busybox-static", arch).unwrap();
+    let tree = minke::sources::deb::unpack(&deb.path).unwrap();
+    let bytes = match &tree.get("bin/busybox").unwrap().kind {
+        NodeKind::File(d) => d.read().unwrap(),
+        k => panic!("{k:?}"),
+    };
+    let mut entries = vec![E::D("bin"), E::F("bin/busybox", &bytes), E::D("etc")];
+    for applet in ["sh", "uname", "cat", "ls", "hostname"] {
+        entries.push(E::L(
+            Box::leak(format!("bin/{applet}").into_boxed_str()),
+            "busybox",
+        ));
+    }
+    entries.push(E::F("etc/hidden", b"below"));
+    let base = layer(&entries);
+    let top = layer(&[
+        E::F("etc/.wh.hidden", b""),
+        E::F("etc/motd", oci_arch.as_bytes()),
+    ]);
+    Img {
+        arch: oci_arch,
+        variant,
+        layers: vec![(base, Comp::Gzip), (top, Comp::Zstd)],
+        run: serde_json::json!({"Cmd": ["/bin/sh"]}),
+    }
+}
+
+/// The cross-arch demo from a registry: one multi-platform index, three containers of one
+/// x86_64 image, each run through binfmt_misc and QEMU user emulation; whiteouts hide what they
+/// should; the lock file pins the three digests, and a second build needs no registry.
+#[test]
+fn cross_arch_containers_from_a_registry() {
+    if !support::require_tools(support::registry::TOOLS)
+        || !support::require_tools(support::BOOT_TOOLS)
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = LocalRegistry::start(None);
+    let layout = tmp.path().join("busybox");
+    write_layout(
+        &layout,
+        &[
+            busybox_image("arm64", "arm64", None),
+            busybox_image("armhf", "arm", Some("v7")),
+            busybox_image("s390x", "s390x", None),
+        ],
+    );
+    reg.push(&layout, "busybox:multi", true);
+
+    let spec_dir = tmp.path().join("project");
+    let mut containers = String::new();
+    let mut packages = String::new();
+    for (name, platform) in [
+        ("arm64", "linux/arm64"),
+        ("armhf", "linux/arm/v7"),
+        ("s390x", "linux/s390x"),
+    ] {
+        let pkg = spec_dir.join("packages").join(format!("box-{name}"));
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(
+            pkg.join("package.yml"),
+            format!(
+                "description: busybox {name} from a registry\noci:\n  image: {}/busybox:multi\n  platform: {platform}\n  dest: /containers/{name}\n",
+                reg.addr
+            ),
+        )
+        .unwrap();
+        packages.push_str(&format!("  - box-{name}\n"));
+        containers.push_str(&format!("  - name: {name}\n    package: box-{name}\n"));
+    }
+    let spec = spec_dir.join("reg-cross.yml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: reg-cross\nkernel:\n  package: linux-image-cloud-amd64\nagents: [control, binfmt]\npackages:\n  - busybox-static\n  - qemu-user-static\n{packages}binfmt: [aarch64, arm, s390x]\ncontainers:\n{containers}"
+        ),
+    )
+    .unwrap();
+    let build = |out: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_minke"))
+            .arg("build")
+            .arg(&spec)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "minke build: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let out = tmp.path().join("out");
+    build(&out);
+    let lock = std::fs::read_to_string(spec_dir.join("reg-cross.lock")).unwrap();
+    for p in ["linux/arm64", "linux/arm/v7", "linux/s390x"] {
+        assert!(lock.contains(p), "{lock}");
+    }
+    assert_eq!(lock.matches("digest: sha256:").count(), 3, "{lock}");
+
+    for (name, want) in [
+        ("arm64", "aarch64"),
+        ("armhf", "armv7l"),
+        ("s390x", "s390x"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_minke"))
+            .args(["run", "--accel", "tcg", "--name"])
+            .arg(format!("reg-{name}"))
+            .arg("--container")
+            .arg(name)
+            .arg(&out)
+            .args(["--", "sh", "-c", "uname -m; cat /etc/motd; echo; ls /etc"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some(want), "{stdout}");
+        assert!(
+            !stdout.contains("hidden"),
+            "the whiteout hides etc/hidden: {stdout}"
+        );
+        assert!(stdout.contains("motd"), "{stdout}");
+    }
+
+    // The registry gone, the lock and the cache rebuild the same image.
+    reg.stop();
+    let again = tmp.path().join("again");
+    build(&again);
+    for f in ["reg-cross-initrd.img", "reg-cross.manifest.json"] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap() == std::fs::read(again.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
 }

@@ -2,34 +2,13 @@
 //! stdin reaches it. Boots the built-in default image under QEMU; skipped when QEMU or
 //! vhost-device-vsock is missing.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn can_boot() -> bool {
-    let found = |bin: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {bin}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-            || std::env::var_os("HOME").is_some_and(|h| {
-                std::path::Path::new(&h)
-                    .join(".cargo/bin")
-                    .join(bin)
-                    .exists()
-            })
-    };
-    let ok = found("qemu-system-x86_64") && found("vhost-device-vsock");
-    if !ok {
-        let why =
-            "qemu-system-x86_64 or vhost-device-vsock missing (cargo xtask setup installs them)";
-        // `cargo xtask test` (CI) sets it: a test that cannot run fails there.
-        if std::env::var("MINKE_REQUIRE_BOOT").is_ok_and(|v| !v.is_empty() && v != "0") {
-            panic!("this boot test must run (MINKE_REQUIRE_BOOT is set) but cannot: {why}");
-        }
-        eprintln!("SKIPPED (not run, not passed): {why}");
-    }
-    ok
+    support::require_tools(support::BOOT_TOOLS)
 }
 
 fn minke_run(name: &str, cmd: &[&str], stdin: Option<&[u8]>) -> (Option<i32>, String, String) {

@@ -3,6 +3,8 @@
 //! fixture through the shared crate directory and check that PID 1 is minke's init — and a
 //! failing test's status comes back as cargo's failure.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -45,25 +47,7 @@ fn cargo_test_demo(extra: &[&str]) -> (Option<i32>, String) {
 }
 
 fn can_boot() -> bool {
-    let found = |bin: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {bin}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-            || std::env::var_os("HOME")
-                .is_some_and(|h| Path::new(&h).join(".cargo/bin").join(bin).exists())
-    };
-    let ok = found("qemu-system-x86_64") && found("vhost-device-vsock") && found("virtiofsd");
-    if !ok {
-        let why = "qemu-system-x86_64, vhost-device-vsock or virtiofsd missing \
-                   (cargo xtask setup installs them)";
-        if std::env::var("MINKE_REQUIRE_BOOT").is_ok_and(|v| !v.is_empty() && v != "0") {
-            panic!("this boot test must run (MINKE_REQUIRE_BOOT is set) but cannot: {why}");
-        }
-        eprintln!("SKIPPED (not run, not passed): {why}");
-    }
-    ok
+    support::require_tools(&["qemu-system-x86_64", "vhost-device-vsock", "virtiofsd"])
 }
 
 #[test]
