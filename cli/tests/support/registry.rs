@@ -84,10 +84,11 @@ impl LocalRegistry {
                     self.addr
                 );
                 let mut buf = String::new();
-                if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut buf).is_ok() {
-                    if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.1 401") {
-                        return;
-                    }
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_string(&mut buf).is_ok()
+                    && (buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.1 401"))
+                {
+                    return;
                 }
             }
             assert!(
