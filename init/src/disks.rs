@@ -90,7 +90,7 @@ fn read_label(dev: &str) -> Option<String> {
 }
 
 /// Makes sure `/dev/NAME` exists (devtmpfs normally creates it) and returns its path.
-fn dev_node(name: &str, devno: &str) -> String {
+pub fn dev_node(name: &str, devno: &str) -> String {
     let path = format!("/dev/{name}");
     if std::path::Path::new(&path).exists() {
         return path;

@@ -13,7 +13,7 @@ use crate::console::{self, log};
 use crate::shutdown::{Input, PowerAction, Shutdown, Step};
 use crate::supervise::{Paths, Supervisor, TaskEnd};
 use crate::timeline::{boottime_ns, now_ms, Timeline};
-use crate::{config, disks, modules, net, setup, shares, sys};
+use crate::{config, disks, image, modules, net, setup, shares, sys};
 
 /// Program agents are started from: this very binary.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -154,6 +154,11 @@ impl Init {
                 if !shared.is_empty() {
                     self.mounted.extend(shared);
                     self.sup.timeline.record("shares");
+                }
+                let image = image::mount(&self.cfg.image_modules);
+                if !image.is_empty() {
+                    self.mounted.extend(image);
+                    self.sup.timeline.record("image");
                 }
                 if net::set_up(&self.cfg.net_modules).is_some() {
                     self.sup.timeline.record("network");

@@ -42,6 +42,7 @@ mod backoff;
 mod config;
 mod console;
 mod disks;
+mod image;
 mod init;
 mod logring;
 mod modules;

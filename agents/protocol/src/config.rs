@@ -47,6 +47,11 @@ pub struct ImageConfig {
     /// load order, none of them in [`ImageConfig::modules`].
     #[serde(default)]
     pub net_modules: Vec<Module>,
+    /// Modules loaded only when the host attaches a container image to run
+    /// ([`crate::image`]): virtio-blk, erofs, overlay; in load order, none of them in
+    /// [`ImageConfig::modules`].
+    #[serde(default)]
+    pub image_modules: Vec<Module>,
 }
 
 /// One kernel module file inside the image.

@@ -17,6 +17,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use minke_protocol::config::Container;
+use minke_protocol::image;
 use minke_protocol::msg::{ExecRequest, WinSize};
 use minke_protocol::wire::{read_frame, write_frame, FrameError, MAX_CHUNK};
 use minke_protocol::{GuestMsg, HostMsg};
@@ -59,15 +61,22 @@ pub fn exec<C: Conn>(conn: &mut C, req: ExecRequest, ctx: &Ctx) -> Result<(), Co
             (cmd, argv0.clone(), None)
         }
         Some(name) => {
-            let c = ctx
-                .containers
-                .iter()
-                .find(|c| &c.name == name)
-                .ok_or_else(|| {
-                    ControlError::Refused(format!(
+            let run_image;
+            let c = match ctx.containers.iter().find(|c| &c.name == name) {
+                Some(c) => c,
+                None if name == image::CONTAINER && run_image_mounted() => {
+                    run_image = Container {
+                        name: name.clone(),
+                        rootfs: image::ROOT.into(),
+                    };
+                    &run_image
+                }
+                None => {
+                    return Err(ControlError::Refused(format!(
                         "exec: no container named `{name}` in this image"
-                    ))
-                })?;
+                    )))
+                }
+            };
             let gid = req
                 .gid
                 .unwrap_or_else(|| primary_gid(&Path::new(&c.rootfs).join("etc/passwd"), uid));
@@ -757,4 +766,10 @@ mod tests {
         assert_eq!(primary_gid(&p, 33), 44);
         assert_eq!(primary_gid(&p, 7), 0);
     }
+}
+
+/// Whether PID1 mounted a run image's root ([`minke_protocol::image`]) in this boot.
+fn run_image_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(image::ROOT)))
 }

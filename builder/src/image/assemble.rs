@@ -44,6 +44,8 @@ enum OnDemand {
     Shares,
     /// When the host gives a network card.
     Network,
+    /// When the host attaches a container image to run.
+    Image,
 }
 
 /// The lock file of the spec at `spec`: `NAME.lock` beside `NAME.yml`.
@@ -120,8 +122,14 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let share_closure = kernel::share_modules(&spec, &kernel, &closure)?;
     let before_net: Vec<_> = closure.iter().chain(&share_closure).cloned().collect();
     let net_closure = kernel::net_modules(&spec, &kernel, &before_net)?;
+    let before_images: Vec<_> = before_net.iter().chain(&net_closure).cloned().collect();
+    let image_closure = kernel::image_modules(&spec, &kernel, &before_images)?;
     let compression = opts.compression.unwrap_or(spec.raw.compression);
-    let carried: Vec<_> = before_net.iter().chain(&net_closure).cloned().collect();
+    let carried: Vec<_> = before_images
+        .iter()
+        .chain(&image_closure)
+        .cloned()
+        .collect();
     let share_kinds = kernel::share_kinds(&spec, &kernel, &carried);
     let network = kernel::has_network(&spec, &kernel, &carried);
     if let Some(report) = kernel::kernel_report(&spec, &kernel, &carried, compression)? {
@@ -135,12 +143,14 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let mut module_list = Vec::new();
     let mut share_list = Vec::new();
     let mut net_list = Vec::new();
+    let mut image_list = Vec::new();
     if let Some(mdir) = &kernel.modules_dir {
         let mut mods = Tree::new();
         let on_boot = closure.iter().map(|m| (m, OnDemand::Always));
         let on_share = share_closure.iter().map(|m| (m, OnDemand::Shares));
         let on_net = net_closure.iter().map(|m| (m, OnDemand::Network));
-        for (m, when) in on_boot.chain(on_share).chain(on_net) {
+        let on_image = image_closure.iter().map(|m| (m, OnDemand::Image));
+        for (m, when) in on_boot.chain(on_share).chain(on_net).chain(on_image) {
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
@@ -163,6 +173,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 OnDemand::Always => module_list.push(module),
                 OnDemand::Shares => share_list.push(module),
                 OnDemand::Network => net_list.push(module),
+                OnDemand::Image => image_list.push(module),
             }
         }
         let recs = records_of(&mods).map_err(|source| BuildError::Hash {
@@ -223,6 +234,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let mut config = image_config(&spec, module_list, containers);
     config.share_modules = share_list;
     config.net_modules = net_list;
+    config.image_modules = image_list;
     // The init and agents read the compact form; the JSON copy is for people and `Info`.
     let json = serde_json::to_vec_pretty(&config).map_err(|source| BuildError::Json {
         what: "the image config",

@@ -101,5 +101,6 @@ pub fn image_config(
         shutdown_grace_ms: raw.shutdown_grace_ms,
         share_modules: Vec::new(),
         net_modules: Vec::new(),
+        image_modules: Vec::new(),
     }
 }

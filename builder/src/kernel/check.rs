@@ -85,6 +85,20 @@ pub fn net_modules(
     on_demand(spec.raw.allow_network, kernel, &["virtio_net"], closure)
 }
 
+/// The modules [`image_modules`] starts from.
+pub const IMAGE_MODULES: &[&str] = &["virtio_blk", "erofs", "overlay"];
+
+/// Modules a boot loads only when the host attaches a container image to run (virtio-blk,
+/// erofs, overlay), in load order, without those already in `closure`; empty when the spec
+/// does not allow run images or the kernel has no modules directory.
+pub fn image_modules(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    on_demand(spec.raw.allow_images, kernel, IMAGE_MODULES, closure)
+}
+
 /// The closure of those of `names` the kernel's modules tree has, without what `closure`
 /// already holds; empty unless `allowed` and the kernel has modules.
 fn on_demand(
@@ -312,6 +326,8 @@ pub fn check_kernel(
     closure.extend(shares);
     let net = net_modules(&spec, &resolved, &closure)?;
     closure.extend(net);
+    let images = image_modules(&spec, &resolved, &closure)?;
+    closure.extend(images);
     let compression = compression.unwrap_or(spec.raw.compression);
     kernel_report(&spec, &resolved, &closure, compression)?.ok_or_else(|| {
         KernelError::Unusable(format!(

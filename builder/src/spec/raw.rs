@@ -52,6 +52,11 @@ pub struct RawSpec {
     /// image smaller.
     #[serde(default = "default_true")]
     pub allow_network: bool,
+    /// Whether `minke run --image REF` can run a container image in this image: virtio-blk,
+    /// erofs and overlay come along and are loaded only on a boot that runs one. Default
+    /// true; `false` keeps a minimal image smaller.
+    #[serde(default = "default_true")]
+    pub allow_images: bool,
     /// The network a `minke run` of this image gets unless `--net` says otherwise: `none`
     /// (the default: vsock only) or `user` (user-mode networking).
     #[serde(default)]
