@@ -17,6 +17,8 @@ const APT: &[(&str, &str)] = &[
     ("kmod", "depmod"),
     ("pax-utils", "lddtree"),
     ("e2fsprogs", "mke2fs"),
+    // fsck.erofs and dump.erofs check the EROFS writer's images in its tests.
+    ("erofs-utils", "fsck.erofs"),
     ("busybox-static", "busybox"),
     ("xz-utils", "xz"),
     ("socat", "socat"),
