@@ -37,12 +37,10 @@ const APT: &[(&str, &str)] = &[
     ("libcap-ng-dev", "/usr/include/cap-ng.h"),
     // User-mode networking without root (`minke run --net user`).
     ("passt", "passt"),
-    // Registry tests: a real registry, a real client filling it, basic auth's password file;
-    // erofs-utils checks the images `run --image` writes.
+    // Registry tests: a real registry, a real client filling it, basic auth's password file.
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
     ("apache2-utils", "htpasswd"),
-    ("erofs-utils", "fsck.erofs"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).
