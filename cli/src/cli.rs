@@ -140,6 +140,20 @@ enum Cmd {
         /// Who serves `--net user`.
         #[arg(long, value_enum, default_value = "auto")]
         net_backend: NetBackendArg,
+        /// Run this container image from a registry (REGISTRY/NAME:TAG or …@sha256:…) in the
+        /// guest: pulled and converted once (cached by digest), attached read-only under a
+        /// writable overlay; CMD, or else the image's entrypoint and command, runs in it with
+        /// the image's environment, working directory and user.
+        #[arg(long = "image", value_name = "REF")]
+        oci_image: Option<String>,
+        /// The platform of --image to run (linux/arm64, linux/arm/v7…; default: the host's);
+        /// a foreign one runs through the guest's binfmt_misc emulators.
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        /// Speak plain HTTP to this registry (HOST[:PORT]); registries on loopback addresses
+        /// always are.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
         /// Runner mode, for cargo's `target.<triple>.runner`: CMD's program is a host path,
         /// brought along with its libraries; the current directory is shared at the same path
         /// and is CMD's working directory; CARGO_* and RUST_* variables pass through.
@@ -535,6 +549,9 @@ pub fn run() -> Result<u8> {
             net_backend,
             runner,
             pass_env,
+            oci_image,
+            platform,
+            insecure_registries,
             cmd,
         } => {
             let net = net.map(|n| match n {
@@ -585,6 +602,9 @@ pub fn run() -> Result<u8> {
                 net_backend,
                 runner,
                 pass_env,
+                oci_image,
+                platform,
+                insecure_registries,
                 cmd,
             });
         }

@@ -10,6 +10,7 @@
 mod cli;
 mod progress;
 mod run;
+mod run_image;
 
 use std::process::ExitCode;
 

@@ -41,6 +41,9 @@ pub struct RunArgs {
     pub net_backend: NetBackend,
     pub runner: bool,
     pub pass_env: Vec<String>,
+    pub oci_image: Option<String>,
+    pub platform: Option<String>,
+    pub insecure_registries: Vec<String>,
     pub cmd: Vec<String>,
 }
 
@@ -200,7 +203,26 @@ pub fn run(a: RunArgs) -> Result<u8> {
         None => img.name.clone(),
     };
     let name = a.name.clone().unwrap_or(default_name);
+    if a.oci_image.is_some() && (a.container.is_some() || a.runner) {
+        bail!("--image runs its own container: it goes with neither --container nor --runner");
+    }
+    if a.platform.is_some() && a.oci_image.is_none() {
+        bail!("--platform chooses among the platforms of --image REF: give --image too");
+    }
+    let run_image = match &a.oci_image {
+        Some(r) => Some(crate::run_image::prepare(
+            r,
+            a.platform.as_deref(),
+            a.insecure_registries.clone(),
+            &|m| progress.step(m),
+        )?),
+        None => None,
+    };
+    if let Some(p) = &run_image {
+        check_emulation(&img, &p.arch)?;
+    }
     let mut cfg = VmConfig::new(name.clone(), &img.kernel, &img.initrd);
+    cfg.run_image = run_image.as_ref().map(|p| p.disk.clone());
     cfg.cmdline = img.cmdline.clone();
     cfg.mem_mib = a.mem;
     cfg.cpus = a.cpus;
@@ -320,7 +342,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     vm.wait_ready(Duration::from_secs(a.timeout))?;
     drop(progress);
 
-    if a.cmd.is_empty() {
+    if a.cmd.is_empty() && run_image.is_none() {
         let code = wait_for_poweroff(&mut vm)?;
         chart(&vm, a.boot_chart.as_deref(), started, None)?;
         return Ok(code);
@@ -330,6 +352,16 @@ pub fn run(a: RunArgs) -> Result<u8> {
         container: a.container.clone(),
         ..Default::default()
     };
+    if let Some(p) = &run_image {
+        req.argv = p.argv(&a.cmd)?;
+        req.env = p.env();
+        req.container = Some(minke_protocol::image::CONTAINER.into());
+        if !p.run.working_dir.is_empty() {
+            req.cwd = Some(p.run.working_dir.clone());
+        }
+        req.uid = Some(p.uid);
+        req.gid = Some(p.gid);
+    }
     if let Some((r, _, _)) = &runner {
         req.cwd = Some(r.cwd.to_string_lossy().into_owned());
         req.env = r.env.clone();
@@ -342,7 +374,10 @@ pub fn run(a: RunArgs) -> Result<u8> {
     let cmd_start = started.elapsed();
     let code = vm
         .exec(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())
-        .map_err(|e| suggest_add(e, &a.cmd[0], true))?;
+        .map_err(|e| match a.cmd.first() {
+            Some(argv0) if run_image.is_none() => suggest_add(e, argv0, true),
+            _ => e.into(),
+        })?;
     let cmd_end = started.elapsed();
     chart(
         &vm,
@@ -365,6 +400,39 @@ pub fn run(a: RunArgs) -> Result<u8> {
         let _ = std::fs::remove_dir_all(disk_dir(&name));
     }
     Ok(exit_byte(code))
+}
+
+/// Fails unless the guest image can run binaries of OCI architecture `arch`: its own, or one
+/// it carries a QEMU user emulator for (registered by its binfmt agent).
+fn check_emulation(img: &Image, arch: &str) -> Result<()> {
+    let native = match img.manifest.arch.as_str() {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    if arch == native {
+        return Ok(());
+    }
+    let qemu = match arch {
+        "arm64" => "aarch64",
+        "386" => "i386",
+        a => a,
+    };
+    let emulator = format!("qemu-{qemu}-static");
+    let has = img
+        .manifest
+        .files
+        .iter()
+        .any(|f| f.path.rsplit('/').next() == Some(emulator.as_str()));
+    if !has {
+        bail!(
+            "image {} cannot run {arch} binaries: it has no {emulator}; boot an image with the \
+             binfmt agent, qemu-user-static and `binfmt: [{qemu}]` (examples/cross-arch.yml), \
+             or pick the {native} platform",
+            img.name
+        );
+    }
+    Ok(())
 }
 
 fn exit_byte(code: i32) -> u8 {

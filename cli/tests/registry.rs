@@ -286,13 +286,18 @@ fn busybox_image(arch: &str, oci_arch: &'static str, variant: Option<&'static st
         k => panic!("{k:?}"),
     };
     let mut entries = vec![E::D("bin"), E::F("bin/busybox", &bytes), E::D("etc")];
-    for applet in ["sh", "uname", "cat", "ls", "hostname"] {
+    for applet in ["sh", "uname", "cat", "ls", "hostname", "id"] {
         entries.push(E::L(
             Box::leak(format!("bin/{applet}").into_boxed_str()),
             "busybox",
         ));
     }
     entries.push(E::F("etc/hidden", b"below"));
+    entries.push(E::F(
+        "etc/passwd",
+        b"root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+    ));
+    entries.push(E::Dm("tmp", 0o1777));
     let base = layer(&entries);
     let top = layer(&[
         E::F("etc/.wh.hidden", b""),
@@ -302,7 +307,8 @@ fn busybox_image(arch: &str, oci_arch: &'static str, variant: Option<&'static st
         arch: oci_arch,
         variant,
         layers: vec![(base, Comp::Gzip), (top, Comp::Zstd)],
-        run: serde_json::json!({"Cmd": ["/bin/sh"]}),
+        run: serde_json::json!({"Cmd": ["/bin/sh", "-c", "echo default command; exit 7"],
+            "Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/etc", "User": "nobody"}),
     }
 }
 
@@ -421,4 +427,111 @@ fn cross_arch_containers_from_a_registry() {
             "{f} differs"
         );
     }
+}
+
+/// `minke run --image`: a registry image run in a guest without rebuilding it, foreign platform
+/// through binfmt_misc, with its config's command, environment, working directory and user, on
+/// a writable overlay; converted once, and run again from the cache with the registry gone.
+#[test]
+fn run_image_from_a_registry() {
+    if !support::require_tools(support::registry::TOOLS)
+        || !support::require_tools(support::BOOT_TOOLS)
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = LocalRegistry::start(None);
+    let layout = tmp.path().join("busybox");
+    write_layout(
+        &layout,
+        &[
+            busybox_image("arm64", "arm64", None),
+            busybox_image("s390x", "s390x", None),
+        ],
+    );
+    reg.push(&layout, "busybox:run", true);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cross = ws.join("examples/cross-arch.yml");
+    let run = |name: &str, image: &str, platform: &str, cmd: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_minke"))
+            .args(["run", "--accel", "tcg", "--name", name])
+            .arg(&cross)
+            .args(["--image", image, "--platform", platform])
+            .args(cmd)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let tagged = format!("{}/busybox:run", reg.addr);
+    let script =
+        "uname -m; id -u; pwd; echo $GREETING; echo written > /tmp/f && read l < /tmp/f && echo $l; ls /etc";
+    let (code, out, err) = run(
+        "img-arm64",
+        &tagged,
+        "linux/arm64",
+        &["--", "sh", "-c", script],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        ["aarch64", "65534", "/etc", "hello", "written"],
+        "{out}{err}"
+    );
+    assert!(!out.contains("hidden") && out.contains("motd"), "{out}");
+
+    // No command: the image's own, and its exit status.
+    let (code, out, err) = run("img-default", &tagged, "linux/s390x", &[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(7), "default command\n"),
+        "{err}"
+    );
+
+    // The registry gone: a digest reference runs from the cache.
+    reg.stop();
+    let pinned = format!("{}/busybox@{index_digest}", reg.addr);
+    let (code, out, err) = run(
+        "img-offline",
+        &pinned,
+        "linux/s390x",
+        &["--", "uname", "-m"],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "s390x\n"), "{err}");
+
+    // An image without the emulator says so before booting.
+    let (code, _, err) = {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_minke"))
+            .args([
+                "run",
+                "--accel",
+                "tcg",
+                "--image",
+                &pinned,
+                "--platform",
+                "linux/s390x",
+            ])
+            .args(["--", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            (),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_ne!(code, Some(0));
+    assert!(err.contains("qemu-s390x-static"), "{err}");
 }

@@ -36,6 +36,10 @@ pub struct VmConfig {
     /// Archives appended to the initrd for this boot (uncompressed newc, such as
     /// `minke run --add` makes): the kernel unpacks them after the image's, over its files.
     pub extra_initrds: Vec<PathBuf>,
+    /// A container image's root filesystem (an EROFS image, such as `minke run --image`
+    /// writes) attached read-only for this boot; the guest mounts it under an overlay and
+    /// execs into it as the container `image` (see `minke_protocol::image`).
+    pub run_image: Option<PathBuf>,
     /// The guest's network card.
     pub net: NetMode,
     /// Who serves a user-mode network.
@@ -73,6 +77,7 @@ impl VmConfig {
             accel: Accel::Auto,
             console_to_terminal: false,
             extra_initrds: Vec::new(),
+            run_image: None,
             net: NetMode::None,
             net_backend: NetBackend::Auto,
             shares: Vec::new(),

@@ -123,6 +123,30 @@ pub(crate) fn qemu_args(
             &format!("virtio-blk-pci,drive=d{i},serial={}", d.label),
         ]);
     }
+    if let Some(img) = &cfg.run_image {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=runimg,format=raw,readonly=on",
+                path_arg(img).replace(',', ",,")
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!(
+                "virtio-blk-pci,drive=runimg,serial={}",
+                minke_protocol::image::DISK_SERIAL
+            ),
+        ]);
+        push(&[
+            "-fw_cfg",
+            &format!(
+                "name={},file={}",
+                minke_protocol::image::FW_CFG_NAME,
+                path_arg(&state.join(crate::state::files::IMAGE)).replace(',', ",,")
+            ),
+        ]);
+    }
     a.extend(share::qemu_args(state, shares));
     a.extend(crate::net::qemu_args(state, net));
     a

@@ -53,6 +53,8 @@ pub mod files {
     pub const NET_LOG: &str = "passt.log";
     /// The share list handed to the guest (0600; see `minke_protocol::shares`).
     pub const SHARES: &str = "shares";
+    /// The run image's description handed to the guest (0600; see `minke_protocol::image`).
+    pub const IMAGE: &str = "image";
     /// Prefix of each virtiofsd's socket and log (`fs0.sock`, `fs0.log`).
     pub const FS_PREFIX: &str = "fs";
 }
@@ -306,6 +308,7 @@ pub(crate) fn remove_stale_files(dir: &Path) {
         files::SECRET,
         files::READY,
         files::SHARES,
+        files::IMAGE,
         files::INITRD,
         files::NET,
         files::CONSOLE_SOCKET,

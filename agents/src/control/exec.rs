@@ -473,6 +473,12 @@ pub fn primary_gid(passwd: &Path, uid: u32) -> u32 {
     0
 }
 
+/// Whether PID1 mounted a run image's root ([`minke_protocol::image`]) in this boot.
+fn run_image_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(image::ROOT)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,10 +772,4 @@ mod tests {
         assert_eq!(primary_gid(&p, 33), 44);
         assert_eq!(primary_gid(&p, 7), 0);
     }
-}
-
-/// Whether PID1 mounted a run image's root ([`minke_protocol::image`]) in this boot.
-fn run_image_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(image::ROOT)))
 }

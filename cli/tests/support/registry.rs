@@ -256,6 +256,8 @@ pub fn write_layout(dir: &Path, imgs: &[Img]) -> Vec<String> {
 pub enum E<'a> {
     /// Directory.
     D(&'a str),
+    /// Directory with a mode.
+    Dm(&'a str, u32),
     /// File (mode 0644, or 0755 for `bin/`).
     F(&'a str, &'a [u8]),
     /// Symlink.
@@ -271,9 +273,12 @@ pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
         h.set_uid(0);
         h.set_gid(0);
         match e {
-            E::D(p) => {
+            E::D(p) | E::Dm(p, _) => {
                 h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
+                h.set_mode(match e {
+                    E::Dm(_, m) => *m,
+                    _ => 0o755,
+                });
                 h.set_size(0);
                 b.append_data(&mut h, p, std::io::empty()).unwrap();
             }

@@ -238,6 +238,21 @@ impl Vm {
         if !shares.is_empty() {
             share::write_list(&state, &shares)?;
         }
+        if let Some(img) = &cfg.run_image {
+            if !img.is_file() {
+                return Err(VmError::Io {
+                    what: format!("cannot attach the run image {}", img.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            let desc = minke_protocol::image::RunImage {
+                fstype: "erofs".into(),
+            };
+            state::write_private(
+                &state.join(files::IMAGE),
+                &minke_protocol::image::encode(&desc),
+            )?;
+        }
         cfg.initrd = launch::initrd_for(&cfg, &state)?;
         let share_daemons = share::start_daemons(&state, &shares)?;
         let net = crate::net::plan(cfg.net, cfg.net_backend)?;
@@ -493,6 +508,13 @@ impl Vm {
         if self.owned.is_some() && !self.run.shares.is_empty() {
             self.check_shares_mounted()?;
         }
+        if self
+            .owned
+            .as_ref()
+            .is_some_and(|o| o.cfg.run_image.is_some())
+        {
+            self.check_image_mounted()?;
+        }
         if self.owned.is_some() {
             if let Ok(i) = self.info() {
                 let _ = state::write_private(
@@ -526,6 +548,27 @@ impl Vm {
             }
         }
         Ok(())
+    }
+
+    /// Fails unless the guest mounted the run image's root: a command meant for the container
+    /// must not run in the guest's own root instead.
+    fn check_image_mounted(&self) -> Result<(), VmError> {
+        let mounts = self.read_file("/proc/1/mounts")?;
+        let mounted = String::from_utf8_lossy(&mounts)
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(minke_protocol::image::ROOT));
+        if mounted {
+            return Ok(());
+        }
+        Err(VmError::Io {
+            what: format!(
+                "the guest did not mount the container image at {} (does the image carry erofs \
+                 and overlay? `allow_images: false` leaves them out); console:\n{}",
+                minke_protocol::image::ROOT,
+                self.console_tail()
+            ),
+            source: std::io::Error::other("not mounted"),
+        })
     }
 
     fn exited_error(&self, status: ExitStatus) -> VmError {
