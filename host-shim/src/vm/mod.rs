@@ -139,6 +139,9 @@ pub enum VmError {
         /// Console tail.
         console: String,
     },
+    /// The guest has not said it is ready, and the transport must not be used before it has.
+    #[error("VM {0} is still booting (its init has not said it is ready): wait for it (`minke exec --timeout`, `Vm::wait_ready`)")]
+    Booting(String),
     /// KVM was asked for but cannot be used.
     #[error("KVM is not usable: {0}; use `Accel::Tcg` (or Auto)")]
     Kvm(String),
@@ -610,6 +613,13 @@ impl Vm {
         timeout: Duration,
         request: Option<&HostMsg>,
     ) -> Result<Box<dyn Duplex>, VmError> {
+        // vhost-device-vsock can stop serving a VM for good when a connection reaches it
+        // before the guest's vsock driver is up (see `wait_ready`): no connection before the
+        // init's ready line, whoever asks.
+        let ready_known = self.owned.as_ref().is_some_and(|o| o.ready_after.is_some());
+        if self.transport == UsedTransport::VhostUser && !ready_known && !self.is_booted() {
+            return Err(VmError::Booting(self.name.clone()));
+        }
         let mut s = self.connector.connect(CONTROL_PORT, timeout)?;
         let setup = |source| VmError::Io {
             what: "cannot set a socket timeout".into(),
