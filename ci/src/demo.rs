@@ -31,6 +31,39 @@ pub fn run(sh: &Shell) -> Result<()> {
         "{minke} run examples/cross-arch.yml --container arm64 -- uname -m"
     )
     .run()?;
+    // The same arm64 container, this time from a registry: MINKE_DEMO_REGISTRY (HOST:PORT)
+    // when given, else one the demo serves on 127.0.0.1 for itself.
+    let layout = minke::layer::Cache::default_location()
+        .dir("oci")
+        .join("arm64-busybox");
+    let own;
+    let addr = match std::env::var("MINKE_DEMO_REGISTRY") {
+        Ok(a) if !a.is_empty() => a,
+        _ => {
+            own = crate::bench_registry::LocalRegistry::start(None);
+            own.addr.clone()
+        }
+    };
+    let reference = format!("{addr}/minke-demo/busybox:arm64");
+    println!(
+        "\n== skopeo copy oci:{} docker://{reference}",
+        layout.display()
+    );
+    let src = format!("oci:{}", layout.display());
+    let dest = format!("docker://{reference}");
+    cmd!(
+        sh,
+        "skopeo --insecure-policy copy --quiet --dest-tls-verify=false {src} {dest}"
+    )
+    .run()?;
+    println!(
+        "\n== minke run examples/cross-arch.yml --image {reference} --platform linux/arm64 -- uname -m"
+    );
+    cmd!(
+        sh,
+        "{minke} run examples/cross-arch.yml --image {reference} --platform linux/arm64 -- uname -m"
+    )
+    .run()?;
     println!("\ndemo done: every guest powered off cleanly");
     Ok(())
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_build;
+mod bench_registry;
 mod bench_reliability;
 mod bench_share;
 mod bench_vm;
@@ -27,7 +28,7 @@ tasks:
   setup              install what the project needs (apt packages, cargo tools, default kernel)
   test               setup, then formatting, lints and the whole test suite (what CI runs)
   demo               build the default image, boot it, run commands in it
-  bench <what>       benchmarks: build | boot | agents | share | reliability [DRILL…]
+  bench <what>       benchmarks: build | boot | agents | share | registry | reliability [DRILL…]
   fuzz [--time N]    run every fuzz target for N seconds (default 10)
 ";
 
@@ -46,9 +47,10 @@ fn main() -> Result<()> {
             Some("boot") => bench_vm::boot(&sh),
             Some("agents") => bench_vm::agents(&sh),
             Some("share") => bench_share::run(&sh),
+            Some("registry") => bench_registry::run(&sh),
             Some("reliability") => bench_reliability::run(&sh, &rest[1..]),
             other => {
-                bail!("unknown benchmark {other:?}: build | boot | agents | share | reliability")
+                bail!("unknown benchmark {other:?}: build | boot | agents | share | registry | reliability")
             }
         },
         Some("-h" | "--help" | "help") | None => {

@@ -444,6 +444,13 @@ impl Registry {
         pinned: &Pinned,
         progress: &dyn Fn(&str),
     ) -> Result<OciImage, RegistryError> {
+        self.download(pinned, progress)?;
+        Ok(super::unpack_manifest(self.cache.root(), &pinned.digest)?)
+    }
+
+    /// Fetches what `pinned` needs into the cache: its manifest, config and layers, each
+    /// verified against its digest; nothing for what the cache holds.
+    pub fn download(&self, pinned: &Pinned, progress: &dyn Fn(&str)) -> Result<(), RegistryError> {
         let image = pinned.image.as_str();
         let reference = Self::reference(image)?;
         let bytes = self.manifest(image, &reference, Some(&pinned.digest))?;
@@ -515,7 +522,7 @@ impl Registry {
                 source: e.error,
             })?;
         }
-        Ok(super::unpack_manifest(self.cache.root(), &pinned.digest)?)
+        Ok(())
     }
 }
 
