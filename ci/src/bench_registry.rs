@@ -18,7 +18,6 @@ use minke::layer::Cache;
 use minke::sources::oci::registry::{Registry, RegistryOptions};
 use xshell::{cmd, Shell};
 
-#[allow(dead_code)]
 #[path = "../../cli/tests/support/registry.rs"]
 mod registry;
 
