@@ -94,6 +94,9 @@ fn registry_images_are_pinned_verified_and_cached() {
     );
     reg.push(&layered, "layered:1", false);
 
+    // The same platforms in Docker's media types (a manifest list, schema 2 manifests).
+    reg.push_as(&multi, "docker:1", true, Some("v2s2"));
+
     let cache = tmp.path().join("cache");
     let lock = tmp.path().join("spec.lock");
     let addr = reg.addr.clone();
@@ -115,6 +118,16 @@ fn registry_images_are_pinned_verified_and_cached() {
             "{platform}"
         );
     }
+    let docker_ref = format!("{addr}/docker:1");
+    let pinned = r.pin(&docker_ref, Some("linux/arm/v7")).unwrap();
+    let stored = std::fs::read(cache.join("blobs/sha256").join(&pinned.digest[7..])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&stored)
+            .contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "skopeo pushed Docker's media types"
+    );
+    let img = r.fetch(&pinned, &quiet).unwrap();
+    assert_eq!(file(&img, "etc/arch").unwrap(), b"armv7");
     let e = r
         .pin(&multi_ref, Some("linux/riscv64"))
         .unwrap_err()
@@ -286,7 +299,7 @@ fn busybox_image(arch: &str, oci_arch: &'static str, variant: Option<&'static st
         k => panic!("{k:?}"),
     };
     let mut entries = vec![E::D("bin"), E::F("bin/busybox", &bytes), E::D("etc")];
-    for applet in ["sh", "uname", "cat", "ls", "hostname", "id"] {
+    for applet in ["sh", "uname", "cat", "ls", "hostname", "id", "wget"] {
         entries.push(E::L(
             Box::leak(format!("bin/{applet}").into_boxed_str()),
             "busybox",
@@ -473,6 +486,19 @@ fn run_image_from_a_registry() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    // A page on the host's loopback, for the container to fetch over `--net user`.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = web.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in web.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nfrom the host",
+            );
+        }
+    });
     let tagged = format!("{}/busybox:run", reg.addr);
     let script =
         "uname -m; id -u; pwd; echo $GREETING; echo written > /tmp/f && read l < /tmp/f && echo $l; ls /etc";
@@ -490,6 +516,16 @@ fn run_image_from_a_registry() {
         "{out}{err}"
     );
     assert!(!out.contains("hidden") && out.contains("motd"), "{out}");
+
+    // `--net user` reaches the container: it shares the guest's network.
+    let url = format!("http://10.0.2.2:{port}/");
+    let (code, out, err) = run(
+        "img-net",
+        &tagged,
+        "linux/arm64",
+        &["--net", "user", "--", "wget", "-qO-", &url],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "from the host"), "{err}");
 
     // No command: the image's own, and its exit status.
     let (code, out, err) = run("img-default", &tagged, "linux/s390x", &[]);

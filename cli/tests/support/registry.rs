@@ -108,6 +108,11 @@ impl LocalRegistry {
 
     /// Pushes the OCI layout at `layout` (every image of its index with `all`) as `NAME:TAG`.
     pub fn push(&self, layout: &Path, name_tag: &str, all: bool) {
+        self.push_as(layout, name_tag, all, None)
+    }
+
+    /// [`LocalRegistry::push`] with skopeo's manifest `format` (`v2s2`: Docker's media types).
+    pub fn push_as(&self, layout: &Path, name_tag: &str, all: bool, format: Option<&str>) {
         let mut c = Command::new("skopeo");
         c.args([
             "--insecure-policy",
@@ -115,6 +120,9 @@ impl LocalRegistry {
             "--quiet",
             "--dest-tls-verify=false",
         ]);
+        if let Some(f) = format {
+            c.arg("--format").arg(f);
+        }
         if all {
             c.arg("--all");
         }
