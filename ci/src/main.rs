@@ -11,6 +11,7 @@ mod bench_reliability;
 mod bench_share;
 mod bench_vm;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 mod test;
@@ -28,6 +29,7 @@ tasks:
   setup              install what the project needs (apt packages, cargo tools, default kernel)
   test               setup, then formatting, lints and the whole test suite (what CI runs)
   demo               build the default image, boot it, run commands in it
+  dist               target/dist/minke-VERSION-x86_64-linux.tar.gz: minke, installable anywhere
   bench <what>       benchmarks: build | boot | agents | share | registry | reliability [DRILL…]
   fuzz [--time N]    run every fuzz target for N seconds (default 10)
 ";
@@ -42,6 +44,7 @@ fn main() -> Result<()> {
         Some("test") => test::run(&sh, rest),
         Some("fuzz") => fuzz::run(&sh, rest),
         Some("demo") => demo::run(&sh),
+        Some("dist") => dist::run(&sh, rest),
         Some("bench") => match rest.first().map(String::as_str) {
             Some("build") => bench_build::run(&sh),
             Some("boot") => bench_vm::boot(&sh),

@@ -29,6 +29,8 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     // A boot test that cannot run fails here instead of passing as skipped.
     let _require = sh.push_env("MINKE_REQUIRE_BOOT", "1");
     cmd!(sh, "cargo test --workspace -- --test-threads=2").run()?;
+    // minke as a user installs it: the dist tarball, used with the checkout out of sight.
+    crate::dist::check(sh)?;
     // Every cargo-fuzz target, briefly: the coverage-guided runs start from the repository's
     // seeds, so even a few seconds exercise each decoder past its headers.
     if cmd!(sh, "cargo +nightly --version")

@@ -138,16 +138,38 @@ pub fn load(path: Option<&Path>) -> Result<Spec, SpecError> {
     }
 }
 
-/// The workspace this binary was built from (where `packages/` and the in-guest crates live).
+/// Where minke's own data is — `packages/` (the default packages), `kernel-config/` and
+/// `examples/` — and, in a source checkout, the crates of the in-guest binary:
+/// 1. `$MINKE_WORKSPACE`, when set;
+/// 2. `share/minke` beside the running executable's `bin/` (an unpacked `cargo xtask dist`
+///    tarball, or any install that keeps that layout), which holds the in-guest binary
+///    prebuilt under `guest/`;
+/// 3. the checkout this binary was compiled in (`cargo run`, `cargo install --path`), while
+///    it exists.
 pub fn workspace_dir() -> PathBuf {
     if let Ok(d) = std::env::var("MINKE_WORKSPACE") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let installed = std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("share/minke")))
+                .filter(|d| d.join("packages").is_dir());
+            installed.unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            })
+        })
+        .clone()
 }
+
+/// Where an installed minke keeps prebuilt in-guest binaries (`DATA/guest/NAME`), used by
+/// `cargo:` packages when the data directory is not a source checkout.
+pub const PREBUILT_GUEST_DIR: &str = "guest";
 
 /// Parses and validates spec text.
 pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Spec, SpecError> {

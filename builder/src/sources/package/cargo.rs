@@ -1,4 +1,5 @@
-//! `cargo:` — a workspace binary, built static for the guest.
+//! `cargo:` — a workspace binary, built static for the guest; in an installed minke, whose
+//! data directory is no source checkout, the prebuilt binary it ships (`DATA/guest/NAME`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,21 +30,62 @@ fn default_inputs() -> Vec<String> {
     vec!["init".into(), "agents".into()]
 }
 
+/// The binary to use instead of building, when the data directory is an install.
+fn prebuilt(workspace: &Path, binary: &str) -> Option<PathBuf> {
+    if workspace.join("Cargo.toml").is_file() {
+        return None;
+    }
+    Some(workspace.join(crate::spec::PREBUILT_GUEST_DIR).join(binary))
+}
+
 impl TreeSource for CargoSource {
-    type Found = ();
+    /// The prebuilt binary, when there is no checkout to build it from.
+    type Found = Option<PathBuf>;
 
     fn kind(&self) -> &'static str {
         "cargo"
     }
 
-    fn hash_inputs(&self, cx: &SourceCx<'_>, key: &mut Sha256) -> Result<(), PackageError> {
+    fn hash_inputs(
+        &self,
+        cx: &SourceCx<'_>,
+        key: &mut Sha256,
+    ) -> Result<Option<PathBuf>, PackageError> {
+        if let Some(bin) = prebuilt(cx.outer.workspace, &self.binary) {
+            let sha = sha256_file(&bin).map_err(|e| {
+                cx.step(format!(
+                    "{} is no source checkout and has no prebuilt {} ({}): reinstall minke",
+                    cx.outer.workspace.display(),
+                    self.binary,
+                    bin.display()
+                ))(e.into())
+            })?;
+            key.update(format!("prebuilt {sha}\n").as_bytes());
+            return Ok(Some(bin));
+        }
         hash_cargo_inputs(key, cx.outer.workspace, &self.inputs)
-            .map_err(|e| cx.step("cannot hash the cargo inputs".into())(e.into()))
+            .map_err(|e| cx.step("cannot hash the cargo inputs".into())(e.into()))?;
+        Ok(None)
     }
 
-    fn build(&self, cx: &SourceCx<'_>, (): (), tree: &mut Tree) -> Result<(), PackageError> {
-        (cx.outer.progress)(&format!("building {} (cargo, static)", self.binary));
-        let bin = build_cargo(cx.outer, self).map_err(|m| cx.fail(m))?;
+    fn build(
+        &self,
+        cx: &SourceCx<'_>,
+        prebuilt: Option<PathBuf>,
+        tree: &mut Tree,
+    ) -> Result<(), PackageError> {
+        let bin = match prebuilt {
+            Some(bin) => {
+                let bytes = std::fs::read(&bin)
+                    .map_err(|e| cx.step(format!("cannot read {}", bin.display()))(e.into()))?;
+                check_static(&bytes).map_err(|m| cx.fail(format!("{}: {m}", bin.display())))?;
+                bin
+            }
+            None => {
+                (cx.outer.progress)(&format!("building {} (cargo, static)", self.binary));
+                build_cargo(cx.outer, self).map_err(|m| cx.fail(m))?
+            }
+        };
         let size = std::fs::metadata(&bin)
             .map_err(|e| cx.step(format!("cannot read {}", bin.display()))(e.into()))?
             .len();
@@ -102,28 +144,47 @@ fn hash_cargo_inputs(h: &mut Sha256, ws: &Path, inputs: &[String]) -> std::io::R
 }
 
 fn build_cargo(cx: &super::Context<'_>, c: &CargoSource) -> Result<PathBuf, String> {
+    build_guest_binary(
+        cx.workspace,
+        &cx.cache.dir("cargo-target"),
+        cx.epoch,
+        &c.package,
+        &c.binary,
+    )
+}
+
+/// Builds `binary` of `package` in the checkout `workspace` as the guest needs it (the
+/// `guest` profile, static, no build paths), in `target_dir` unless `MINKE_CARGO_TARGET_DIR`
+/// says where; returns the binary's path.
+pub fn build_guest_binary(
+    workspace: &Path,
+    target_dir: &Path,
+    epoch: u64,
+    package: &str,
+    binary: &str,
+) -> Result<PathBuf, String> {
     // Shared between caches when set (tests build from several cache roots).
     let target_dir = std::env::var_os("MINKE_CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cx.cache.dir("cargo-target"));
+        .unwrap_or_else(|| target_dir.to_path_buf());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
-        .current_dir(cx.workspace)
+        .current_dir(workspace)
         .args([
             "build",
             "--profile",
             "guest",
             "--locked",
             "--package",
-            &c.package,
+            package,
             "--bin",
-            &c.binary,
+            binary,
             "--target",
             CARGO_TARGET,
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", cargo_rustflags(cx.workspace))
-        .env("SOURCE_DATE_EPOCH", cx.epoch.to_string())
+        .env("RUSTFLAGS", cargo_rustflags(workspace))
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
         .map_err(|e| format!("cannot run {cargo}: {e}; install Rust with rustup"))?;
@@ -132,11 +193,11 @@ fn build_cargo(cx: &super::Context<'_>, c: &CargoSource) -> Result<PathBuf, Stri
         let tail: Vec<&str> = err.lines().rev().take(30).collect();
         return Err(format!(
             "cargo build of {} failed:\n{}",
-            c.binary,
+            binary,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
     }
-    let bin = target_dir.join(CARGO_TARGET).join("guest").join(&c.binary);
+    let bin = target_dir.join(CARGO_TARGET).join("guest").join(binary);
     let bytes = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     check_static(&bytes).map_err(|m| format!("{}: {m}", bin.display()))?;
     Ok(bin)

@@ -28,6 +28,7 @@ use crate::fsutil::walk_sorted;
 use crate::layer::{sha256_file, sha256_hex, Cache, CacheError, Layer};
 
 mod cargo;
+pub use cargo::build_guest_binary;
 mod deb;
 mod dir;
 mod host;
