@@ -73,6 +73,28 @@ pub struct LayerRecord {
     pub digest: String,
     /// The files.
     pub records: Vec<Record>,
+    /// What the files came from (for the SBOM).
+    #[serde(default)]
+    pub components: Vec<Component>,
+}
+
+/// Something a layer's files came from, as an SBOM lists it: a Debian package, a Rust crate
+/// compiled into a binary, a container image, a file taken from the host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Component {
+    /// `deb`, `crate`, `oci` or `file`.
+    pub kind: String,
+    /// Its name (a package, a crate, an image reference, a host path).
+    pub name: String,
+    /// Its version (a Debian or crate version, an image digest), or empty.
+    #[serde(default)]
+    pub version: String,
+    /// sha256 of what was taken (the .deb, the crate archive, the file), lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Package URL (`pkg:deb/debian/NAME@VERSION?arch=ARCH`, `pkg:cargo/NAME@VERSION`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purl: Option<String>,
 }
 
 /// A layer ready to merge: its record and its tree (file data pointing at cached blobs).
@@ -244,7 +266,13 @@ impl Cache {
 
     /// Stores `tree` as the layer `name` under input `key`: copies file contents into blobs,
     /// writes the layer record, and returns the layer with its tree pointing at the blobs.
-    pub fn store(&self, name: &str, key: &str, tree: &Tree) -> Result<Layer, CacheError> {
+    pub fn store(
+        &self,
+        name: &str,
+        key: &str,
+        tree: &Tree,
+        components: Vec<Component>,
+    ) -> Result<Layer, CacheError> {
         let mut records = Vec::with_capacity(tree.len());
         let mut out = Tree::new();
         for (path, node) in tree.iter() {
@@ -284,6 +312,7 @@ impl Cache {
             key: key.to_string(),
             digest,
             records,
+            components,
         };
         let path = self.layer_path(key);
         let json = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
@@ -379,7 +408,7 @@ mod tests {
             },
         )
         .unwrap();
-        let stored = cache.store("p", "k1", &t).unwrap();
+        let stored = cache.store("p", "k1", &t, Vec::new()).unwrap();
         let loaded = cache.load("k1").unwrap().unwrap();
         assert_eq!(stored.record.digest, loaded.record.digest);
         assert_eq!(records_of(&loaded.tree).unwrap(), stored.record.records);
@@ -392,8 +421,8 @@ mod tests {
         let cache = Cache::at(dir.path());
         let mut t = Tree::new();
         t.insert("a", Node::file(0o644, &b"1"[..])).unwrap();
-        let a = cache.store("p", "k1", &t).unwrap();
-        let b = cache.store("p", "k2", &t).unwrap();
+        let a = cache.store("p", "k1", &t, Vec::new()).unwrap();
+        let b = cache.store("p", "k2", &t, Vec::new()).unwrap();
         assert_eq!(a.record.digest, b.record.digest);
     }
 }

@@ -49,10 +49,19 @@ pub fn make(sh: &Shell, minke: &Path, out: &Path) -> Result<PathBuf> {
     )
     .map_err(anyhow::Error::msg)?;
 
+    // What the SBOM of an image built by this install lists for the in-guest binary.
+    let crates =
+        minke::sources::package::crate_components(&ws, "minke-init").map_err(anyhow::Error::msg)?;
+    let crates_json = tmp_file(out, &serde_json::to_vec_pretty(&crates)?)?;
     // (path in the tarball, source file, executable)
     let mut files: Vec<(String, PathBuf, bool)> = vec![
         (format!("{top}/bin/minke"), minke.to_path_buf(), true),
         (format!("{top}/share/minke/guest/minke-init"), init, true),
+        (
+            format!("{top}/share/minke/guest/minke-init.components.json"),
+            crates_json.path().to_path_buf(),
+            false,
+        ),
     ];
     let listed = cmd!(sh, "git ls-files -z {DATA...}").read()?;
     for rel in listed.split('\0').filter(|r| !r.is_empty()) {
@@ -106,6 +115,13 @@ pub fn make(sh: &Shell, minke: &Path, out: &Path) -> Result<PathBuf> {
     gz.finish()?.sync_all()?;
     tmp.persist(&path).map_err(|e| e.error)?;
     Ok(path)
+}
+
+fn tmp_file(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    std::fs::create_dir_all(dir)?;
+    let mut f = tempfile::NamedTempFile::new_in(dir)?;
+    f.write_all(bytes)?;
+    Ok(f)
 }
 
 fn header(epoch: u64, mode: u32) -> tar::Header {

@@ -106,7 +106,33 @@ pub fn run(sh: &Shell) -> Result<()> {
         .run()
         .context("fetching the default kernel")?;
     arm64_rootfs().context("making the arm64 container image of the cross-arch demo")?;
+    spdx_validator(sh).context("installing the SPDX validator (pip install spdx-tools)")?;
     eprintln!("xtask setup: done");
+    Ok(())
+}
+
+/// Where the SBOM tests find a real SPDX validator: `pyspdxtools` from PyPI's spdx-tools, in
+/// a virtual environment of its own under target/.
+pub fn spdx_validator_path() -> std::path::PathBuf {
+    crate::workspace_root().join("target/spdx-venv/bin/pyspdxtools")
+}
+
+fn spdx_validator(sh: &Shell) -> Result<()> {
+    let tool = spdx_validator_path();
+    if tool.exists() {
+        return Ok(());
+    }
+    let venv = tool
+        .parent()
+        .and_then(|p| p.parent())
+        .context("venv path")?;
+    eprintln!(
+        "xtask setup: pip install spdx-tools (into {})",
+        venv.display()
+    );
+    cmd!(sh, "python3 -m venv {venv}").run()?;
+    let pip = venv.join("bin/pip");
+    cmd!(sh, "{pip} install --quiet spdx-tools").run()?;
     Ok(())
 }
 

@@ -33,6 +33,8 @@ pub struct Assembled {
     pub share_kinds: Vec<String>,
     /// Whether a boot can take a network card (see [`kernel::has_network`]).
     pub network: bool,
+    /// Which layer each path of the tree comes from.
+    pub owners: BTreeMap<String, String>,
 }
 
 /// When a carried module is loaded.
@@ -90,6 +92,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         layers.push(LayerRef {
             name: name.clone(),
             digest: layer.record.digest.clone(),
+            components: layer.record.components.clone(),
         });
         for c in spec.raw.containers.iter().filter(|c| &c.package == name) {
             let rootfs = match &pkg.source {
@@ -184,6 +187,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         layers.push(LayerRef {
             name: "kernel-modules".into(),
             digest: records_digest(&recs),
+            components: Vec::new(),
         });
     }
 
@@ -254,8 +258,10 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     layers.push(LayerRef {
         name: "spec".into(),
         digest: records_digest(&recs),
+        components: Vec::new(),
     });
     Ok(Assembled {
+        owners: owner,
         share_kinds,
         network,
         tree,

@@ -88,6 +88,9 @@ pub struct LayerRef {
     pub name: String,
     /// Digest of its records.
     pub digest: String,
+    /// What its files came from (Debian packages, crates, images), for the SBOM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<crate::layer::Component>,
 }
 
 /// Describes the differences between two manifests, one line each; empty when equal.

@@ -24,6 +24,7 @@ pub mod binfmt;
 pub mod config;
 pub mod manifest;
 pub mod outputs;
+pub mod sbom;
 
 pub use assemble::{assemble, lock_path, Assembled};
 pub use config::image_config;
@@ -141,7 +142,31 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let initrd = archive_cached(&a, &files, compression, opts, progress)?;
     let kernel = std::fs::read(&a.kernel.image).map_err(io_err(&a.kernel.image))?;
     let manifest = manifest_of(&a, files, &kernel, &initrd, compression, opts.epoch);
-    outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd)
+    let sha1 = sha1_of_files(&a.tree)?;
+    let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
+    outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)
+}
+
+/// SHA1 of every regular file of `tree`, by manifest path (`/bin/sh`), for the SBOM.
+fn sha1_of_files(
+    tree: &crate::archive::tree::Tree,
+) -> Result<std::collections::BTreeMap<String, String>, BuildError> {
+    use sha1::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    for (path, node) in tree.iter() {
+        if let crate::archive::tree::NodeKind::File(data) = &node.kind {
+            let mut h = sha1::Sha1::new();
+            match data {
+                crate::archive::tree::FileData::Inline(b) => h.update(b),
+                crate::archive::tree::FileData::Path { path: p, .. } => {
+                    let mut f = std::fs::File::open(p).map_err(io_err(p))?;
+                    std::io::copy(&mut f, &mut h).map_err(io_err(p))?;
+                }
+            }
+            out.insert(format!("/{path}"), hex::encode(h.finalize()));
+        }
+    }
+    Ok(out)
 }
 
 /// The initrd's bytes: from the cache when this tree was archived before with these options

@@ -105,6 +105,7 @@ pub(super) fn write_initrd_image(
     manifest: Manifest,
     kernel: &[u8],
     initrd: &[u8],
+    sbom: &[u8],
 ) -> Result<Image, BuildError> {
     let mut manifest_json =
         serde_json::to_vec_pretty(&manifest).map_err(|source| BuildError::Json {
@@ -122,6 +123,8 @@ pub(super) fn write_initrd_image(
         cmdline_file.as_bytes(),
         &sha256_hex(cmdline_file.as_bytes()),
     )?;
+    let sp = dir.join(format!("{}.spdx.json", manifest.name));
+    write_if_changed(&sp, sbom, &sha256_hex(sbom))?;
     write_if_changed(&mp, &manifest_json, &sha256_hex(&manifest_json))?;
     let disks = manifest
         .disks

@@ -206,6 +206,22 @@ pub fn check_package(name: &str, arch: Option<&str>) -> Result<(), DebError> {
         .map_err(|problem| DebError::InvalidName { problem })
 }
 
+/// A fetched Debian package as an SBOM component (with its package URL).
+pub fn component(deb: &FetchedDeb) -> crate::layer::Component {
+    crate::layer::Component {
+        kind: "deb".into(),
+        name: deb.name.clone(),
+        version: deb.version.clone(),
+        sha256: Some(deb.sha256.clone()),
+        purl: Some(format!(
+            "pkg:deb/debian/{}@{}?arch={}",
+            deb.name,
+            deb.version.replace(':', "%3A").replace('+', "%2B"),
+            deb.arch
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::apt::is_versioned_kernel;

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{hash_dir, PackageError, SourceCx, TreeSource};
 use crate::archive::tree::{FileData, Node, NodeKind, Tree};
-use crate::layer::sha256_file;
+use crate::layer::{sha256_file, Component};
 
 /// `cargo:` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +66,24 @@ impl TreeSource for CargoSource {
         hash_cargo_inputs(key, cx.outer.workspace, &self.inputs)
             .map_err(|e| cx.step("cannot hash the cargo inputs".into())(e.into()))?;
         Ok(None)
+    }
+
+    fn components(
+        &self,
+        cx: &SourceCx<'_>,
+        prebuilt: &Option<PathBuf>,
+    ) -> Result<Vec<Component>, PackageError> {
+        match prebuilt {
+            // An install ships the list the dist computed beside the binary.
+            Some(bin) => {
+                let list = bin.with_extension("components.json");
+                let bytes = std::fs::read(&list)
+                    .map_err(|e| cx.step(format!("cannot read {}", list.display()))(e.into()))?;
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| cx.fail(format!("{}: {e}; reinstall minke", list.display())))
+            }
+            None => crate_components(cx.outer.workspace, &self.package).map_err(|m| cx.fail(m)),
+        }
     }
 
     fn build(
@@ -201,6 +219,92 @@ pub fn build_guest_binary(
     let bytes = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     check_static(&bytes).map_err(|m| format!("{}: {m}", bin.display()))?;
     Ok(bin)
+}
+
+/// The crates compiled into `package`'s binaries for the guest target: its normal
+/// dependencies, transitively (build scripts and dev-dependencies left out), sorted, from
+/// `cargo metadata` over the locked, already fetched dependency graph.
+pub fn crate_components(workspace: &Path, package: &str) -> Result<Vec<Component>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(workspace)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--offline",
+            "--filter-platform",
+            CARGO_TARGET,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {cargo} metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cargo metadata printed no JSON: {e}"))?;
+    let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+    let by_id: std::collections::HashMap<&str, &serde_json::Value> = packages
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: std::collections::HashMap<&str, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|n| Some((n["id"].as_str()?, n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let root = packages
+        .iter()
+        .find(|p| p["name"] == package && p["source"].is_null())
+        .and_then(|p| p["id"].as_str())
+        .ok_or_else(|| format!("no workspace package {package} in cargo metadata"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for d in nodes
+            .get(id)
+            .and_then(|n| n["deps"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k["kind"].is_null()));
+            if let (true, Some(pkg)) = (normal, d["pkg"].as_str()) {
+                todo.push(pkg);
+            }
+        }
+    }
+    let mut list: Vec<Component> = seen
+        .into_iter()
+        .filter_map(|id| by_id.get(id))
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let version = p["version"].as_str().unwrap_or_default().to_string();
+            let registry = p["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("registry+"));
+            Component {
+                kind: "crate".into(),
+                purl: registry.then(|| format!("pkg:cargo/{name}@{version}")),
+                name,
+                version,
+                sha256: None,
+            }
+        })
+        .collect();
+    list.sort();
+    Ok(list)
 }
 
 /// Checks that an ELF binary needs no dynamic loader and no shared libraries.

@@ -1,7 +1,5 @@
 //! `deb:` — files from a Debian package, fetched through the remembered apt resolutions.
 
-use std::path::PathBuf;
-
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -27,13 +25,17 @@ pub struct DebSource {
 
 impl TreeSource for DebSource {
     /// The downloaded `.deb`.
-    type Found = PathBuf;
+    type Found = crate::sources::deb::FetchedDeb;
 
     fn kind(&self) -> &'static str {
         "deb"
     }
 
-    fn hash_inputs(&self, cx: &SourceCx<'_>, key: &mut Sha256) -> Result<PathBuf, PackageError> {
+    fn hash_inputs(
+        &self,
+        cx: &SourceCx<'_>,
+        key: &mut Sha256,
+    ) -> Result<crate::sources::deb::FetchedDeb, PackageError> {
         let arch = self.arch.clone().unwrap_or_else(|| "amd64".into());
         (cx.outer.progress)(&format!("fetching {}:{arch}", self.name));
         let fetched =
@@ -42,10 +44,24 @@ impl TreeSource for DebSource {
             })?;
         key.update(b"deb ");
         key.update(fetched.sha256.as_bytes());
-        Ok(fetched.path)
+        Ok(fetched)
     }
 
-    fn build(&self, cx: &SourceCx<'_>, deb: PathBuf, tree: &mut Tree) -> Result<(), PackageError> {
+    fn components(
+        &self,
+        _cx: &SourceCx<'_>,
+        deb: &crate::sources::deb::FetchedDeb,
+    ) -> Result<Vec<crate::layer::Component>, PackageError> {
+        Ok(vec![crate::sources::deb::component(deb)])
+    }
+
+    fn build(
+        &self,
+        cx: &SourceCx<'_>,
+        deb: crate::sources::deb::FetchedDeb,
+        tree: &mut Tree,
+    ) -> Result<(), PackageError> {
+        let deb = deb.path;
         (cx.outer.progress)(&format!("unpacking {}", self.name));
         let full = crate::sources::deb::unpack(&deb)
             .map_err(|e| cx.step(format!("cannot unpack {}", deb.display()))(e.into()))?;

@@ -28,7 +28,7 @@ use crate::fsutil::walk_sorted;
 use crate::layer::{sha256_file, sha256_hex, Cache, CacheError, Layer};
 
 mod cargo;
-pub use cargo::build_guest_binary;
+pub use cargo::{build_guest_binary, crate_components};
 mod deb;
 mod dir;
 mod host;
@@ -188,6 +188,16 @@ pub trait TreeSource {
         found: Self::Found,
         tree: &mut Tree,
     ) -> Result<(), PackageError>;
+
+    /// What the files come from, for the SBOM (called before [`TreeSource::build`], only when
+    /// the layer is built). None by default: the layer's own files are all it has.
+    fn components(
+        &self,
+        _cx: &SourceCx<'_>,
+        _found: &Self::Found,
+    ) -> Result<Vec<crate::layer::Component>, PackageError> {
+        Ok(Vec::new())
+    }
 }
 
 /// What a [`TreeSource`] is given: the package it belongs to and the producers' [`Context`].
@@ -405,7 +415,7 @@ fn produce_from<S: TreeSource>(
         outer: cx,
     };
     let mut h = Sha256::new();
-    h.update(b"minke-layer-v1\n");
+    h.update(b"minke-layer-v2\n");
     h.update(pkg.name.as_bytes());
     h.update(b"\n");
     h.update(pkg.yaml.as_bytes());
@@ -414,6 +424,7 @@ fn produce_from<S: TreeSource>(
     if let Some(l) = cx.cache.load(&key)? {
         return Ok(l);
     }
+    let components = source.components(&scx, &found)?;
     let mut tree = Tree::new();
     source.build(&scx, found, &mut tree)?;
     for (p, t) in &pkg.symlinks {
@@ -421,7 +432,7 @@ fn produce_from<S: TreeSource>(
             .map_err(|e| scx.tree_err(e))?;
     }
     (cx.progress)(&format!("caching layer {}", pkg.name));
-    Ok(cx.cache.store(&pkg.name, &key, &tree)?)
+    Ok(cx.cache.store(&pkg.name, &key, &tree, components)?)
 }
 
 /// Copies `sub` into `tree` under `dest`.

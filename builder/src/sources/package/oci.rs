@@ -83,6 +83,45 @@ impl TreeSource for OciSource {
         }
     }
 
+    fn components(
+        &self,
+        _cx: &SourceCx<'_>,
+        found: &Found,
+    ) -> Result<Vec<crate::layer::Component>, PackageError> {
+        Ok(match found {
+            Found::Registry(p) => {
+                let (repo, _) = p
+                    .image
+                    .rsplit_once('@')
+                    .or_else(|| {
+                        p.image
+                            .rsplit_once(':')
+                            .filter(|(r, tag)| !tag.contains('/') && !r.is_empty())
+                    })
+                    .unwrap_or((p.image.as_str(), ""));
+                let name = repo.rsplit('/').next().unwrap_or(repo);
+                vec![crate::layer::Component {
+                    kind: "oci".into(),
+                    name: p.image.clone(),
+                    version: p.digest.clone(),
+                    sha256: p.digest.strip_prefix("sha256:").map(str::to_string),
+                    purl: Some(format!(
+                        "pkg:oci/{name}@{}?repository_url={}",
+                        p.digest.replace(':', "%3A"),
+                        repo
+                    )),
+                }]
+            }
+            Found::Path(path) => vec![crate::layer::Component {
+                kind: "oci".into(),
+                name: self.path.clone().unwrap_or_default(),
+                version: String::new(),
+                sha256: crate::layer::sha256_file(path).ok(),
+                purl: None,
+            }],
+        })
+    }
+
     fn build(&self, cx: &SourceCx<'_>, found: Found, tree: &mut Tree) -> Result<(), PackageError> {
         let img = match found {
             Found::Path(src) => {
