@@ -49,6 +49,28 @@ enum Cmd {
         #[arg(long, value_name = "KERNEL")]
         kernel: Option<String>,
     },
+    /// Publish a built image to a registry as an OCI artifact (kernel, initrd, cmdline,
+    /// manifest and SBOM as layers); prints the manifest's digest, the same for the same image.
+    Push {
+        /// Image directory (a `minke build` output).
+        image: PathBuf,
+        /// Where: REGISTRY/NAME:TAG.
+        reference: String,
+        /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries always are.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+    },
+    /// Fetch an image `minke push` published, by digest through the cache, into a directory.
+    Pull {
+        /// REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST.
+        reference: String,
+        /// Output directory.
+        #[arg(short, long, default_value = "out")]
+        output: PathBuf,
+        /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries always are.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+    },
     /// List an image's manifest: kernel, layers, modules and every file.
     Inspect {
         /// Image directory or manifest file.
@@ -78,7 +100,8 @@ enum Cmd {
     },
     /// Boot an image (building a spec first) and run a command in it, or run until power off.
     Run {
-        /// Spec file or built image directory (default: the built-in default spec).
+        /// Spec file, built image directory, or an image `minke push` published
+        /// (REGISTRY/NAME:TAG), pulled into the cache (default: the built-in default spec).
         image: Option<PathBuf>,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
@@ -384,6 +407,48 @@ pub fn run() -> Result<u8> {
                 "image {} sha256:{}",
                 img.name, img.manifest.image_digest
             )?;
+        }
+        Cmd::Push {
+            image,
+            reference,
+            insecure_registries,
+        } => {
+            let img = Image::open(&image)?;
+            let registry = minke::sources::oci::registry::Registry::new(
+                minke::layer::Cache::default_location(),
+                minke::sources::oci::registry::RegistryOptions {
+                    insecure: insecure_registries,
+                    ..Default::default()
+                },
+                None,
+            )?;
+            let progress = Progress::new();
+            let digest =
+                image::publish::push(&img, &reference, &registry, minke::epoch_from_env(), &|m| {
+                    progress.step(m)
+                })?;
+            drop(progress);
+            writeln!(out, "{reference}@{digest}")?;
+        }
+        Cmd::Pull {
+            reference,
+            output,
+            insecure_registries,
+        } => {
+            let registry = minke::sources::oci::registry::Registry::new(
+                minke::layer::Cache::default_location(),
+                minke::sources::oci::registry::RegistryOptions {
+                    insecure: insecure_registries,
+                    ..Default::default()
+                },
+                None,
+            )?;
+            let progress = Progress::new();
+            let (img, digest) =
+                image::publish::pull(&reference, &registry, &output, &|m| progress.step(m))?;
+            drop(progress);
+            writeln!(out, "{}", img.dir.join(&img.name).display())?;
+            writeln!(out, "{digest}")?;
         }
         Cmd::Inspect { image } => {
             let img = Image::open(&image)?;

@@ -117,9 +117,53 @@ fn disk_dir(vm: &str) -> PathBuf {
 }
 
 /// Builds the spec (through the cache) or opens a built image directory.
-fn resolve_image(arg: Option<&Path>, progress: &Progress) -> Result<Image> {
+/// Whether `arg` names an image in a registry rather than a local spec or image: no such
+/// path here, and `REGISTRY/NAME:TAG` or `…@sha256:` in shape.
+pub fn is_registry_ref(arg: &Path) -> bool {
+    let s = arg.to_string_lossy();
+    !arg.exists()
+        && s.contains('/')
+        && (s.contains('@') || s.rsplit('/').next().is_some_and(|last| last.contains(':')))
+        && !s.ends_with(".yml")
+        && !s.ends_with(".yaml")
+}
+
+/// Pulls the minke image `reference` into the cache (`pulled/DIGEST/`) and opens it.
+pub fn pull_image(
+    reference: &str,
+    insecure: Vec<String>,
+    progress: &dyn Fn(&str),
+) -> Result<Image> {
+    let cache = minke::layer::Cache::default_location();
+    let registry = minke::sources::oci::registry::Registry::new(
+        cache.clone(),
+        minke::sources::oci::registry::RegistryOptions {
+            insecure,
+            ..Default::default()
+        },
+        None,
+    )?;
+    // The tag resolves to a digest; an image already pulled under it is not fetched again.
+    let (_, digest) = registry.raw_manifest(reference)?;
+    let out = cache
+        .dir("pulled")
+        .join(digest.trim_start_matches("sha256:"));
+    if let Ok(img) = Image::open(&out) {
+        return Ok(img);
+    }
+    progress(&format!("pulling {reference}"));
+    let (img, _) = minke::image::publish::pull(reference, &registry, &out, progress)?;
+    Ok(img)
+}
+
+fn resolve_image(arg: Option<&Path>, insecure: &[String], progress: &Progress) -> Result<Image> {
     match arg {
         Some(p) if p.is_dir() || p.extension().is_some_and(|e| e == "json") => Ok(Image::open(p)?),
+        Some(p) if is_registry_ref(p) => {
+            pull_image(&p.to_string_lossy(), insecure.to_vec(), &|m| {
+                progress.step(m)
+            })
+        }
         spec => {
             let cache = minke::layer::Cache::default_location();
             let name = match spec {
@@ -132,6 +176,7 @@ fn resolve_image(arg: Option<&Path>, progress: &Progress) -> Result<Image> {
             let mut opts =
                 BuildOptions::new(spec.map(Path::to_path_buf), cache.dir("images").join(name));
             opts.cache = cache;
+            opts.registry.insecure = insecure.to_vec();
             progress.step("building image");
             Ok(image::build(&opts, &|m| progress.step(m))?)
         }
@@ -196,7 +241,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         None
     };
     let progress = Progress::new();
-    let img = resolve_image(a.image.as_deref(), &progress)?;
+    let img = resolve_image(a.image.as_deref(), &a.insecure_registries, &progress)?;
     // Runs of a runner may overlap (several cargo invocations): one VM name each.
     let default_name = match &runner {
         Some(_) => format!("runner-{}", std::process::id()),

@@ -571,3 +571,107 @@ fn run_image_from_a_registry() {
     assert_ne!(code, Some(0));
     assert!(err.contains("qemu-s390x-static"), "{err}");
 }
+
+/// `minke push` publishes a built image as an OCI artifact that skopeo (a client no one here
+/// wrote) reads and copies; the same image pushed twice has the same digest; `minke pull` into
+/// two caches gives the image's bytes back; `minke run REF` boots straight from the registry.
+#[test]
+fn images_are_pushed_pulled_and_run_from_a_registry() {
+    if !support::require_tools(support::registry::TOOLS)
+        || !support::require_tools(support::BOOT_TOOLS)
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::start(None);
+    let minke = |args: &[&str], cache: Option<&Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_minke"));
+        c.args(args).stdin(std::process::Stdio::null());
+        if let Some(cache) = cache {
+            c.env("MINKE_CACHE", cache);
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "minke {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let built = tmp.path().join("built");
+    minke(&["build", "-o", built.to_str().unwrap()], None);
+    let reference = format!("{}/minke/default:1", reg.addr);
+    let first = minke(&["push", built.to_str().unwrap(), &reference], None);
+    let again = minke(&["push", built.to_str().unwrap(), &reference], None);
+    assert_eq!(first, again, "the same image, the same manifest digest");
+    let digest = first.trim().rsplit('@').next().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{first}");
+
+    // skopeo reads the artifact and copies it whole.
+    let o = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let raw = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(support::registry::sha(raw.as_bytes()), digest, "{raw}");
+    assert!(raw.contains("application/vnd.minke.image.v1"), "{raw}");
+    let copy = tmp.path().join("skopeo-copy");
+    let o = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:1", copy.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kernel_sha = support::registry::sha(&std::fs::read(built.join("default-kernel")).unwrap());
+    assert!(copy.join("blobs/sha256").join(&kernel_sha[7..]).is_file());
+
+    // Two pulls into two empty caches: the built bytes, by tag and by digest.
+    for (i, r) in [
+        reference.clone(),
+        format!("{}/minke/default@{digest}", reg.addr),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cache = tmp.path().join(format!("cache{i}"));
+        let out = tmp.path().join(format!("pulled{i}"));
+        minke(&["pull", r, "-o", out.to_str().unwrap()], Some(&cache));
+        for f in [
+            "default-kernel",
+            "default-initrd.img",
+            "default-cmdline",
+            "default.manifest.json",
+            "default.spdx.json",
+        ] {
+            assert!(
+                std::fs::read(built.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(),
+                "{f} differs after a pull"
+            );
+        }
+    }
+
+    // Booted straight from the registry.
+    let out = minke(
+        &[
+            "run",
+            &reference,
+            "--accel",
+            "tcg",
+            "--name",
+            "from-registry",
+            "--",
+            "cat",
+            "/etc/motd",
+        ],
+        Some(&tmp.path().join("cache0")),
+    );
+    assert!(out.contains("Welcome to a minke guest."), "{out}");
+}

@@ -24,6 +24,7 @@ pub mod binfmt;
 pub mod config;
 pub mod manifest;
 pub mod outputs;
+pub mod publish;
 pub mod sbom;
 
 pub use assemble::{assemble, lock_path, Assembled};

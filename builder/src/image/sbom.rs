@@ -15,7 +15,7 @@ use crate::archive::tree::EntryType;
 use crate::layer::Component;
 
 /// `1970-01-01T00:00:00Z` for `epoch` seconds.
-fn iso8601(epoch: u64) -> String {
+pub(crate) fn iso8601(epoch: u64) -> String {
     let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;
     // Civil date from days since 1970-01-01 (proleptic Gregorian).

@@ -18,7 +18,7 @@ mod validate;
 
 use locate::Source;
 pub use raw::*;
-pub use validate::{parse_mode, parse_size, parse_user};
+pub use validate::{parse_mode, parse_size, parse_user, valid_name};
 
 /// The default spec, embedded so `minke build` works with no argument.
 pub const DEFAULT_SPEC: &str = include_str!("../../../examples/default.yml");

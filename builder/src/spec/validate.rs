@@ -31,7 +31,9 @@ pub fn parse_mode(s: &str) -> Option<u32> {
     let m = u32::from_str_radix(t, 8).ok()?;
     (m <= 0o7777).then_some(m)
 }
-fn valid_name(s: &str) -> bool {
+/// Whether `s` can name an image (and so its output files): letters, digits, `-`, `_`, `.`,
+/// not starting with `.`, at most 64 bytes.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

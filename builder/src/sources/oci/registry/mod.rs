@@ -458,71 +458,161 @@ impl Registry {
         let mut blobs = vec![&manifest.config];
         blobs.extend(manifest.layers.iter());
         for d in blobs {
-            let hex = hex_of(&d.digest).ok_or_else(|| RegistryError::Bad {
-                image: image.into(),
-                what: format!("{:?} is not a sha256 digest", d.digest),
-            })?;
-            let path = self.blob_path(hex);
-            if path.is_file() {
-                continue;
-            }
             if d.media_type.contains("nondistributable") || d.media_type.contains("foreign") {
                 return Err(RegistryError::Bad {
                     image: image.into(),
                     what: format!("layer {} is non-distributable ({}): it cannot be pulled from this registry", d.digest, d.media_type),
                 });
             }
-            progress(&format!("pulling {image}: {} ({} bytes)", d.digest, d.size));
-            let dir = path
-                .parent()
-                .expect("blob paths have a parent")
-                .to_path_buf();
-            std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let tmp =
-                tempfile::NamedTempFile::new_in(&dir).map_err(|source| RegistryError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
-            let file =
-                tokio::fs::File::from_std(tmp.reopen().map_err(|source| RegistryError::Io {
-                    path: tmp.path().to_path_buf(),
-                    source,
-                })?);
-            let digest = d.digest.clone();
-            let target = reference.clone();
-            self.net(image, &reference, "pull a blob of", move |c, auth| {
-                Box::pin(async move {
-                    c.store_auth_if_needed(target.resolve_registry(), &auth)
-                        .await;
-                    let mut out = tokio::io::BufWriter::new(file);
-                    c.pull_blob(&target, digest.as_str(), &mut out).await?;
-                    tokio::io::AsyncWriteExt::flush(&mut out).await?;
-                    Ok(())
-                })
-            })?;
-            // The client compared the bytes with the digest; so does this, on what landed.
-            let actual =
-                crate::layer::sha256_file(tmp.path()).map_err(|source| RegistryError::Io {
-                    path: tmp.path().to_path_buf(),
-                    source,
-                })?;
-            if actual != hex {
-                return Err(RegistryError::Bad {
-                    image: image.into(),
-                    what: format!("blob {} arrived as sha256:{actual}: refusing it", d.digest),
-                });
-            }
-            let mut f = tmp.as_file();
-            f.flush().ok();
-            tmp.persist(&path).map_err(|e| RegistryError::Io {
-                path: path.clone(),
-                source: e.error,
-            })?;
+            self.blob(image, &d.digest, d.size, progress)?;
         }
         Ok(())
+    }
+
+    /// The blob `digest` of `image` in the cache: fetched and verified unless already there.
+    pub fn blob(
+        &self,
+        image: &str,
+        digest: &str,
+        size: u64,
+        progress: &dyn Fn(&str),
+    ) -> Result<PathBuf, RegistryError> {
+        let reference = Self::reference(image)?;
+        let hex = hex_of(digest).ok_or_else(|| RegistryError::Bad {
+            image: image.into(),
+            what: format!("{digest:?} is not a sha256 digest"),
+        })?;
+        let path = self.blob_path(hex);
+        if path.is_file() {
+            return Ok(path);
+        }
+        progress(&format!("pulling {image}: {digest} ({size} bytes)"));
+        let dir = path
+            .parent()
+            .expect("blob paths have a parent")
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| RegistryError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| RegistryError::Io {
+            path: tmp.path().to_path_buf(),
+            source,
+        })?);
+        let wanted = digest.to_string();
+        let target = reference.clone();
+        self.net(image, &reference, "pull a blob of", move |c, auth| {
+            Box::pin(async move {
+                c.store_auth_if_needed(target.resolve_registry(), &auth)
+                    .await;
+                let mut out = tokio::io::BufWriter::new(file);
+                c.pull_blob(&target, wanted.as_str(), &mut out).await?;
+                tokio::io::AsyncWriteExt::flush(&mut out).await?;
+                Ok(())
+            })
+        })?;
+        // The client compared the bytes with the digest; so does this, on what landed.
+        let actual = crate::layer::sha256_file(tmp.path()).map_err(|source| RegistryError::Io {
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
+        if actual != hex {
+            return Err(RegistryError::Bad {
+                image: image.into(),
+                what: format!("blob {digest} arrived as sha256:{actual}: refusing it"),
+            });
+        }
+        let mut f = tmp.as_file();
+        f.flush().ok();
+        tmp.persist(&path).map_err(|e| RegistryError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(path)
+    }
+
+    /// The raw manifest `image` names (by tag or digest), verified when named by digest, and
+    /// its digest.
+    pub fn raw_manifest(&self, image: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let reference = Self::reference(image)?;
+        let bytes = self.manifest(image, &reference, reference.digest())?;
+        let digest = sha256_digest(&bytes);
+        Ok((bytes, digest))
+    }
+
+    /// Uploads the file `path` as the blob `digest` of `image`'s repository, unless the
+    /// registry has it already.
+    pub fn push_blob(&self, image: &str, path: &Path, digest: &str) -> Result<(), RegistryError> {
+        if self.has_blob(image, digest)? {
+            return Ok(());
+        }
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.push_blob_bytes(image, &bytes, digest)
+    }
+
+    fn has_blob(&self, image: &str, digest: &str) -> Result<bool, RegistryError> {
+        let reference = Self::reference(image)?;
+        let target = reference.clone();
+        let wanted = digest.to_string();
+        self.net(image, &reference, "ask for a blob of", move |c, auth| {
+            Box::pin(async move {
+                c.store_auth_if_needed(target.resolve_registry(), &auth)
+                    .await;
+                c.auth(&target, &auth, oci_client::RegistryOperation::Push)
+                    .await?;
+                c.blob_exists(&target, &wanted).await
+            })
+        })
+    }
+
+    /// Uploads `bytes` as the blob `digest` of `image`'s repository.
+    pub fn push_blob_bytes(
+        &self,
+        image: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        let reference = Self::reference(image)?;
+        if sha256_digest(bytes) != digest {
+            return Err(RegistryError::Bad {
+                image: image.into(),
+                what: format!("the bytes to push are not {digest}"),
+            });
+        }
+        let bytes = bytes.to_vec();
+        let target = reference.clone();
+        let wanted = digest.to_string();
+        self.net(image, &reference, "push a blob to", move |c, _| {
+            Box::pin(async move { c.push_blob(&target, bytes, &wanted).await.map(|_| ()) })
+        })
+    }
+
+    /// Uploads `bytes` as the manifest `image` names (its tag), with `media_type`; returns
+    /// its digest.
+    pub fn push_manifest(
+        &self,
+        image: &str,
+        bytes: &[u8],
+        media_type: &'static str,
+    ) -> Result<String, RegistryError> {
+        let reference = Self::reference(image)?;
+        let target = reference.clone();
+        let body = bytes.to_vec();
+        self.net(image, &reference, "push the manifest of", move |c, _| {
+            Box::pin(async move {
+                c.push_manifest_raw(&target, body, http::HeaderValue::from_static(media_type))
+                    .await
+                    .map(|_| ())
+            })
+        })?;
+        Ok(sha256_digest(bytes))
     }
 }
 
