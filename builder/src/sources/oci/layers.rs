@@ -26,7 +26,8 @@ impl<R: Read> Read for HashRead<R> {
     }
 }
 
-enum Change {
+/// One entry's effect on the layers below.
+pub(super) enum Change {
     Whiteout(String),
     Opaque(String),
     Put(String, Node),
@@ -40,6 +41,19 @@ pub(super) fn apply_layer(
     diff_id: Option<&str>,
     tree: &mut Tree,
 ) -> Result<(), OciError> {
+    let changes = read_layer(src, blob, name, media_type, diff_id)?;
+    apply_changes(src, blob, changes, tree)
+}
+
+/// Reads a layer into its changes, checked against `diff_id` (the digest of the
+/// uncompressed tar) before anything is applied. Layers can be read in parallel.
+pub(super) fn read_layer(
+    src: &Source,
+    blob: &str,
+    name: &str,
+    media_type: &str,
+    diff_id: Option<&str>,
+) -> Result<Vec<Change>, OciError> {
     let image = src.image().to_path_buf();
     let layer_err = |source| OciError::Layer {
         image: image.clone(),
@@ -157,6 +171,17 @@ pub(super) fn apply_layer(
             .map_err(|_| layer_err(io::Error::other("internal: layer hasher still shared")))?;
         src.check(&format!("{blob} (uncompressed, diff_id)"), &hex, &actual)?;
     }
+    Ok(changes)
+}
+
+/// Applies a layer's changes onto the tree of the layers below it.
+pub(super) fn apply_changes(
+    src: &Source,
+    blob: &str,
+    changes: Vec<Change>,
+    tree: &mut Tree,
+) -> Result<(), OciError> {
+    let image = src.image().to_path_buf();
     // Whiteouts apply to lower layers only, so they go first.
     for c in &changes {
         match c {

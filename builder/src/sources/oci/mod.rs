@@ -29,7 +29,7 @@ mod write;
 
 use format::*;
 use input::{blob_hex_of_name, Source};
-use layers::apply_layer;
+use layers::{apply_changes, apply_layer, read_layer};
 use platform::choose_manifest;
 pub use platform::Wanted;
 pub use write::write_oci_layout;
@@ -231,7 +231,7 @@ pub fn unpack_oci(path: &Path, platform: Option<&Wanted>) -> Result<OciImage, Oc
     if src.exists("index.json") {
         let index: Index = src.json("index.json", &src.read_small("index.json")?)?;
         let desc = choose_manifest(src.image(), &index, platform, &mut |d| src.blob_json(d))?;
-        unpack_manifest_in(&src, &desc.digest)
+        unpack_manifest_in(&src, &desc.digest, true)
     } else if src.exists("manifest.json") {
         let entries: Vec<DockerManifest> =
             src.json("manifest.json", &src.read_small("manifest.json")?)?;
@@ -277,13 +277,19 @@ pub fn unpack_oci(path: &Path, platform: Option<&Wanted>) -> Result<OciImage, Oc
     }
 }
 
-/// Unpacks the image whose manifest has `digest` from a store of blobs (`DIR/blobs/sha256/…`,
-/// an OCI layout without its index, such as the cache a registry pull fills).
+/// Unpacks the image whose manifest has `digest` from minke's cache (`DIR/blobs/sha256/…`,
+/// which a registry pull fills with blobs verified as they arrived). The manifest and config
+/// are checked against their digests again, and each layer's uncompressed bytes against the
+/// config's `diff_ids`; the compressed layer files are not hashed a second time.
 pub fn unpack_manifest(store: &Path, digest: &str) -> Result<OciImage, OciError> {
-    unpack_manifest_in(&Source::Dir(store.to_path_buf()), digest)
+    unpack_manifest_in(&Source::Dir(store.to_path_buf()), digest, false)
 }
 
-fn unpack_manifest_in(src: &Source, digest: &str) -> Result<OciImage, OciError> {
+fn unpack_manifest_in(
+    src: &Source,
+    digest: &str,
+    verify_blobs: bool,
+) -> Result<OciImage, OciError> {
     let manifest: Manifest = src.blob_json(digest)?;
     let config: ImageConfig = src.blob_json(&manifest.config.digest)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -296,20 +302,48 @@ fn unpack_manifest_in(src: &Source, digest: &str) -> Result<OciImage, OciError> 
             ),
         });
     }
-    let mut tree = Tree::new();
-    for (i, layer) in manifest.layers.iter().enumerate() {
+    // Layers are read (decompressed, parsed, checked) on as many threads as there are
+    // cores, then applied in order.
+    let read = |i: usize| -> Result<Vec<layers::Change>, OciError> {
+        let layer = &manifest.layers[i];
         let hex = src.hex_of(&layer.digest)?;
         let name = format!("blobs/sha256/{hex}");
-        src.verify_blob(&name, &hex)?;
+        if verify_blobs {
+            src.verify_blob(&name, &hex)?;
+        }
         let diff_id = config.rootfs.diff_ids.get(i).map(String::as_str);
-        apply_layer(
-            src,
-            &layer.digest,
-            &name,
-            &layer.media_type,
-            diff_id,
-            &mut tree,
-        )?;
+        read_layer(src, &layer.digest, &name, &layer.media_type, diff_id)
+    };
+    let n = manifest.layers.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<Vec<layers::Change>, OciError>>> =
+        (0..n).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let r = read(i);
+                slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    let mut tree = Tree::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let changes = r.unwrap_or_else(|| {
+            Err(OciError::Malformed {
+                image: src.image().to_path_buf(),
+                what: format!("layer {i} was not read"),
+            })
+        })?;
+        apply_changes(src, &manifest.layers[i].digest, changes, &mut tree)?;
     }
     Ok(image_of(tree, config))
 }

@@ -9,7 +9,6 @@
 //! `localhost`) and those the user names as insecure, which are spoken to over plain HTTP.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -368,7 +367,10 @@ impl Registry {
         let auth = auth::for_registry(reference.registry(), self.opts.auth_file.as_deref())?;
         let mut guard = self.net.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Two workers: blobs arrive at once, and hashing them uses both cores of a small
+            // machine.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .map_err(|source| RegistryError::Io {
@@ -455,16 +457,93 @@ impl Registry {
         let reference = Self::reference(image)?;
         let bytes = self.manifest(image, &reference, Some(&pinned.digest))?;
         let manifest: Manifest = parse(image, "manifest", &bytes)?;
-        let mut blobs = vec![&manifest.config];
-        blobs.extend(manifest.layers.iter());
-        for d in blobs {
+        let mut wanted = Vec::new();
+        for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
             if d.media_type.contains("nondistributable") || d.media_type.contains("foreign") {
                 return Err(RegistryError::Bad {
                     image: image.into(),
                     what: format!("layer {} is non-distributable ({}): it cannot be pulled from this registry", d.digest, d.media_type),
                 });
             }
-            self.blob(image, &d.digest, d.size, progress)?;
+            let hex = hex_of(&d.digest).ok_or_else(|| RegistryError::Bad {
+                image: image.into(),
+                what: format!("{:?} is not a sha256 digest", d.digest),
+            })?;
+            let path = self.blob_path(hex);
+            if !path.is_file() && !wanted.iter().any(|(p, _)| p == &path) {
+                progress(&format!("pulling {image}: {} ({} bytes)", d.digest, d.size));
+                wanted.push((path, d.digest.clone()));
+            }
+        }
+        self.fetch_blobs(image, &reference, wanted)
+    }
+
+    /// Fetches `blobs` (cache path, digest) of `image` at once, each into a temporary file
+    /// beside its place that becomes it only when all arrived. `oci-client` hashes each
+    /// stream as it arrives and refuses one that does not match its digest.
+    fn fetch_blobs(
+        &self,
+        image: &str,
+        reference: &Reference,
+        blobs: Vec<(PathBuf, String)>,
+    ) -> Result<(), RegistryError> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let mut pending = Vec::new();
+        let mut files = Vec::new();
+        for (path, digest) in blobs {
+            let dir = path
+                .parent()
+                .expect("blob paths have a parent")
+                .to_path_buf();
+            std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let tmp =
+                tempfile::NamedTempFile::new_in(&dir).map_err(|source| RegistryError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+            let file = tmp.reopen().map_err(|source| RegistryError::Io {
+                path: tmp.path().to_path_buf(),
+                source,
+            })?;
+            files.push((file, digest));
+            pending.push((tmp, path));
+        }
+        let target = reference.clone();
+        self.net(image, reference, "pull a blob of", move |c, auth| {
+            Box::pin(async move {
+                c.store_auth_if_needed(target.resolve_registry(), &auth)
+                    .await;
+                let mut set = tokio::task::JoinSet::new();
+                for (file, digest) in files {
+                    let (c, target) = (c.clone(), target.clone());
+                    set.spawn(async move {
+                        let mut out = tokio::io::BufWriter::with_capacity(
+                            1 << 20,
+                            tokio::fs::File::from_std(file),
+                        );
+                        c.pull_blob(&target, digest.as_str(), &mut out).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+                        Ok::<(), oci_client::errors::OciDistributionError>(())
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    r.map_err(|e| {
+                        oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
+                    })??;
+                }
+                Ok(())
+            })
+        })?;
+        for (tmp, path) in pending {
+            tmp.persist(&path).map_err(|e| RegistryError::Io {
+                path: path.clone(),
+                source: e.error,
+            })?;
         }
         Ok(())
     }
@@ -483,55 +562,10 @@ impl Registry {
             what: format!("{digest:?} is not a sha256 digest"),
         })?;
         let path = self.blob_path(hex);
-        if path.is_file() {
-            return Ok(path);
+        if !path.is_file() {
+            progress(&format!("pulling {image}: {digest} ({size} bytes)"));
+            self.fetch_blobs(image, &reference, vec![(path.clone(), digest.to_string())])?;
         }
-        progress(&format!("pulling {image}: {digest} ({size} bytes)"));
-        let dir = path
-            .parent()
-            .expect("blob paths have a parent")
-            .to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| RegistryError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| RegistryError::Io {
-            path: tmp.path().to_path_buf(),
-            source,
-        })?);
-        let wanted = digest.to_string();
-        let target = reference.clone();
-        self.net(image, &reference, "pull a blob of", move |c, auth| {
-            Box::pin(async move {
-                c.store_auth_if_needed(target.resolve_registry(), &auth)
-                    .await;
-                let mut out = tokio::io::BufWriter::new(file);
-                c.pull_blob(&target, wanted.as_str(), &mut out).await?;
-                tokio::io::AsyncWriteExt::flush(&mut out).await?;
-                Ok(())
-            })
-        })?;
-        // The client compared the bytes with the digest; so does this, on what landed.
-        let actual = crate::layer::sha256_file(tmp.path()).map_err(|source| RegistryError::Io {
-            path: tmp.path().to_path_buf(),
-            source,
-        })?;
-        if actual != hex {
-            return Err(RegistryError::Bad {
-                image: image.into(),
-                what: format!("blob {digest} arrived as sha256:{actual}: refusing it"),
-            });
-        }
-        let mut f = tmp.as_file();
-        f.flush().ok();
-        tmp.persist(&path).map_err(|e| RegistryError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
         Ok(path)
     }
 
