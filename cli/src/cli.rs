@@ -44,6 +44,10 @@ enum Cmd {
         /// always are.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
+        /// Also write this format (repeatable): `tar` (NAME.tar, the image's files in one
+        /// reproducible tarball for hand-off); `initrd`, the image directory, is always written.
+        #[arg(long = "format", value_enum)]
+        formats: Vec<FormatArg>,
         /// Boot another kernel than the spec's: `build` (built from kernel-config/),
         /// `build:FRAGMENT,…`, `package:NAME`, or a kernel image path.
         #[arg(long, value_name = "KERNEL")]
@@ -348,6 +352,12 @@ enum ShareBackendArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Initrd,
+    Tar,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum CompressionArg {
     Gzip,
     Zstd,
@@ -375,6 +385,7 @@ pub fn run() -> Result<u8> {
             compression,
             refresh,
             insecure_registries,
+            formats,
             kernel,
         } => {
             if refresh {
@@ -383,25 +394,28 @@ pub fn run() -> Result<u8> {
             let mut opts = BuildOptions::new(spec, output);
             opts.registry.refresh = refresh;
             opts.registry.insecure = insecure_registries;
+            opts.formats = formats
+                .into_iter()
+                .map(|f| match f {
+                    FormatArg::Initrd => minke::image::Format::Initrd,
+                    FormatArg::Tar => minke::image::Format::Tar,
+                })
+                .collect();
             opts.compression = compression.map(Into::into);
             opts.kernel = kernel.as_deref().map(parse_kernel_arg);
             let progress = Progress::new();
             let img = image::build(&opts, &|m| progress.step(m))?;
             drop(progress);
-            writeln!(out, "{}", img.kernel.display())?;
-            writeln!(out, "{}", img.initrd.display())?;
-            writeln!(
-                out,
-                "{}",
-                img.dir.join(format!("{}-cmdline", img.name)).display()
-            )?;
-            writeln!(
-                out,
-                "{}",
-                img.dir
-                    .join(format!("{}.manifest.json", img.name))
-                    .display()
-            )?;
+            for f in image::outputs::files_of(&img) {
+                writeln!(out, "{}", f.display())?;
+            }
+            if opts.formats.contains(&image::Format::Tar) {
+                writeln!(
+                    out,
+                    "{}",
+                    img.dir.join(format!("{}.tar", img.name)).display()
+                )?;
+            }
             writeln!(
                 out,
                 "image {} sha256:{}",

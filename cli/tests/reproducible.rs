@@ -85,7 +85,9 @@ fn build(
     let out = root.join("out");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("umask {umask} && exec \"$0\" build -o \"$1\""))
+        .arg(format!(
+            "umask {umask} && exec \"$0\" build -o \"$1\" --format initrd --format tar"
+        ))
         .arg(env!("CARGO_BIN_EXE_minke"))
         .arg(&out)
         .current_dir(root)
@@ -125,6 +127,7 @@ fn default_image_is_bit_reproducible() {
         "default-cmdline",
         "default.manifest.json",
         "default.spdx.json",
+        "default.tar",
     ] {
         let x = std::fs::read(out_a.join(f)).unwrap();
         let y = std::fs::read(out_b.join(f)).unwrap();

@@ -446,3 +446,54 @@ fn shares_are_checked_before_qemu_starts() {
         "each cause once: {err}"
     );
 }
+
+/// `--format tar`: the image's files in one tarball, which, unpacked anywhere, is an image
+/// directory that boots.
+#[test]
+fn the_tar_format_unpacks_into_an_image_that_boots() {
+    if !can_boot() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let built = tmp.path().join("built");
+    let o = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .args(["build", "--format", "tar", "-o"])
+        .arg(&built)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tar = built.join("default.tar");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(tar.to_str().unwrap()));
+    let unpacked = tmp.path().join("handed-off");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .arg("run")
+        .arg(&unpacked)
+        .args([
+            "--accel",
+            "tcg",
+            "--name",
+            "from-tar",
+            "--",
+            "cat",
+            "/etc/motd",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Welcome to a minke guest."));
+}

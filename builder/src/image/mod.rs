@@ -49,6 +49,17 @@ pub struct BuildOptions {
     pub kernel: Option<spec::RawKernel>,
     /// How registry images are pinned and fetched.
     pub registry: RegistryOptions,
+    /// Output formats beyond the image directory.
+    pub formats: Vec<Format>,
+}
+
+/// An output format of `minke build --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The image directory: kernel, initrd, cmdline, manifest and SBOM (always written).
+    Initrd,
+    /// `NAME.tar`: those files in one reproducible tarball.
+    Tar,
 }
 
 impl BuildOptions {
@@ -62,6 +73,7 @@ impl BuildOptions {
             compression: None,
             kernel: None,
             registry: RegistryOptions::default(),
+            formats: Vec::new(),
         }
     }
 }
@@ -145,7 +157,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let manifest = manifest_of(&a, files, &kernel, &initrd, compression, opts.epoch);
     let sha1 = sha1_of_files(&a.tree)?;
     let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
-    outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)
+    let image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
+    if opts.formats.contains(&Format::Tar) {
+        outputs::write_tar(&image, opts.epoch)?;
+    }
+    Ok(image)
 }
 
 /// SHA1 of every regular file of `tree`, by manifest path (`/bin/sh`), for the SBOM.

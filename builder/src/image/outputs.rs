@@ -151,3 +151,48 @@ fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildErr
     write_atomic(path, bytes).map_err(io_err(path))?;
     Ok(())
 }
+
+/// The output files of `image` in the order a hand-off lists them.
+pub fn files_of(image: &Image) -> Vec<PathBuf> {
+    let n = &image.name;
+    vec![
+        image.kernel.clone(),
+        image.initrd.clone(),
+        image.dir.join(format!("{n}-cmdline")),
+        image.dir.join(format!("{n}.manifest.json")),
+        image.dir.join(format!("{n}.spdx.json")),
+    ]
+}
+
+/// `--format tar`: `NAME.tar` beside the image, holding its files for a hand-off (unpacked,
+/// it is an image directory `minke run` boots). Reproducible: names in byte order, mode 0644,
+/// owner 0, every time `epoch`, no user or group names.
+pub fn write_tar(image: &Image, epoch: u64) -> Result<PathBuf, BuildError> {
+    let mut files = files_of(image);
+    files.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(epoch);
+        h.set_size(bytes.len() as u64);
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tar.append_data(&mut h, &name, &bytes[..])
+            .map_err(io_err(f))?;
+    }
+    let bytes = tar.into_inner().map_err(io_err(&image.dir))?;
+    let path = image.dir.join(format!("{}.tar", image.name));
+    write_if_changed(&path, &bytes, &sha256_hex(&bytes))?;
+    Ok(path)
+}
