@@ -428,14 +428,7 @@ pub fn run() -> Result<u8> {
             insecure_registries,
         } => {
             let img = Image::open(&image)?;
-            let registry = minke::sources::oci::registry::Registry::new(
-                minke::layer::Cache::default_location(),
-                minke::sources::oci::registry::RegistryOptions {
-                    insecure: insecure_registries,
-                    ..Default::default()
-                },
-                None,
-            )?;
+            let registry = crate::run::registry(insecure_registries)?;
             let progress = Progress::new();
             let digest =
                 image::publish::push(&img, &reference, &registry, minke::epoch_from_env(), &|m| {
@@ -449,14 +442,7 @@ pub fn run() -> Result<u8> {
             output,
             insecure_registries,
         } => {
-            let registry = minke::sources::oci::registry::Registry::new(
-                minke::layer::Cache::default_location(),
-                minke::sources::oci::registry::RegistryOptions {
-                    insecure: insecure_registries,
-                    ..Default::default()
-                },
-                None,
-            )?;
+            let registry = crate::run::registry(insecure_registries)?;
             let progress = Progress::new();
             let (img, digest) =
                 image::publish::pull(&reference, &registry, &output, &|m| progress.step(m))?;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use minke::archive::tree::{NodeKind, Tree};
 use minke::layer::Cache;
-use minke::sources::oci::registry::{Registry, RegistryOptions};
 use minke::sources::oci::RunConfig;
 use serde::{Deserialize, Serialize};
 
@@ -66,14 +65,7 @@ pub fn prepare(
     progress: &dyn Fn(&str),
 ) -> Result<Prepared> {
     let cache = Cache::default_location();
-    let registry = Registry::new(
-        cache.clone(),
-        RegistryOptions {
-            insecure,
-            ..RegistryOptions::default()
-        },
-        None,
-    )?;
+    let registry = crate::run::registry(insecure)?;
     progress(&format!("resolving {reference}"));
     let pinned = registry.pin(reference, platform)?;
     let hex = pinned.digest.trim_start_matches("sha256:").to_string();

@@ -352,29 +352,20 @@ fn reproducible_env(c: &mut Command, epoch: u64) {
 /// `Thu, 01 Jan 1970 00:00:00 +0000` for a Unix time (what `date -R` prints, and what the
 /// kernel's scripts accept).
 pub fn rfc2822(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let c = crate::Civil::of(epoch);
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MON: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        MON[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        WD[c.days.rem_euclid(7) as usize],
+        c.day,
+        MON[(c.month - 1) as usize],
+        c.year,
+        c.secs / 3600,
+        c.secs / 60 % 60,
+        c.secs % 60
     )
 }
 
