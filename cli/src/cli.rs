@@ -428,7 +428,7 @@ pub fn run() -> Result<u8> {
             insecure_registries,
         } => {
             let img = Image::open(&image)?;
-            let registry = crate::run::registry(insecure_registries)?;
+            let registry = crate::run_image::registry(insecure_registries)?;
             let progress = Progress::new();
             let digest =
                 image::publish::push(&img, &reference, &registry, minke::epoch_from_env(), &|m| {
@@ -442,7 +442,7 @@ pub fn run() -> Result<u8> {
             output,
             insecure_registries,
         } => {
-            let registry = crate::run::registry(insecure_registries)?;
+            let registry = crate::run_image::registry(insecure_registries)?;
             let progress = Progress::new();
             let (img, digest) =
                 image::publish::pull(&reference, &registry, &output, &|m| progress.step(m))?;

@@ -128,19 +128,6 @@ pub fn is_registry_ref(arg: &Path) -> bool {
         && !s.ends_with(".yaml")
 }
 
-/// A registry session over the default cache, with no lock file (what `push`, `pull` and
-/// `run` use; builds pin through their spec's lock).
-pub fn registry(insecure: Vec<String>) -> Result<minke::sources::oci::registry::Registry> {
-    Ok(minke::sources::oci::registry::Registry::new(
-        minke::layer::Cache::default_location(),
-        minke::sources::oci::registry::RegistryOptions {
-            insecure,
-            ..Default::default()
-        },
-        None,
-    )?)
-}
-
 /// Pulls the minke image `reference` into the cache (`pulled/DIGEST/`) and opens it.
 pub fn pull_image(
     reference: &str,
@@ -148,7 +135,7 @@ pub fn pull_image(
     progress: &dyn Fn(&str),
 ) -> Result<Image> {
     let cache = minke::layer::Cache::default_location();
-    let registry = registry(insecure)?;
+    let registry = crate::run_image::registry(insecure)?;
     // The tag resolves to a digest; an image already pulled under it is not fetched again.
     let (_, digest) = registry.raw_manifest(reference)?;
     let out = cache

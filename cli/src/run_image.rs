@@ -57,6 +57,19 @@ impl Prepared {
     }
 }
 
+/// A registry session over the default cache, with no lock file (what `push`, `pull` and
+/// `run` use; builds pin through their spec's lock).
+pub fn registry(insecure: Vec<String>) -> Result<minke::sources::oci::registry::Registry> {
+    Ok(minke::sources::oci::registry::Registry::new(
+        minke::layer::Cache::default_location(),
+        minke::sources::oci::registry::RegistryOptions {
+            insecure,
+            ..Default::default()
+        },
+        None,
+    )?)
+}
+
 /// Pins, pulls (cached) and converts `reference` for `platform`.
 pub fn prepare(
     reference: &str,
@@ -65,7 +78,7 @@ pub fn prepare(
     progress: &dyn Fn(&str),
 ) -> Result<Prepared> {
     let cache = Cache::default_location();
-    let registry = crate::run::registry(insecure)?;
+    let registry = registry(insecure)?;
     progress(&format!("resolving {reference}"));
     let pinned = registry.pin(reference, platform)?;
     let hex = pinned.digest.trim_start_matches("sha256:").to_string();
