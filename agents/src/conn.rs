@@ -35,13 +35,16 @@ pub fn port_socket(port: u32) -> PathBuf {
 }
 
 /// Whether the host chose the virtio-serial transport for this boot (read once from
-/// `/proc/cmdline`).
+/// `/proc/cmdline`, or from the firmware config where the command line is the boot medium's).
 pub fn serial_transport() -> bool {
     static SERIAL: OnceLock<bool> = OnceLock::new();
     *SERIAL.get_or_init(|| {
         std::fs::read_to_string("/proc/cmdline")
-            .map(|c| minke_protocol::mux::serial_transport(&c))
-            .unwrap_or(false)
+            .is_ok_and(|c| minke_protocol::mux::serial_transport(&c))
+            || std::fs::read(minke_protocol::mux::TRANSPORT_FW_CFG_PATH).is_ok_and(|v| {
+                v.strip_suffix(b"\0").unwrap_or(&v)
+                    == minke_protocol::mux::TRANSPORT_SERIAL.as_bytes()
+            })
     })
 }
 

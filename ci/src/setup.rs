@@ -41,6 +41,15 @@ const APT: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
     ("apache2-utils", "htpasswd"),
+    // Release formats: the EFI stub a UKI is made of, the firmware that boots UKIs, disks and
+    // ISOs under QEMU, the ISO writer, and the tool that compares two builds' outputs.
+    (
+        "systemd-boot-efi",
+        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+    ),
+    ("ovmf", "/usr/share/ovmf/OVMF.fd"),
+    ("xorriso", "xorriso"),
+    ("diffoscope-minimal", "diffoscope"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).

@@ -44,8 +44,11 @@ enum Cmd {
         /// always are.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
-        /// Also write this format (repeatable): `tar` (NAME.tar, the image's files in one
-        /// reproducible tarball for hand-off); `initrd`, the image directory, is always written.
+        /// Also write this format (repeatable), each reproducible: `tar` (NAME.tar, the image's
+        /// files for hand-off), `uki` (NAME.efi, a Unified Kernel Image), `disk` (NAME.img, a
+        /// GPT disk whose EFI system partition boots the UKI, data disks as partitions),
+        /// `qcow2` (NAME.qcow2, that disk), `iso` (NAME.iso, a hybrid EFI ISO); `initrd`, the
+        /// image directory, is always written.
         #[arg(long = "format", value_enum)]
         formats: Vec<FormatArg>,
         /// Boot another kernel than the spec's: `build` (built from kernel-config/),
@@ -104,9 +107,15 @@ enum Cmd {
     },
     /// Boot an image (building a spec first) and run a command in it, or run until power off.
     Run {
-        /// Spec file, built image directory, or an image `minke push` published
-        /// (REGISTRY/NAME:TAG), pulled into the cache (default: the built-in default spec).
+        /// Spec file, built image directory, a release format beside its manifest (NAME.efi,
+        /// NAME.img, NAME.qcow2, NAME.iso: booted through UEFI firmware), or an image `minke
+        /// push` published (REGISTRY/NAME:TAG), pulled into the cache (default: the built-in
+        /// default spec).
         image: Option<PathBuf>,
+        /// UEFI firmware for booting a release format (default: Debian's OVMF,
+        /// /usr/share/ovmf/OVMF.fd).
+        #[arg(long, value_name = "FILE")]
+        firmware: Option<PathBuf>,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         mem: u32,
@@ -355,6 +364,10 @@ enum ShareBackendArg {
 enum FormatArg {
     Initrd,
     Tar,
+    Uki,
+    Disk,
+    Qcow2,
+    Iso,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -399,6 +412,10 @@ pub fn run() -> Result<u8> {
                 .map(|f| match f {
                     FormatArg::Initrd => minke::image::Format::Initrd,
                     FormatArg::Tar => minke::image::Format::Tar,
+                    FormatArg::Uki => minke::image::Format::Uki,
+                    FormatArg::Disk => minke::image::Format::Disk,
+                    FormatArg::Qcow2 => minke::image::Format::Qcow2,
+                    FormatArg::Iso => minke::image::Format::Iso,
                 })
                 .collect();
             opts.compression = compression.map(Into::into);
@@ -409,12 +426,8 @@ pub fn run() -> Result<u8> {
             for f in image::outputs::files_of(&img) {
                 writeln!(out, "{}", f.display())?;
             }
-            if opts.formats.contains(&image::Format::Tar) {
-                writeln!(
-                    out,
-                    "{}",
-                    img.dir.join(format!("{}.tar", img.name)).display()
-                )?;
+            for f in &img.format_outputs {
+                writeln!(out, "{}", f.display())?;
             }
             writeln!(
                 out,
@@ -594,6 +607,7 @@ pub fn run() -> Result<u8> {
         }
         Cmd::Run {
             image,
+            firmware,
             mem,
             cpus,
             disks,
@@ -647,6 +661,7 @@ pub fn run() -> Result<u8> {
             };
             return crate::run::run(crate::run::RunArgs {
                 image,
+                firmware,
                 mem,
                 cpus,
                 disks,

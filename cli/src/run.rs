@@ -12,8 +12,8 @@ use minke::image::{self, BuildOptions, Image};
 use minke_protocol::config::BootTimeline;
 use minke_protocol::shares::ShareKind;
 use minke_shim::{
-    Accel, DiskFormat, DiskSpec, ExecRequest, NetBackend, NetMode, ShareBackend, ShareSpec, Stdin,
-    Transport, Vm, VmConfig,
+    Accel, DiskFormat, DiskSpec, EfiBoot, EfiMedium, ExecRequest, NetBackend, NetMode,
+    ShareBackend, ShareSpec, Stdin, Transport, Vm, VmConfig,
 };
 
 use crate::progress::Progress;
@@ -21,6 +21,7 @@ use crate::progress::Progress;
 /// Options of `minke run`.
 pub struct RunArgs {
     pub image: Option<PathBuf>,
+    pub firmware: Option<PathBuf>,
     pub mem: u32,
     pub cpus: u32,
     pub disks: Vec<String>,
@@ -149,6 +150,43 @@ pub fn pull_image(
     Ok(img)
 }
 
+/// A release format booted through UEFI firmware: `NAME.efi`, `NAME.img`, `NAME.qcow2` or
+/// `NAME.iso`, with the image's `NAME.manifest.json` beside it (the files `minke build
+/// --format` writes); `None` when `p` is no such file.
+fn release_format(p: &Path) -> Option<Result<(Image, EfiMedium)>> {
+    let ext = p.extension()?.to_str()?;
+    let medium = match ext {
+        "efi" => EfiMedium::Uki(p.to_path_buf()),
+        "img" => EfiMedium::Disk {
+            path: p.to_path_buf(),
+            format: DiskFormat::Raw,
+        },
+        "qcow2" => EfiMedium::Disk {
+            path: p.to_path_buf(),
+            format: DiskFormat::Qcow2,
+        },
+        "iso" => EfiMedium::Cdrom(p.to_path_buf()),
+        _ => return None,
+    };
+    if !p.is_file() {
+        return None;
+    }
+    let stem = p.file_stem()?.to_string_lossy().into_owned();
+    let manifest = p.with_file_name(format!("{stem}.manifest.json"));
+    Some(
+        Image::open(&manifest)
+            .with_context(|| {
+                format!(
+                    "{} boots through UEFI, and minke needs its image's manifest beside it \
+                     ({}) to know its disks and features",
+                    p.display(),
+                    manifest.display()
+                )
+            })
+            .map(|img| (img, medium)),
+    )
+}
+
 fn resolve_image(arg: Option<&Path>, insecure: &[String], progress: &Progress) -> Result<Image> {
     match arg {
         Some(p) if p.is_dir() || p.extension().is_some_and(|e| e == "json") => Ok(Image::open(p)?),
@@ -234,7 +272,19 @@ pub fn run(a: RunArgs) -> Result<u8> {
         None
     };
     let progress = Progress::new();
-    let img = resolve_image(a.image.as_deref(), &a.insecure_registries, &progress)?;
+    let (img, medium) = match a.image.as_deref().and_then(release_format) {
+        Some(r) => {
+            let (img, medium) = r?;
+            (img, Some(medium))
+        }
+        None => (
+            resolve_image(a.image.as_deref(), &a.insecure_registries, &progress)?,
+            None,
+        ),
+    };
+    if medium.is_some() && !a.adds.is_empty() {
+        bail!("--add puts files in the initrd, and a release format's initrd is sealed in it: boot the image directory instead");
+    }
     // Runs of a runner may overlap (several cargo invocations): one VM name each.
     let default_name = match &runner {
         Some(_) => format!("runner-{}", std::process::id()),
@@ -260,6 +310,13 @@ pub fn run(a: RunArgs) -> Result<u8> {
         check_emulation(&img, &p.arch)?;
     }
     let mut cfg = VmConfig::new(name.clone(), &img.kernel, &img.initrd);
+    cfg.efi = medium.map(|medium| EfiBoot {
+        firmware: a
+            .firmware
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(minke_shim::config::DEFAULT_OVMF)),
+        medium,
+    });
     cfg.run_image = run_image.as_ref().map(|p| p.disk.clone());
     cfg.cmdline = img.cmdline.clone();
     cfg.mem_mib = a.mem;
@@ -325,13 +382,19 @@ pub fn run(a: RunArgs) -> Result<u8> {
         labels.push(spec.label.clone());
         cfg.disks.push(spec);
     }
+    // A release disk carries the data disks as partitions of its own (found by label, and
+    // written only to the boot's throw-away overlay): nothing to attach for them.
+    let partitions_serve = matches!(
+        cfg.efi.as_ref().map(|e| &e.medium),
+        Some(EfiMedium::Disk { .. })
+    );
     for (label, size) in &img.disks {
-        if !labels.contains(label) {
+        if !labels.contains(label) && !partitions_serve {
             let path = disk_dir(&name).join(format!("{label}.img"));
             cfg.disks.push(DiskSpec {
                 label: label.clone(),
                 path,
-                size: size.unwrap_or(256 << 20),
+                size: size.unwrap_or(minke_protocol::disk::DEFAULT_SIZE),
                 format: DiskFormat::Raw,
             });
         }

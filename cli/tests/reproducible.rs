@@ -1,6 +1,8 @@
 //! Reproducibility: the default spec built twice — from two copies of the workspace at
 //! different paths, with different umask, TZ, LC_ALL, source mtimes and file creation order,
-//! and separate caches — gives byte-identical kernel, initrd, cmdline and manifest.
+//! and separate caches — gives byte-identical outputs in every format (kernel, initrd,
+//! cmdline, manifest, SBOM, tar, UKI, disk, qcow2, ISO), and diffoscope finds nothing
+//! between the two.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +88,8 @@ fn build(
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask {umask} && exec \"$0\" build -o \"$1\" --format initrd --format tar"
+            "umask {umask} && exec \"$0\" build -o \"$1\" --format initrd --format tar \
+             --format uki --format disk --format qcow2 --format iso"
         ))
         .arg(env!("CARGO_BIN_EXE_minke"))
         .arg(&out)
@@ -128,6 +131,10 @@ fn default_image_is_bit_reproducible() {
         "default.manifest.json",
         "default.spdx.json",
         "default.tar",
+        "default.efi",
+        "default.img",
+        "default.qcow2",
+        "default.iso",
     ] {
         let x = std::fs::read(out_a.join(f)).unwrap();
         let y = std::fs::read(out_b.join(f)).unwrap();
@@ -138,6 +145,38 @@ fn default_image_is_bit_reproducible() {
             out_b.join(f).display()
         );
     }
+    // A second opinion from the reproducible-builds tool itself, over the whole directories.
+    if support_diffoscope() {
+        let o = Command::new("diffoscope")
+            .arg("--no-progress")
+            .arg("--exclude-directory-metadata=yes")
+            .arg(&out_a)
+            .arg(&out_b)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "diffoscope found differences:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// Whether diffoscope is installed; in CI (`MINKE_REQUIRE_BOOT`) its absence fails the test.
+fn support_diffoscope() -> bool {
+    let found = Command::new("sh")
+        .args(["-c", "command -v diffoscope"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let why = "diffoscope missing (cargo xtask setup installs diffoscope-minimal)";
+        if std::env::var("MINKE_REQUIRE_BOOT").is_ok_and(|v| !v.is_empty() && v != "0") {
+            panic!("this test must run (MINKE_REQUIRE_BOOT is set) but cannot: {why}");
+        }
+        eprintln!("SKIPPED diffoscope (not run, not passed): {why}");
+    }
+    found
 }
 
 /// The SBOM is valid SPDX 2.3 to a real validator (`pyspdxtools` from PyPI's spdx-tools, which

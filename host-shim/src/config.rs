@@ -54,7 +54,42 @@ pub struct VmConfig {
     /// Runtime config sent to the guest's `/run/config` right after it is ready:
     /// `(file name, contents)`; `minke run --env`/`--data` end up here.
     pub runtime_config: Vec<(String, Vec<u8>)>,
+    /// Boot through UEFI firmware from a release format (a UKI, a disk, an ISO) instead of
+    /// handing QEMU the kernel and initrd: the kernel, initrd and command line are then the
+    /// medium's own, and `kernel`/`initrd`/`cmdline`/`extra_initrds` are not used.
+    pub efi: Option<EfiBoot>,
 }
+
+/// A boot through UEFI firmware.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EfiBoot {
+    /// The firmware image (OVMF's combined code and variables, such as Debian's
+    /// `/usr/share/ovmf/OVMF.fd`).
+    pub firmware: PathBuf,
+    /// What the firmware boots.
+    pub medium: EfiMedium,
+}
+
+/// Where the firmware finds the EFI application to start. The medium is never written: disks
+/// and ISOs are attached read-only or with a throw-away overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EfiMedium {
+    /// A Unified Kernel Image the firmware loads and starts itself (QEMU's `-kernel` under
+    /// OVMF: no bootloader, no Linux boot protocol from QEMU).
+    Uki(PathBuf),
+    /// A disk with an EFI system partition (`EFI/BOOT/BOOTX64.EFI`), as the first boot device.
+    Disk {
+        /// The disk image.
+        path: PathBuf,
+        /// Its format.
+        format: DiskFormat,
+    },
+    /// A bootable ISO on a CD-ROM drive.
+    Cdrom(PathBuf),
+}
+
+/// Where Debian's `ovmf` package puts the x86_64 firmware.
+pub const DEFAULT_OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 impl VmConfig {
     /// A config with defaults for everything but the image.
@@ -84,6 +119,7 @@ impl VmConfig {
             share_backend: ShareBackend::Auto,
             guest_share_kinds: None,
             runtime_config: Vec::new(),
+            efi: None,
         }
     }
 }

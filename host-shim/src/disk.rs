@@ -7,8 +7,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 use crate::binaries::{self, NotFound, Tool};
 use crate::config::{DiskFormat, DiskSpec};
 
@@ -39,39 +37,7 @@ pub enum DiskError {
     BadLabel(String),
 }
 
-/// The filesystem UUID minke gives a disk with this label.
-pub fn uuid_for(label: &str) -> String {
-    fmt_uuid(&derive(b"minke-disk-uuid:", label))
-}
-
-/// The ext4 directory hash seed minke gives a disk with this label.
-pub fn hash_seed_for(label: &str) -> String {
-    fmt_uuid(&derive(b"minke-disk-hash-seed:", label))
-}
-
-fn derive(domain: &[u8], label: &str) -> [u8; 16] {
-    let d = Sha256::new()
-        .chain_update(domain)
-        .chain_update(label.as_bytes())
-        .finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x80; // version 8: custom, name-derived
-    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
-    u
-}
-
-fn fmt_uuid(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use minke_protocol::disk::{hash_seed_for, uuid_for};
 
 fn check_label(label: &str) -> Result<(), DiskError> {
     let ok = !label.is_empty()
@@ -192,17 +158,7 @@ fn mkfs(path: &Path, label: &str) -> Result<(), DiskError> {
         .ok_or(());
     let fake_time = fake_time.unwrap_or_else(|_| "1".into());
     c.env("E2FSPROGS_FAKE_TIME", fake_time)
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            label,
-            "-U",
-            &uuid_for(label),
-        ])
-        .args(["-E", &format!("hash_seed={}", hash_seed_for(label))])
+        .args(minke_protocol::disk::mke2fs_args(label, None))
         .arg(path);
     run(c)
 }
@@ -226,16 +182,6 @@ fn run(mut c: Command) -> Result<(), DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_is_derived_from_the_label() {
-        assert_eq!(uuid_for("var"), uuid_for("var"));
-        assert_ne!(uuid_for("var"), uuid_for("data"));
-        assert_ne!(uuid_for("var"), hash_seed_for("var"));
-        let u = uuid_for("var");
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "8");
-    }
 
     #[test]
     fn bad_labels_are_rejected() {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{DiskSpec, VmConfig};
+use crate::config::{DiskSpec, EfiMedium, VmConfig};
 use crate::net::NetPlan;
 use crate::share::{self, Planned};
 use crate::state::{files, UsedAccel, UsedTransport};
@@ -67,13 +67,56 @@ pub(crate) fn qemu_args(
             &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
         ]);
     }
-    push(&[
-        "-kernel",
-        &path_arg(&cfg.kernel),
-        "-initrd",
-        &path_arg(&cfg.initrd),
-    ]);
-    push(&["-append", &kernel_cmdline(cfg, transport)]);
+    match &cfg.efi {
+        None => {
+            push(&[
+                "-kernel",
+                &path_arg(&cfg.kernel),
+                "-initrd",
+                &path_arg(&cfg.initrd),
+            ]);
+            push(&["-append", &kernel_cmdline(cfg, transport)]);
+        }
+        Some(efi) => {
+            push(&["-bios", &path_arg(&efi.firmware)]);
+            match &efi.medium {
+                EfiMedium::Uki(p) => push(&["-kernel", &path_arg(p)]),
+                EfiMedium::Disk { path, format } => {
+                    // A throw-away overlay: the release image stays the same bytes.
+                    push(&[
+                        "-drive",
+                        &format!(
+                            "file={},if=none,id=boot,format={},snapshot=on",
+                            path_arg(path).replace(',', ",,"),
+                            format.qemu_name()
+                        ),
+                    ]);
+                    push(&["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+                }
+                EfiMedium::Cdrom(p) => {
+                    push(&[
+                        "-drive",
+                        &format!(
+                            "file={},if=none,id=boot,media=cdrom,readonly=on,format=raw",
+                            path_arg(p).replace(',', ",,")
+                        ),
+                    ]);
+                    push(&["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]);
+                }
+            }
+        }
+    }
+    if transport == UsedTransport::Serial {
+        // Also out of band: a medium with its own command line cannot be given the word.
+        push(&[
+            "-fw_cfg",
+            &format!(
+                "name={},string={}",
+                minke_protocol::mux::TRANSPORT_FW_CFG_NAME,
+                minke_protocol::mux::TRANSPORT_SERIAL
+            ),
+        ]);
+    }
     // The secret by file, never by value: QEMU's argv is visible to every local user.
     push(&[
         "-fw_cfg",
@@ -244,7 +287,10 @@ mod tests {
 
     #[test]
     fn serial_tcg() {
-        let boot = BOOT.replace("panic=-1", "panic=-1 minke.transport=serial");
+        let boot = BOOT.replace(
+            "panic=-1",
+            "panic=-1 minke.transport=serial -fw_cfg name=opt/minke/transport,string=serial",
+        );
         check(
             UsedAccel::Tcg,
             UsedTransport::Serial,
@@ -272,6 +318,56 @@ mod tests {
         .join(" ");
         assert!(
             a.contains("-chardev stdio,id=con,signal=off,logfile=/s/console.log,logappend=off"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn efi_boots_hand_qemu_the_firmware_and_the_medium_only() {
+        use crate::config::{DiskFormat, EfiBoot};
+        let args = |medium: EfiMedium| {
+            let mut c = cfg();
+            c.efi = Some(EfiBoot {
+                firmware: "/fw/OVMF.fd".into(),
+                medium,
+            });
+            qemu_args(
+                &c,
+                Path::new("/s"),
+                UsedAccel::Tcg,
+                UsedTransport::Serial,
+                &[],
+                None,
+            )
+            .join(" ")
+        };
+        let a = args(EfiMedium::Uki("/img/t.efi".into()));
+        assert!(
+            a.contains("-bios /fw/OVMF.fd -kernel /img/t.efi -fw_cfg"),
+            "{a}"
+        );
+        assert!(!a.contains("-initrd") && !a.contains("-append"), "{a}");
+        assert!(a.contains("name=opt/minke/transport,string=serial"), "{a}");
+        let a = args(EfiMedium::Disk {
+            path: "/img/t.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        });
+        assert!(
+            a.contains(
+                "-drive file=/img/t.qcow2,if=none,id=boot,format=qcow2,snapshot=on \
+                 -device virtio-blk-pci,drive=boot,bootindex=0"
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .as_str()
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("-kernel"), "{a}");
+        let a = args(EfiMedium::Cdrom("/img/t.iso".into()));
+        assert!(a.contains("media=cdrom,readonly=on"), "{a}");
+        assert!(
+            a.contains("-device ide-cd,drive=boot,bus=ide.0,bootindex=0"),
             "{a}"
         );
     }

@@ -28,6 +28,7 @@ pub const BOOT_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod disk;
 pub mod image;
 pub mod msg;
 pub mod mux;

@@ -82,6 +82,13 @@ pub const TRANSPORT_PARAM: &str = "minke.transport";
 /// Value of [`TRANSPORT_PARAM`] for the virtio-serial transport (`minke.transport=serial`).
 pub const TRANSPORT_SERIAL: &str = "serial";
 
+/// The firmware config file that says the same as [`TRANSPORT_PARAM`] out of band (for boots
+/// whose command line is the medium's own, such as a UKI's): it holds [`TRANSPORT_SERIAL`].
+pub const TRANSPORT_FW_CFG_NAME: &str = "opt/minke/transport";
+
+/// Where the guest's `qemu_fw_cfg` driver shows [`TRANSPORT_FW_CFG_NAME`].
+pub const TRANSPORT_FW_CFG_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/minke/transport/raw";
+
 /// The session marker.
 pub const MAGIC: [u8; 8] = *b"minkeMUX";
 

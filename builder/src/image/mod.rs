@@ -22,6 +22,7 @@ pub mod addon;
 mod assemble;
 pub mod binfmt;
 pub mod config;
+pub mod efi;
 pub mod manifest;
 pub mod outputs;
 pub mod publish;
@@ -60,6 +61,29 @@ pub enum Format {
     Initrd,
     /// `NAME.tar`: those files in one reproducible tarball.
     Tar,
+    /// `NAME.efi`: a Unified Kernel Image (EFI stub, kernel, initrd, command line).
+    Uki,
+    /// `NAME.img`: a raw GPT disk, its EFI system partition booting the UKI, and the data
+    /// disks as partitions.
+    Disk,
+    /// `NAME.qcow2`: that disk as qcow2.
+    Qcow2,
+    /// `NAME.iso`: a hybrid EFI ISO booting the UKI.
+    Iso,
+}
+
+impl Format {
+    /// The file a format writes beside the image, `None` for the image directory itself.
+    pub fn extension(self) -> Option<&'static str> {
+        match self {
+            Format::Initrd => None,
+            Format::Tar => Some("tar"),
+            Format::Uki => Some("efi"),
+            Format::Disk => Some("img"),
+            Format::Qcow2 => Some("qcow2"),
+            Format::Iso => Some("iso"),
+        }
+    }
 }
 
 impl BuildOptions {
@@ -157,11 +181,71 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let manifest = manifest_of(&a, files, &kernel, &initrd, compression, opts.epoch);
     let sha1 = sha1_of_files(&a.tree)?;
     let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
-    let image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
-    if opts.formats.contains(&Format::Tar) {
-        outputs::write_tar(&image, opts.epoch)?;
-    }
+    let mut image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
+    image.format_outputs = write_formats(&image, &opts.formats, opts.epoch, progress)?;
     Ok(image)
+}
+
+/// Writes the formats beyond the image directory, each once, in the order given; returns
+/// their paths.
+pub fn write_formats(
+    image: &Image,
+    formats: &[Format],
+    epoch: u64,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut wanted: Vec<Format> = Vec::new();
+    for f in formats {
+        if !wanted.contains(f) && *f != Format::Initrd {
+            wanted.push(*f);
+        }
+    }
+    let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
+    let uki = if wanted.iter().any(|f| efi.contains(f)) {
+        progress("writing the UKI");
+        Some(efi::uki_bytes(image)?)
+    } else {
+        None
+    };
+    let mut raw: Option<PathBuf> = None;
+    let mut out = Vec::new();
+    for f in &wanted {
+        let uki = uki.as_deref().unwrap_or_default();
+        let path = match f {
+            Format::Initrd => continue,
+            Format::Tar => outputs::write_tar(image, epoch)?,
+            Format::Uki => efi::write_uki(image)?,
+            Format::Disk | Format::Qcow2 => {
+                let r = match &raw {
+                    Some(r) => r.clone(),
+                    None => {
+                        progress("writing the disk");
+                        let r = efi::disk::write_raw(image, uki, epoch)?;
+                        raw = Some(r.clone());
+                        r
+                    }
+                };
+                if *f == Format::Disk {
+                    r
+                } else {
+                    progress("converting the disk to qcow2");
+                    efi::disk::write_qcow2(image, &r)?
+                }
+            }
+            Format::Iso => {
+                progress("writing the ISO");
+                efi::iso::write_iso(image, uki, epoch)?
+            }
+        };
+        out.push(path);
+    }
+    // A raw disk made only on the way to qcow2 is not an output.
+    if let Some(r) = raw {
+        if !wanted.contains(&Format::Disk) {
+            std::fs::remove_file(&r).map_err(io_err(&r))?;
+        }
+    }
+    Ok(out)
 }
 
 /// SHA1 of every regular file of `tree`, by manifest path (`/bin/sh`), for the SBOM.

@@ -26,6 +26,9 @@ pub struct Image {
     pub manifest: Manifest,
     /// The data disks the spec declares (label, size in bytes).
     pub disks: Vec<(String, Option<u64>)>,
+    /// The files of the formats the build wrote beyond the image directory (`NAME.tar`,
+    /// `NAME.efi`, …), in the order `--format` listed them; empty for an image opened by path.
+    pub format_outputs: Vec<PathBuf>,
 }
 
 impl Image {
@@ -94,6 +97,7 @@ impl Image {
             dir,
             manifest,
             disks,
+            format_outputs: Vec::new(),
         })
     }
 }
@@ -139,10 +143,11 @@ pub(super) fn write_initrd_image(
         cmdline: manifest.cmdline.clone(),
         manifest,
         disks,
+        format_outputs: Vec::new(),
     })
 }
 
-fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildError> {
+pub(super) fn write_if_changed(path: &Path, bytes: &[u8], sha: &str) -> Result<(), BuildError> {
     if let Ok(md) = std::fs::metadata(path) {
         if md.len() == bytes.len() as u64 && sha256_file(path).ok().as_deref() == Some(sha) {
             return Ok(());

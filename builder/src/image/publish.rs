@@ -7,49 +7,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::outputs::Image;
 use super::BuildError;
 use crate::layer::{sha256_file, write_atomic};
+use crate::sources::oci::artifact::{ArtifactManifest, Descriptor, CREATED, TITLE};
 use crate::sources::oci::registry::{Registry, RegistryError};
 
 /// The `artifactType` of a minke image.
 pub const ARTIFACT_TYPE: &str = "application/vnd.minke.image.v1";
-/// The manifest's own media type.
-pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// The empty config of an artifact (OCI image-spec 1.1).
-const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const EMPTY_DIGEST: &str =
-    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
-const TITLE: &str = "org.opencontainers.image.title";
-const CREATED: &str = "org.opencontainers.image.created";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    data: Option<String>,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ArtifactManifest {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    #[serde(rename = "artifactType", default)]
-    artifact_type: String,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
+pub use crate::sources::oci::artifact::MANIFEST_TYPE;
 
 /// The files of `image` in the artifact, in order, with their media types.
 fn parts(image: &Image) -> Vec<(PathBuf, &'static str)> {
@@ -108,30 +74,16 @@ pub fn push(
             annotations: [(TITLE.to_string(), title)].into(),
         });
     }
-    registry.push_blob_bytes(reference, b"{}", EMPTY_DIGEST)?;
-    let manifest = ArtifactManifest {
-        schema_version: 2,
-        media_type: MANIFEST_TYPE.into(),
-        artifact_type: ARTIFACT_TYPE.into(),
-        config: Descriptor {
-            media_type: EMPTY_TYPE.into(),
-            digest: EMPTY_DIGEST.into(),
-            size: 2,
-            data: Some("e30=".into()),
-            annotations: Default::default(),
-        },
+    let manifest = ArtifactManifest::new(
+        ARTIFACT_TYPE,
         layers,
-        annotations: [
+        [
             (TITLE.to_string(), image.name.clone()),
             (CREATED.to_string(), super::sbom::iso8601(epoch)),
         ]
         .into(),
-    };
-    let bytes = serde_json::to_vec(&manifest).map_err(|source| BuildError::Json {
-        what: "the artifact manifest",
-        source,
-    })?;
-    Ok(registry.push_manifest(reference, &bytes, MANIFEST_TYPE)?)
+    );
+    Ok(manifest.push(registry, reference)?)
 }
 
 /// Pulls the minke image `reference` names into `out` (every blob by digest through the

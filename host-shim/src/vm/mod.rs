@@ -64,6 +64,35 @@ const READY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// working KVM boots a minke image in well under a second.
 const KVM_READY_BUDGET: Duration = Duration::from_secs(8);
 
+/// The firmware and medium of an EFI boot exist, and nothing asks for what such a boot cannot
+/// give (the medium's command line and initrd are sealed into it).
+fn check_efi(efi: &crate::config::EfiBoot, cfg: &VmConfig) -> Result<(), VmError> {
+    use crate::config::EfiMedium;
+    if !efi.firmware.is_file() {
+        return Err(VmError::Config(format!(
+            "no UEFI firmware at {}: install Debian's ovmf, or name the firmware image",
+            efi.firmware.display()
+        )));
+    }
+    let medium = match &efi.medium {
+        EfiMedium::Uki(p) | EfiMedium::Cdrom(p) | EfiMedium::Disk { path: p, .. } => p,
+    };
+    if !medium.is_file() {
+        return Err(VmError::Config(format!(
+            "no boot medium at {}",
+            medium.display()
+        )));
+    }
+    if !cfg.extra_initrds.is_empty() {
+        return Err(VmError::Config(format!(
+            "{} carries its own initrd: files cannot be added to it at boot; boot the image \
+             directory instead, or add them to the spec",
+            medium.display()
+        )));
+    }
+    Ok(())
+}
+
 /// A VM operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -91,6 +120,9 @@ pub enum VmError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// The configuration asks for something that cannot be done.
+    #[error("{0}")]
+    Config(String),
     /// A process could not be started.
     #[error("cannot start {what}")]
     Spawn {
@@ -231,6 +263,9 @@ impl Vm {
             cfg.share_backend,
             cfg.guest_share_kinds.as_deref(),
         )?;
+        if let Some(efi) = &cfg.efi {
+            check_efi(efi, &cfg)?;
+        }
         for d in &cfg.disks {
             disk::ensure(d)?;
         }

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::tree::{Tree, TreeError};
 
+pub mod artifact;
 mod format;
 mod input;
 mod layers;
