@@ -323,6 +323,50 @@ impl Cache {
         Ok(Layer { record, tree: out })
     }
 
+    /// Whether the blob `sha` is in the cache.
+    pub fn has_blob(&self, sha: &str) -> bool {
+        valid_hex(sha) && self.blob_path(sha).is_file()
+    }
+
+    /// The bytes of the blob `sha`.
+    pub fn blob_bytes(&self, sha: &str) -> Result<Vec<u8>, CacheError> {
+        let p = self.blob_path(sha);
+        std::fs::read(&p).map_err(|e| io_err(&p)(e).into())
+    }
+
+    /// Stores `bytes` as a blob; returns its sha256.
+    pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<String, CacheError> {
+        let sha = sha256_hex(bytes);
+        let p = self.blob_path(&sha);
+        if !p.exists() {
+            write_atomic(&p, bytes).map_err(io_err(&p))?;
+        }
+        Ok(sha)
+    }
+
+    /// The stored JSON of the layer `key`, if any.
+    pub fn record_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.layer_path(key);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e).into()),
+        }
+    }
+
+    /// Stores the JSON of the layer `key` (its blobs must be in the cache already).
+    pub fn put_record(&self, key: &str, json: &[u8]) -> Result<(), CacheError> {
+        if !valid_hex(key) {
+            return Err(CacheError::Corrupt {
+                path: self.root.join("layers"),
+                message: format!("{key:?} is not a layer key"),
+            });
+        }
+        let path = self.layer_path(key);
+        write_atomic(&path, json).map_err(io_err(&path))?;
+        Ok(())
+    }
+
     fn put_blob(&self, data: &FileData) -> Result<(String, u64), CacheError> {
         let owned;
         let bytes: &[u8] = match data {
@@ -339,6 +383,13 @@ impl Cache {
         }
         Ok((sha, bytes.len() as u64))
     }
+}
+
+/// Whether `s` is a sha256 in lowercase hex (a blob name or a layer key).
+fn valid_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Digest of a list of records (canonical JSON, one record per line).

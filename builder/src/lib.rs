@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod image;
 pub mod kernel;
 pub mod layer;
+pub mod remote;
 pub mod sources;
 pub mod spec;
 

@@ -51,6 +51,14 @@ enum Cmd {
         /// image directory, is always written.
         #[arg(long = "format", value_enum)]
         formats: Vec<FormatArg>,
+        /// Take layers from the layer cache this registry repository (REGISTRY/NAME) shares,
+        /// before producing them here (a fleet of CI runners builds each layer once).
+        #[arg(long, value_name = "REGISTRY/NAME")]
+        cache_from: Option<String>,
+        /// Push the build's layers that this registry repository lacks, each as an artifact
+        /// tagged `layer-KEY` (KEY: the digest of its inputs).
+        #[arg(long, value_name = "REGISTRY/NAME")]
+        cache_to: Option<String>,
         /// Boot another kernel than the spec's: `build` (built from kernel-config/),
         /// `build:FRAGMENT,…`, `package:NAME`, or a kernel image path.
         #[arg(long, value_name = "KERNEL")]
@@ -399,6 +407,8 @@ pub fn run() -> Result<u8> {
             refresh,
             insecure_registries,
             formats,
+            cache_from,
+            cache_to,
             kernel,
         } => {
             if refresh {
@@ -420,6 +430,8 @@ pub fn run() -> Result<u8> {
                 .collect();
             opts.compression = compression.map(Into::into);
             opts.kernel = kernel.as_deref().map(parse_kernel_arg);
+            opts.cache_from = cache_from;
+            opts.cache_to = cache_to;
             let progress = Progress::new();
             let img = image::build(&opts, &|m| progress.step(m))?;
             drop(progress);

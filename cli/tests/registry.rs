@@ -675,3 +675,191 @@ fn images_are_pushed_pulled_and_run_from_a_registry() {
     );
     assert!(out.contains("Welcome to a minke guest."), "{out}");
 }
+
+/// `--cache-to` / `--cache-from`: a second runner with an empty cache takes every layer from
+/// the registry (its in-guest binary is not compiled: the cargo target it would use stays
+/// absent) and builds the same image; skopeo reads what was pushed.
+#[test]
+fn layers_are_shared_through_a_registry_cache() {
+    if !support::require_tools(support::registry::TOOLS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::start(None);
+    let repo = format!("{}/ci/layers", reg.addr);
+    let build = |cache: &Path, target: &Path, flag: &str, out: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_minke"))
+            .args(["build", "-o"])
+            .arg(out)
+            .args([flag, &repo])
+            .env("MINKE_CACHE", cache)
+            .env("MINKE_CARGO_TARGET_DIR", target)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "minke build {flag}: {stderr}");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), stderr)
+    };
+    // The first runner compiles into the workspace's shared target (as the reproducibility
+    // test does), so this test does not pay for a cold build.
+    let shared_target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/reproducible-cargo-target");
+    let (cache_a, cache_b) = (tmp.path().join("cache-a"), tmp.path().join("cache-b"));
+    let (first, _) = build(
+        &cache_a,
+        &shared_target,
+        "--cache-to",
+        &tmp.path().join("a"),
+    );
+    let keys: Vec<String> = std::fs::read_dir(cache_a.join("layers"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
+    assert!(keys.len() >= 2, "{keys:?}");
+    // A real client reads a pushed layer.
+    let o = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{repo}:layer-{}", keys[0]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let raw = String::from_utf8_lossy(&o.stdout);
+    assert!(raw.contains("application/vnd.minke.layer.v1"), "{raw}");
+
+    let untouched_target = tmp.path().join("never-built");
+    let (second, stderr) = build(
+        &cache_b,
+        &untouched_target,
+        "--cache-from",
+        &tmp.path().join("b"),
+    );
+    let digest = |s: &str| s.lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        digest(&first),
+        digest(&second),
+        "the same image from shared layers"
+    );
+    assert!(
+        !untouched_target.exists(),
+        "the in-guest binary was compiled although its layer was in the shared cache: {stderr}"
+    );
+    for k in &keys {
+        assert_eq!(
+            std::fs::read(cache_a.join("layers").join(format!("{k}.json"))).unwrap(),
+            std::fs::read(cache_b.join("layers").join(format!("{k}.json"))).unwrap(),
+            "layer {k}"
+        );
+    }
+}
+
+/// What a shared cache offers is checked before it enters the local cache: a layer pushed
+/// under another key's tag, and a blob whose bytes are not what its name says, are refused.
+#[test]
+fn a_shared_cache_cannot_pass_off_a_wrong_layer() {
+    use minke::archive::tree::{Node, Tree};
+    use minke::remote::RemoteCache;
+    if !support::require_tools(support::registry::TOOLS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::start(None);
+    let repo = format!("{}/ci/layers", reg.addr);
+    let remote = RemoteCache::new(&repo).unwrap();
+    let a = Cache::at(tmp.path().join("a"));
+    let b = Cache::at(tmp.path().join("b"));
+    let net = Registry::new(a.clone(), RegistryOptions::default(), None).unwrap();
+    let mut tree = Tree::new();
+    tree.insert("etc/hello", Node::file(0o644, &b"hello\n"[..]))
+        .unwrap();
+    let key1 = "1".repeat(64);
+    let key2 = "2".repeat(64);
+    a.store("hello", &key1, &tree, Vec::new()).unwrap();
+    assert!(remote.push(&net, &a, &key1, &quiet).unwrap());
+    assert!(
+        !remote.push(&net, &a, &key1, &quiet).unwrap(),
+        "pushed once"
+    );
+    // Fetched into an empty cache: the same layer.
+    let net_b = Registry::new(b.clone(), RegistryOptions::default(), None).unwrap();
+    assert!(remote.fetch(&net_b, &b, &key1, &quiet).unwrap());
+    let got = b.load(&key1).unwrap().expect("the layer is in the cache");
+    assert_eq!(
+        got.record.digest,
+        a.load(&key1).unwrap().unwrap().record.digest
+    );
+    assert!(
+        !remote.fetch(&net_b, &b, &key2, &quiet).unwrap(),
+        "no such layer"
+    );
+
+    // Key 1's artifact under key 2's tag.
+    let (m, _) = net.raw_manifest(&format!("{repo}:layer-{key1}")).unwrap();
+    net.push_manifest(
+        &format!("{repo}:layer-{key2}"),
+        &m,
+        minke::sources::oci::artifact::MANIFEST_TYPE,
+    )
+    .unwrap();
+    let e = remote
+        .fetch(&net_b, &b, &key2, &quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not 2222"), "{e}");
+    assert!(b.load(&key2).unwrap().is_none());
+
+    // A record naming a blob the tarball carries with other bytes.
+    let key3 = "3".repeat(64);
+    let c = Cache::at(tmp.path().join("c"));
+    c.store("hello", &key3, &tree, Vec::new()).unwrap();
+    let record = c.record_bytes(&key3).unwrap().unwrap();
+    let hello_sha = support::registry::sha(b"hello\n")[7..].to_string();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(6);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, &hello_sha, &b"HELLO\n"[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let reference = format!("{repo}:layer-{key3}");
+    let mut layers = Vec::new();
+    for (bytes, media) in [
+        (&record, "application/vnd.minke.layer.record.v1+json"),
+        (&tar, "application/vnd.minke.layer.blobs.v1.tar"),
+    ] {
+        let digest = support::registry::sha(bytes);
+        net.push_blob_bytes(&reference, bytes, &digest).unwrap();
+        layers.push(minke::sources::oci::artifact::Descriptor {
+            media_type: media.into(),
+            digest,
+            size: bytes.len() as u64,
+            data: None,
+            annotations: Default::default(),
+        });
+    }
+    minke::sources::oci::artifact::ArtifactManifest::new(
+        minke::remote::ARTIFACT_TYPE,
+        layers,
+        Default::default(),
+    )
+    .push(&net, &reference)
+    .unwrap();
+    let d = Cache::at(tmp.path().join("d"));
+    let net_d = Registry::new(d.clone(), RegistryOptions::default(), None).unwrap();
+    let e = remote
+        .fetch(&net_d, &d, &key3, &quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match its digest"), "{e}");
+    assert!(d.load(&key3).unwrap().is_none());
+    assert!(!d.has_blob(&hello_sha), "the wrong bytes were kept");
+}

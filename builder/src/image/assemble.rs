@@ -35,6 +35,8 @@ pub struct Assembled {
     pub network: bool,
     /// Which layer each path of the tree comes from.
     pub owners: BTreeMap<String, String>,
+    /// The cache keys of the packages' layers (what `--cache-to` shares).
+    pub layer_keys: Vec<String>,
 }
 
 /// When a carried module is loaded.
@@ -65,12 +67,19 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let search = package::search_path(&spec.base_dir, &workspace);
     let lock = opts.spec.as_deref().map(lock_path);
     let registry = Registry::new(opts.cache.clone(), opts.registry.clone(), lock.as_deref())?;
+    let cache_from = opts
+        .cache_from
+        .as_deref()
+        .map(crate::remote::RemoteCache::new)
+        .transpose()
+        .map_err(|e| BuildError::Other(format!("--cache-from {e}")))?;
     let cx = package::Context {
         cache: &opts.cache,
         workspace: &workspace,
         epoch: opts.epoch,
         progress,
         registry: &registry,
+        cache_from: cache_from.as_ref(),
     };
 
     // Packages, init first; the merge order is the spec's.
@@ -84,10 +93,12 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let mut tree = Tree::new();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     let mut layers = Vec::new();
+    let mut layer_keys = Vec::new();
     let mut containers = Vec::new();
     for (name, overrides) in &names {
         let pkg = package::load(name, &search)?;
         let layer = package::produce(&pkg, &cx)?;
+        layer_keys.push(layer.record.key.clone());
         merge(&mut tree, &mut owner, &layer.tree, name, *overrides)?;
         layers.push(LayerRef {
             name: name.clone(),
@@ -261,6 +272,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         components: Vec::new(),
     });
     Ok(Assembled {
+        layer_keys,
         owners: owner,
         share_kinds,
         network,

@@ -52,6 +52,11 @@ pub struct BuildOptions {
     pub registry: RegistryOptions,
     /// Output formats beyond the image directory.
     pub formats: Vec<Format>,
+    /// A registry repository (`REGISTRY/NAME`) whose shared layer cache is asked before a
+    /// layer is produced here.
+    pub cache_from: Option<String>,
+    /// A registry repository the build's layers are pushed to (those it lacks).
+    pub cache_to: Option<String>,
 }
 
 /// An output format of `minke build --format`.
@@ -98,6 +103,8 @@ impl BuildOptions {
             kernel: None,
             registry: RegistryOptions::default(),
             formats: Vec::new(),
+            cache_from: None,
+            cache_to: None,
         }
     }
 }
@@ -166,6 +173,12 @@ crate::error::into_io_variant!(BuildError);
 
 /// Builds the image and writes the four outputs.
 pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, BuildError> {
+    let cache_to = opts
+        .cache_to
+        .as_deref()
+        .map(crate::remote::RemoteCache::new)
+        .transpose()
+        .map_err(|e| BuildError::Other(format!("--cache-to {e}")))?;
     let a = assemble(opts, progress)?;
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
@@ -183,6 +196,20 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
     let mut image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
     image.format_outputs = write_formats(&image, &opts.formats, opts.epoch, progress)?;
+    if let Some(remote) = cache_to {
+        let registry = crate::sources::oci::registry::Registry::new(
+            opts.cache.clone(),
+            opts.registry.clone(),
+            None,
+        )?;
+        for key in &a.layer_keys {
+            remote
+                .push(&registry, &opts.cache, key, progress)
+                .map_err(|e| {
+                    BuildError::Other(format!("--cache-to: {}", minke_protocol::error_chain(&e)))
+                })?;
+        }
+    }
     Ok(image)
 }
 

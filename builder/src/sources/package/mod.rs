@@ -390,6 +390,8 @@ pub struct Context<'a> {
     pub progress: &'a dyn Fn(&str),
     /// Registry images: pins (the spec's lock file) and fetches.
     pub registry: &'a crate::sources::oci::registry::Registry,
+    /// A layer cache shared through a registry, asked before a layer is produced here.
+    pub cache_from: Option<&'a crate::remote::RemoteCache>,
 }
 
 /// Produces (or loads from the cache) the layer of `pkg`.
@@ -423,6 +425,22 @@ fn produce_from<S: TreeSource>(
     let key = hex::encode(h.finalize());
     if let Some(l) = cx.cache.load(&key)? {
         return Ok(l);
+    }
+    if let Some(remote) = cx.cache_from {
+        match remote.fetch(cx.registry, cx.cache, &key, cx.progress) {
+            Ok(true) => {
+                if let Some(l) = cx.cache.load(&key)? {
+                    return Ok(l);
+                }
+            }
+            Ok(false) => {}
+            // A cache is an optimisation: without it the layer is made here.
+            Err(e) => tracing::warn!(
+                "layer {}: not taken from the shared cache ({}); building it here",
+                pkg.name,
+                minke_protocol::error_chain(&e)
+            ),
+        }
     }
     let components = source.components(&scx, &found)?;
     let mut tree = Tree::new();

@@ -66,6 +66,14 @@ pub enum RegistryError {
         /// What the user can do.
         hint: &'static str,
     },
+    /// The registry has no such manifest (tag, digest or repository unknown).
+    #[error("{image}: the registry has no such image ({reason})")]
+    NotFound {
+        /// The reference.
+        image: String,
+        /// The registry's words.
+        reason: String,
+    },
     /// What the registry sent is not what was asked for.
     #[error("{image}: {what}")]
     Bad {
@@ -413,7 +421,22 @@ impl Registry {
             })
             .clone();
         net.rt.block_on(call(client, auth)).map_err(|e| {
+            use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
             let reason = error_chain(&e);
+            let unknown = match &e {
+                E::ImageManifestNotFoundError(_) => true,
+                E::ServerError { code, .. } => *code == 404,
+                E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+                    matches!(x.code, C::ManifestUnknown | C::NameUnknown | C::NotFound)
+                }),
+                _ => false,
+            };
+            if unknown {
+                return RegistryError::NotFound {
+                    image: image.to_string(),
+                    reason,
+                };
+            }
             let hint = if reason.contains("InvalidContentType")
                 || reason.contains("invalid HTTP version")
                 || reason.contains("record overflow")
@@ -647,6 +670,13 @@ impl Registry {
             })
         })?;
         Ok(sha256_digest(bytes))
+    }
+}
+
+impl RegistryError {
+    /// Whether the registry said it has no such image (as opposed to failing to answer).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RegistryError::NotFound { .. })
     }
 }
 
