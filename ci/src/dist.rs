@@ -208,5 +208,60 @@ pub fn check(sh: &Shell) -> Result<()> {
         );
     }
     eprintln!("xtask dist check: the unpacked tarball built and ran a user's spec and the default image with the checkout hidden");
+    run_ci_example(&a, tmp.path(), &empty)?;
+    Ok(())
+}
+
+/// Runs the example CI workflow's steps with the checkout hidden: it installs minke from the
+/// tarball `dist` (through its own download step), builds, boots and pushes to a registry on
+/// 127.0.0.1, in a home directory of its own (sharing this machine's download cache).
+fn run_ci_example(dist: &Path, tmp: &Path, empty: &Path) -> Result<()> {
+    use crate::ci_example as ci;
+    let ws = crate::workspace_root();
+    let work = tmp.join("ci-workspace");
+    ci::copy_example(&ws, &work)?;
+    let registry = crate::bench_registry::LocalRegistry::start(None);
+    let steps = ci::read_steps(&ws)?;
+    let runner = tmp.join("ci-runner");
+    let home = tmp.join("ci-home");
+    std::fs::create_dir_all(&home)?;
+    let script = ci::script(&steps, &work, &runner, &ci::settings(dist, &registry.addr));
+    let script_path = tmp.join("ci-steps.sh");
+    std::fs::write(&script_path, &script)?;
+    let hide = format!(
+        "mount --bind '{}' '{}' && exec bash '{}'",
+        empty.display(),
+        ws.display(),
+        script_path.display()
+    );
+    eprintln!(
+        "xtask dist check: running the {} steps of {}/workflow.yml",
+        steps.len(),
+        ci::EXAMPLE
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &hide])
+        .env_remove("MINKE_WORKSPACE")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env("HOME", &home)
+        .env(
+            "MINKE_CACHE",
+            minke::layer::Cache::default_location().root(),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("unshare (util-linux)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the example CI workflow failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ci::check_outcome(&stdout, &work)?;
+    eprintln!(
+        "xtask dist check: the example CI workflow installed minke, built, booted and pushed"
+    );
     Ok(())
 }

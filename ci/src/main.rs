@@ -10,6 +10,7 @@ mod bench_registry;
 mod bench_reliability;
 mod bench_share;
 mod bench_vm;
+mod ci_example;
 mod demo;
 mod dist;
 mod fuzz;
