@@ -5,8 +5,10 @@ use anyhow::Result;
 use xshell::{cmd, Shell};
 
 pub fn run(sh: &Shell) -> Result<()> {
+    println!("== cargo xtask setup: what minke needs on this machine");
     crate::setup::run(sh)?;
-    cmd!(sh, "cargo build --quiet --release -p minke-cli").run()?;
+    println!("\n== cargo build --release -p minke-cli (a few minutes the first time)");
+    cmd!(sh, "cargo build --release -p minke-cli").run()?;
     let minke = crate::workspace_root().join("target/release/minke");
     let out = crate::workspace_root().join("out");
     println!("\n== minke build (the built-in default spec)");

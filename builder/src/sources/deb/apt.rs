@@ -1,6 +1,8 @@
 //! apt as a package source: candidate versions (`apt-cache policy`), downloads (`apt-get
 //! download`) into minke's cache with reuse of a cached file of the same name, version and
-//! architecture, kernel meta-package resolution, and Debian's version order.
+//! architecture, kernel meta-package resolution, and Debian's version order. Packages of
+//! another architecture than the host's come through a private apt root of their own (the
+//! host's sources, that architecture only), never through the host's dpkg configuration.
 
 use std::cmp::Ordering;
 use std::fs::{self};
@@ -128,6 +130,71 @@ pub fn cached_kernel_deb() -> Option<PathBuf> {
         .find_map(|d| find_cached_by(d, is_kernel, None, Some("amd64")))
 }
 
+/// The host's own Debian architecture (`dpkg --print-architecture`), if dpkg answers.
+fn host_arch() -> Option<&'static str> {
+    static ARCH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARCH.get_or_init(|| {
+        let out = Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .ok()?;
+        let a = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !a.is_empty()).then_some(a)
+    })
+    .as_deref()
+}
+
+/// How long a private apt root's package lists are used before they are fetched again.
+const LISTS_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// apt's options for packages of `arch`: none for the host's own architecture; for another,
+/// a private apt root under `root/ARCH` (its own package lists, an empty dpkg status, no
+/// lock on the host's apt), with the host's sources and keyrings and `arch` as the only
+/// architecture — so a foreign package is fetched without `dpkg --add-architecture` or
+/// root. The lists are fetched the first time, then again after a day or with
+/// `MINKE_REFRESH`.
+fn apt_options(arch: Option<&str>, root: &Path) -> Result<Vec<String>, DebError> {
+    let Some(arch) = arch.filter(|a| Some(*a) != host_arch() && *a != "all") else {
+        return Ok(Vec::new());
+    };
+    let dir = root.join(arch);
+    for d in ["state/lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(d)).map_err(io_err(&dir.join(d)))?;
+    }
+    let status = dir.join("status");
+    if !status.exists() {
+        fs::write(&status, b"").map_err(io_err(&status))?;
+    }
+    let p = |x: &Path| x.display().to_string();
+    let opts: Vec<String> = [
+        format!("Dir::State={}", p(&dir.join("state"))),
+        format!("Dir::State::status={}", p(&status)),
+        format!("Dir::Cache={}", p(&dir.join("cache"))),
+        format!("APT::Architecture={arch}"),
+        format!("APT::Architectures={arch}"),
+        "Debug::NoLocking=true".into(),
+        "Acquire::Languages=none".into(),
+        "APT::Sandbox::User=root".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    let stamp = dir.join("state/lists/.minke-updated");
+    let fresh = fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < LISTS_TTL);
+    let refresh = std::env::var_os("MINKE_REFRESH").is_some_and(|v| !v.is_empty() && v != "0");
+    if !fresh || refresh {
+        let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+        args.extend(["update", "-qq"]);
+        run_apt("apt-get", &args, None, root)?;
+        fs::write(&stamp, b"").map_err(io_err(&stamp))?;
+    }
+    Ok(opts)
+}
+
 fn run_apt(
     tool: &'static str,
     args: &[&str],
@@ -157,7 +224,13 @@ fn run_apt(
 /// The version apt would install for `spec` (`NAME` or `NAME:ARCH`), `None` when apt has no
 /// candidate or cannot be asked.
 pub fn candidate_version(spec: &str) -> Option<String> {
-    let out = run_apt("apt-cache", &["policy", "--", spec], None, Path::new("")).ok()?;
+    candidate_with(spec, &[])
+}
+
+fn candidate_with(spec: &str, opts: &[String]) -> Option<String> {
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["policy", "--", spec]);
+    let out = run_apt("apt-cache", &args, None, Path::new("")).ok()?;
     out.lines()
         .find_map(|l| l.trim().strip_prefix("Candidate:"))
         .map(|v| v.trim().to_string())
@@ -176,7 +249,12 @@ pub fn fetch(name: &str, arch: Option<&str>, cache_dir: &Path) -> Result<Fetched
         Some(a) => format!("{name}:{a}"),
         None => name.to_string(),
     };
-    let version = candidate_version(&spec);
+    let apt_root = cache_dir
+        .parent()
+        .map(|p| p.join("apt"))
+        .unwrap_or_else(|| cache_dir.join("apt"));
+    let opts = apt_options(arch, &apt_root)?;
+    let version = candidate_with(&spec, &opts);
     let found = match &version {
         Some(v) => find_cached(cache_dir, name, Some(v), arch),
         None => find_cached(cache_dir, name, None, arch),
@@ -195,12 +273,9 @@ pub fn fetch(name: &str, arch: Option<&str>, cache_dir: &Path) -> Result<Fetched
                 .tempdir_in(cache_dir)
                 .map_err(io_err(cache_dir))?;
             let pinned = format!("{spec}={v}");
-            run_apt(
-                "apt-get",
-                &["download", "-q", "--", &pinned],
-                Some(tmp.path()),
-                cache_dir,
-            )?;
+            let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+            args.extend(["download", "-q", "--", &pinned]);
+            run_apt("apt-get", &args, Some(tmp.path()), cache_dir)?;
             let got = find_cached(tmp.path(), name, Some(&v), arch).ok_or_else(|| {
                 DebError::DownloadMissing {
                     spec: pinned.clone(),
