@@ -7,6 +7,7 @@
 
 mod bench_build;
 mod bench_registry;
+mod bench_release;
 mod bench_reliability;
 mod bench_share;
 mod bench_vm;
@@ -31,7 +32,7 @@ tasks:
   test               setup, then formatting, lints and the whole test suite (what CI runs)
   demo               build the default image, boot it, run commands in it
   dist               target/dist/minke-VERSION-x86_64-linux.tar.gz: minke, installable anywhere
-  bench <what>       benchmarks: build | boot | agents | share | registry | reliability [DRILL…]
+  bench <what>       benchmarks: build | boot | agents | share | registry | release | reliability [DRILL…]
   fuzz [--time N]    run every fuzz target for N seconds (default 10)
 ";
 
@@ -52,9 +53,10 @@ fn main() -> Result<()> {
             Some("agents") => bench_vm::agents(&sh),
             Some("share") => bench_share::run(&sh),
             Some("registry") => bench_registry::run(&sh),
+            Some("release") => bench_release::run(&sh),
             Some("reliability") => bench_reliability::run(&sh, &rest[1..]),
             other => {
-                bail!("unknown benchmark {other:?}: build | boot | agents | share | registry | reliability")
+                bail!("unknown benchmark {other:?}: build | boot | agents | share | registry | release | reliability")
             }
         },
         Some("-h" | "--help" | "help") | None => {
