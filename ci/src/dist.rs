@@ -1,6 +1,7 @@
 //! `cargo xtask dist`: minke as a self-contained tarball — `bin/minke`, and under
 //! `share/minke/` the default packages, the kernel-config fragments, the examples and the
-//! in-guest binary prebuilt (`guest/minke-init`) — which works unpacked anywhere, with no
+//! in-guest binary prebuilt for each architecture (`guest/minke-init`,
+//! `guest/aarch64/minke-init`) — which works unpacked anywhere, with no
 //! checkout. Reproducible: the files git tracks, in byte order, every timestamp
 //! SOURCE_DATE_EPOCH, owners 0, modes 0755 or 0644.
 //!
@@ -39,30 +40,37 @@ pub fn make(sh: &Shell, minke: &Path, out: &Path) -> Result<PathBuf> {
     let version = env!("CARGO_PKG_VERSION");
     let top = format!("minke-{version}-x86_64-linux");
     let cache = minke::layer::Cache::default_location();
-    eprintln!("xtask dist: the in-guest binary (guest profile, static)");
-    let init = minke::sources::package::build_guest_binary(
-        &ws,
-        &cache.dir("cargo-target"),
-        epoch,
-        "minke-init",
-        "minke-init",
-    )
-    .map_err(anyhow::Error::msg)?;
-
-    // What the SBOM of an image built by this install lists for the in-guest binary.
-    let crates =
-        minke::sources::package::crate_components(&ws, "minke-init").map_err(anyhow::Error::msg)?;
-    let crates_json = tmp_file(out, &serde_json::to_vec_pretty(&crates)?)?;
-    // (path in the tarball, source file, executable)
-    let mut files: Vec<(String, PathBuf, bool)> = vec![
-        (format!("{top}/bin/minke"), minke.to_path_buf(), true),
-        (format!("{top}/share/minke/guest/minke-init"), init, true),
-        (
-            format!("{top}/share/minke/guest/minke-init.components.json"),
-            crates_json.path().to_path_buf(),
+    // The in-guest binary for every architecture, with what the SBOM of an image built by
+    // this install lists for it: x86_64's in `guest/`, another's in `guest/ARCH/`.
+    let mut files: Vec<(String, PathBuf, bool)> =
+        vec![(format!("{top}/bin/minke"), minke.to_path_buf(), true)];
+    let mut lists = Vec::new();
+    for arch in minke_protocol::arch::Arch::ALL {
+        eprintln!("xtask dist: the in-guest binary for {arch} (guest profile, static)");
+        let init = minke::sources::package::build_guest_binary(
+            &ws,
+            &cache.dir("cargo-target"),
+            epoch,
+            "minke-init",
+            "minke-init",
+            arch,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let crates = minke::sources::package::crate_components(&ws, "minke-init", arch)
+            .map_err(anyhow::Error::msg)?;
+        let list = tmp_file(out, &serde_json::to_vec_pretty(&crates)?)?;
+        let dir = match arch {
+            minke_protocol::arch::Arch::X86_64 => format!("{top}/share/minke/guest"),
+            other => format!("{top}/share/minke/guest/{other}"),
+        };
+        files.push((format!("{dir}/minke-init"), init, true));
+        files.push((
+            format!("{dir}/minke-init.components.json"),
+            list.path().to_path_buf(),
             false,
-        ),
-    ];
+        ));
+        lists.push(list);
+    }
     let listed = cmd!(sh, "git ls-files -z {DATA...}").read()?;
     for rel in listed.split('\0').filter(|r| !r.is_empty()) {
         let src = ws.join(rel);
@@ -187,11 +195,13 @@ pub fn check(sh: &Shell) -> Result<()> {
          cd '{proj}'\n\
          '{bin}' build proj.yml -o out >/dev/null\n\
          '{bin}' run out --accel tcg --name dist-proj -- cat /opt/hello/greeting\n\
-         '{bin}' run --accel tcg --name dist-default -- uname -s\n",
+         '{bin}' run --accel tcg --name dist-default -- uname -s\n\
+         '{bin}' run '{top}/share/minke/examples/aarch64.yml' --accel tcg --name dist-arm -- uname -m\n",
         empty = empty.display(),
         ws = ws.display(),
         proj = proj.display(),
         bin = bin.display(),
+        top = top.display(),
     );
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
@@ -200,14 +210,14 @@ pub fn check(sh: &Shell) -> Result<()> {
         .output()
         .context("unshare (util-linux)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || stdout != "hello from a user package\nLinux\n" {
+    if !out.status.success() || stdout != "hello from a user package\nLinux\naarch64\n" {
         bail!(
             "the unpacked dist failed with the checkout hidden ({}):\nstdout: {stdout}\nstderr: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    eprintln!("xtask dist check: the unpacked tarball built and ran a user's spec and the default image with the checkout hidden");
+    eprintln!("xtask dist check: the unpacked tarball built and ran a user's spec, the default image and the aarch64 example with the checkout hidden");
     run_ci_example(&a, tmp.path(), &empty)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench_boot_aarch64;
 mod bench_build;
 mod bench_registry;
 mod bench_release;
@@ -49,7 +50,14 @@ fn main() -> Result<()> {
         Some("dist") => dist::run(&sh, rest),
         Some("bench") => match rest.first().map(String::as_str) {
             Some("build") => bench_build::run(&sh),
-            Some("boot") => bench_vm::boot(&sh),
+            Some("boot") => match rest.get(1..).unwrap_or_default() {
+                [] => bench_vm::boot(&sh),
+                [flag, arch] if flag == "--arch" && arch == "aarch64" => {
+                    bench_boot_aarch64::run(&sh)
+                }
+                [flag, arch] if flag == "--arch" && arch == "x86_64" => bench_vm::boot(&sh),
+                other => bail!("cargo xtask bench boot [--arch x86_64|aarch64], not {other:?}"),
+            },
             Some("agents") => bench_vm::agents(&sh),
             Some("share") => bench_share::run(&sh),
             Some("registry") => bench_registry::run(&sh),

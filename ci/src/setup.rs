@@ -53,6 +53,13 @@ const APT: &[(&str, &str)] = &[
     ("ovmf", "/usr/share/ovmf/OVMF.fd"),
     ("xorriso", "xorriso"),
     ("diffoscope-minimal", "diffoscope"),
+    // aarch64 guests: their emulator, and what cross-builds the in-guest binary — Debian's
+    // rustc (its aarch64 standard library is fetched by the builder, not installed) and the
+    // cross linker with its static C library.
+    ("qemu-system-arm", "qemu-system-aarch64"),
+    ("rustc-web", "/usr/bin/rustc"),
+    ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+    ("libc6-dev-arm64-cross", "/usr/aarch64-linux-gnu/lib/libc.a"),
 ];
 
 /// Tools installed with `cargo install --locked`: (crate, binary).

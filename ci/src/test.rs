@@ -29,6 +29,7 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     // A boot test that cannot run fails here instead of passing as skipped.
     let _require = sh.push_env("MINKE_REQUIRE_BOOT", "1");
     cmd!(sh, "cargo test --workspace -- --test-threads=2").run()?;
+    aarch64_boot_tests(sh)?;
     // minke as a user installs it: the dist tarball, used with the checkout out of sight.
     crate::dist::check(sh)?;
     // Every cargo-fuzz target, briefly: the coverage-guided runs start from the repository's
@@ -49,6 +50,49 @@ pub fn run(sh: &Shell, args: &[String]) -> Result<()> {
     }
     if kernel {
         built_kernel(sh)?;
+    }
+    Ok(())
+}
+
+/// The boot tests that do not depend on the guest's architecture, again on an aarch64 image
+/// (the harness's `MINKE_TEST_ARCH` switch): exec with exit codes and stdin over both
+/// transports, files, time sync and boot info, the data disk across a reboot, power-off,
+/// killed agents.
+pub const AARCH64_BOOT_TESTS: &[&str] = &[
+    "exec_codes_streams_and_runtime_config",
+    "exec_streams_stdin_both_ways",
+    "files_and_trees_round_trip",
+    "info_logs_timesync_and_boot_chart",
+    "poweroff_is_clean",
+    "powerdown_runs_onshutdown_and_data_survives_reboot",
+    "serial_exec_exit_codes_and_stdin",
+    "serial_files_round_trip",
+    "data_disk_is_attached_with_its_label_as_serial",
+];
+
+fn aarch64_boot_tests(sh: &Shell) -> Result<()> {
+    let _arch = sh.push_env("MINKE_TEST_ARCH", "aarch64");
+    let tests = AARCH64_BOOT_TESTS;
+    eprintln!(
+        "xtask test: {} boot tests on an aarch64 guest",
+        tests.len() + 1
+    );
+    let boot = cmd!(
+        sh,
+        "cargo test -p minke-shim --test boot -- --exact --test-threads=2 {tests...}"
+    )
+    .read()?;
+    let reliability = cmd!(
+        sh,
+        "cargo test -p minke-shim --test reliability -- --exact killed_agents_come_back"
+    )
+    .read()?;
+    // A misspelt name would select nothing and pass: every one must have run.
+    for (out, n) in [(&boot, tests.len()), (&reliability, 1)] {
+        println!("{out}");
+        if !out.contains(&format!("test result: ok. {n} passed")) {
+            bail!("the aarch64 boot tests did not all run and pass:\n{out}");
+        }
     }
     Ok(())
 }

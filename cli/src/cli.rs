@@ -59,6 +59,9 @@ enum Cmd {
         /// tagged `layer-KEY` (KEY: the digest of its inputs).
         #[arg(long, value_name = "REGISTRY/NAME")]
         cache_to: Option<String>,
+        /// Build for this architecture instead of the spec's: x86_64 or aarch64.
+        #[arg(long, value_name = "ARCH")]
+        arch: Option<String>,
         /// Boot another kernel than the spec's: `build` (built from kernel-config/),
         /// `build:FRAGMENT,…`, `package:NAME`, or a kernel image path.
         #[arg(long, value_name = "KERNEL")]
@@ -409,6 +412,7 @@ pub fn run() -> Result<u8> {
             formats,
             cache_from,
             cache_to,
+            arch,
             kernel,
         } => {
             if refresh {
@@ -432,6 +436,13 @@ pub fn run() -> Result<u8> {
             opts.kernel = kernel.as_deref().map(parse_kernel_arg);
             opts.cache_from = cache_from;
             opts.cache_to = cache_to;
+            opts.arch = match arch.as_deref() {
+                None => None,
+                Some(a) => Some(
+                    minke_protocol::arch::Arch::parse(a)
+                        .with_context(|| format!("--arch {a}: write x86_64 or aarch64"))?,
+                ),
+            };
             let progress = Progress::new();
             let img = image::build(&opts, &|m| progress.step(m))?;
             drop(progress);

@@ -310,6 +310,12 @@ pub fn run(a: RunArgs) -> Result<u8> {
         check_emulation(&img, &p.arch)?;
     }
     let mut cfg = VmConfig::new(name.clone(), &img.kernel, &img.initrd);
+    cfg.arch = minke_protocol::arch::Arch::parse(&img.manifest.arch).with_context(|| {
+        format!(
+            "image {} is for {:?}, an architecture this minke cannot boot",
+            img.name, img.manifest.arch
+        )
+    })?;
     cfg.efi = medium.map(|medium| EfiBoot {
         firmware: a
             .firmware

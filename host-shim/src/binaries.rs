@@ -16,8 +16,10 @@ pub struct NotFound {
 /// A host program the shim uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
-    /// `qemu-system-x86_64`.
+    /// `qemu-system-<host arch>`.
     QemuSystem,
+    /// The QEMU system emulator of a guest architecture.
+    QemuSystemFor(minke_protocol::arch::Arch),
     /// `qemu-img`.
     QemuImg,
     /// `vhost-device-vsock` (rust-vmm).
@@ -37,6 +39,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::QemuSystem => qemu_system_name(),
+            Tool::QemuSystemFor(a) => a.qemu_system(),
             Tool::QemuImg => "qemu-img",
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Mke2fs => "mke2fs",
@@ -48,7 +51,12 @@ impl Tool {
 
     fn install(self) -> &'static str {
         match self {
-            Tool::QemuSystem => "apt-get install qemu-system-x86",
+            Tool::QemuSystem | Tool::QemuSystemFor(minke_protocol::arch::Arch::X86_64) => {
+                "apt-get install qemu-system-x86"
+            }
+            Tool::QemuSystemFor(minke_protocol::arch::Arch::Aarch64) => {
+                "apt-get install qemu-system-arm"
+            }
             Tool::QemuImg => "apt-get install qemu-utils",
             Tool::VhostDeviceVsock => "cargo install --locked vhost-device-vsock",
             Tool::Mke2fs | Tool::E2fsck => "apt-get install e2fsprogs",

@@ -54,6 +54,8 @@ pub struct VmConfig {
     /// Runtime config sent to the guest's `/run/config` right after it is ready:
     /// `(file name, contents)`; `minke run --env`/`--data` end up here.
     pub runtime_config: Vec<(String, Vec<u8>)>,
+    /// The guest's architecture (an image's manifest says): which QEMU, which machine.
+    pub arch: minke_protocol::arch::Arch,
     /// Boot through UEFI firmware from a release format (a UKI, a disk, an ISO) instead of
     /// handing QEMU the kernel and initrd: the kernel, initrd and command line are then the
     /// medium's own, and `kernel`/`initrd`/`cmdline`/`extra_initrds` are not used.
@@ -120,6 +122,7 @@ impl VmConfig {
             guest_share_kinds: None,
             runtime_config: Vec::new(),
             efi: None,
+            arch: minke_protocol::arch::Arch::X86_64,
         }
     }
 }

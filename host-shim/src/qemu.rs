@@ -45,20 +45,22 @@ pub(crate) fn qemu_args(
         "-display",
         "none",
     ]);
-    match accel {
-        UsedAccel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        UsedAccel::Tcg => push(&["-accel", "tcg"]),
+    let aarch64 = cfg.arch == minke_protocol::arch::Arch::Aarch64;
+    match (accel, aarch64) {
+        (UsedAccel::Kvm, _) => push(&["-accel", "kvm", "-cpu", "host"]),
+        (UsedAccel::Tcg, false) => push(&["-accel", "tcg"]),
+        // Every feature, with QEMU's own pointer authentication (far cheaper to emulate).
+        (UsedAccel::Tcg, true) => push(&["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
     }
     // vhost-user backends (the vsock backend, virtiofsd) map the guest's memory.
     let shared_mem = transport == UsedTransport::VhostUser || share::needs_shared_memory(shares);
-    push(&[
-        "-machine",
-        if shared_mem {
-            "q35,memory-backend=mem"
-        } else {
-            "q35"
-        },
-    ]);
+    let machine = if aarch64 { "virt" } else { "q35" };
+    let machine = if shared_mem {
+        format!("{machine},memory-backend=mem")
+    } else {
+        machine.to_string()
+    };
+    push(&["-machine", &machine]);
     let mem = format!("{}M", cfg.mem_mib);
     push(&["-m", &mem, "-smp", &cfg.cpus.to_string()]);
     if shared_mem {
@@ -368,6 +370,25 @@ mod tests {
         assert!(a.contains("media=cdrom,readonly=on"), "{a}");
         assert!(
             a.contains("-device ide-cd,drive=boot,bus=ide.0,bootindex=0"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn aarch64_guests_get_the_virt_machine() {
+        let mut c = cfg();
+        c.arch = minke_protocol::arch::Arch::Aarch64;
+        let a = qemu_args(
+            &c,
+            Path::new("/s"),
+            UsedAccel::Tcg,
+            UsedTransport::VhostUser,
+            &[],
+            None,
+        )
+        .join(" ");
+        assert!(
+            a.contains("-accel tcg -cpu max,pauth-impdef=on -machine virt,memory-backend=mem"),
             "{a}"
         );
     }

@@ -25,6 +25,7 @@
 /// below them is hidden from then on, so nothing meant to be seen may be put there.
 pub const BOOT_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
 
+pub mod arch;
 pub mod auth;
 pub mod config;
 pub mod console;

@@ -60,6 +60,9 @@ pub fn lock_path(spec: &std::path::Path) -> std::path::PathBuf {
 /// Resolves a spec into the merged tree and config without archiving.
 pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assembled, BuildError> {
     let mut spec = spec::load(opts.spec.as_deref())?;
+    if let Some(a) = opts.arch {
+        spec.retarget(a);
+    }
     if let Some(k) = &opts.kernel {
         spec.raw.kernel = k.clone();
     }
@@ -80,6 +83,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         progress,
         registry: &registry,
         cache_from: cache_from.as_ref(),
+        arch: spec.arch(),
     };
 
     // Packages, init first; the merge order is the spec's.

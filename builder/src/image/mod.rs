@@ -57,6 +57,9 @@ pub struct BuildOptions {
     pub cache_from: Option<String>,
     /// A registry repository the build's layers are pushed to (those it lacks).
     pub cache_to: Option<String>,
+    /// Build for this architecture instead of the spec's (its default kernel and command
+    /// line follow, unless the spec names others).
+    pub arch: Option<minke_protocol::arch::Arch>,
 }
 
 /// An output format of `minke build --format`.
@@ -105,6 +108,7 @@ impl BuildOptions {
             formats: Vec::new(),
             cache_from: None,
             cache_to: None,
+            arch: None,
         }
     }
 }

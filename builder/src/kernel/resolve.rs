@@ -204,7 +204,8 @@ pub fn kernel_from_package(
     progress(&format!("resolving kernel package {package}"));
     let real = crate::sources::deb::pins::resolve_kernel(cache, package).map_err(k)?;
     progress(&format!("fetching {real}"));
-    let deb = crate::sources::deb::pins::fetch(cache, &real, "amd64").map_err(k)?;
+    let arch = crate::sources::deb::kernel_package_arch(&real);
+    let deb = crate::sources::deb::pins::fetch(cache, &real, arch).map_err(k)?;
     let sha = deb.sha256.clone();
     let dest = cache.dir("kernels").join(&sha);
     let record_path = dest.join("kernel.json");

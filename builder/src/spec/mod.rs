@@ -86,6 +86,30 @@ pub struct Spec {
     pub service_order: Vec<String>,
 }
 
+impl Spec {
+    /// The guest architecture (validated, so always one minke knows).
+    pub fn arch(&self) -> minke_protocol::arch::Arch {
+        minke_protocol::arch::Arch::parse(&self.raw.arch)
+            .unwrap_or(minke_protocol::arch::Arch::X86_64)
+    }
+
+    /// Makes this an image for `arch` (`minke build --arch`): the kernel package and command
+    /// line that were the old architecture's defaults become the new one's; a kernel or
+    /// command line the spec chose itself stays.
+    pub fn retarget(&mut self, arch: minke_protocol::arch::Arch) {
+        let old = self.arch();
+        if let RawKernel::Package { package } = &mut self.raw.kernel {
+            if package == old.default_kernel_package() {
+                *package = arch.default_kernel_package().into();
+            }
+        }
+        if self.raw.cmdline == old.default_cmdline() {
+            self.raw.cmdline = arch.default_cmdline().into();
+        }
+        self.raw.arch = arch.name().into();
+    }
+}
+
 /// A validated file entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {

@@ -16,7 +16,8 @@ use crate::archive::compress::Compression;
 pub struct RawSpec {
     /// Image name; outputs are NAME-kernel, NAME-initrd.img, NAME-cmdline, NAME.manifest.json.
     pub name: String,
-    /// Guest architecture (only `x86_64` today).
+    /// Guest architecture: `x86_64` (the default) or `aarch64`; an aarch64 image gets
+    /// Debian's arm64 cloud kernel and a ttyAMA0 console unless the spec names others.
     #[serde(default = "default_arch")]
     pub arch: String,
     /// Which kernel to boot.

@@ -41,8 +41,13 @@ pub fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
 }
 /// Checks every section of `raw` and resolves what the rest of the builder needs.
-pub(super) fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Result<Spec, SpecError> {
+pub(super) fn validate(
+    mut raw: RawSpec,
+    src: &Source<'_>,
+    base_dir: &Path,
+) -> Result<Spec, SpecError> {
     check_identity(&raw, src)?;
+    arch_defaults(&mut raw);
     let agents = agents(&raw, src)?;
     check_modules(&raw, src)?;
     check_network(&raw, src)?;
@@ -64,6 +69,23 @@ pub(super) fn validate(raw: RawSpec, src: &Source<'_>, base_dir: &Path) -> Resul
 }
 
 /// The image's name and architecture, the kernel package's name and the init package's.
+/// The kernel and command line of an image whose spec names none are its architecture's
+/// (the x86_64 ones are the serde defaults).
+fn arch_defaults(raw: &mut RawSpec) {
+    use minke_protocol::arch::Arch;
+    let Some(arch) = Arch::parse(&raw.arch).filter(|a| *a != Arch::X86_64) else {
+        return;
+    };
+    if let RawKernel::Package { package } = &mut raw.kernel {
+        if package == Arch::X86_64.default_kernel_package() {
+            *package = arch.default_kernel_package().into();
+        }
+    }
+    if raw.cmdline == Arch::X86_64.default_cmdline() {
+        raw.cmdline = arch.default_cmdline().into();
+    }
+}
+
 fn check_identity(raw: &RawSpec, src: &Source<'_>) -> Result<(), SpecError> {
     if !valid_name(&raw.name) {
         return Err(src.err(
@@ -75,14 +97,11 @@ fn check_identity(raw: &RawSpec, src: &Source<'_>) -> Result<(), SpecError> {
             ),
         ));
     }
-    if raw.arch != "x86_64" {
+    if !matches!(raw.arch.as_str(), "x86_64" | "aarch64") {
         return Err(src.err(
             "arch",
             &raw.arch,
-            format!(
-                "unsupported arch {:?}: only x86_64 guests are supported",
-                raw.arch
-            ),
+            format!("unsupported arch {:?}: write x86_64 or aarch64", raw.arch),
         ));
     }
     if let RawKernel::Package { package } = &raw.kernel {

@@ -115,7 +115,20 @@ pub(super) fn warn_once(msg: &str) {
 }
 
 /// Chooses the accelerator; the flag says whether KVM is on probation (Auto).
-pub(super) fn resolve_accel(accel: Accel) -> Result<(UsedAccel, bool), VmError> {
+pub(super) fn resolve_accel(
+    accel: Accel,
+    arch: minke_protocol::arch::Arch,
+) -> Result<(UsedAccel, bool), VmError> {
+    // KVM runs guests of the host's own architecture only; others are emulated.
+    if Some(arch) != minke_protocol::arch::Arch::host() {
+        return match accel {
+            Accel::Kvm => Err(VmError::Kvm(format!(
+                "KVM cannot run an {arch} guest on this {} host: use --accel tcg",
+                std::env::consts::ARCH
+            ))),
+            _ => Ok((UsedAccel::Tcg, false)),
+        };
+    }
     match accel {
         Accel::Tcg => Ok((UsedAccel::Tcg, false)),
         Accel::Kvm => can_open_rw("/dev/kvm")

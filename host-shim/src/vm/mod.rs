@@ -68,6 +68,13 @@ const KVM_READY_BUDGET: Duration = Duration::from_secs(8);
 /// give (the medium's command line and initrd are sealed into it).
 fn check_efi(efi: &crate::config::EfiBoot, cfg: &VmConfig) -> Result<(), VmError> {
     use crate::config::EfiMedium;
+    if cfg.arch != minke_protocol::arch::Arch::X86_64 {
+        return Err(VmError::Config(format!(
+            "booting {} images through UEFI firmware is not supported yet: boot the image \
+             directory",
+            cfg.arch
+        )));
+    }
     if !efi.firmware.is_file() {
         return Err(VmError::Config(format!(
             "no UEFI firmware at {}: install Debian's ovmf, or name the firmware image",
@@ -256,7 +263,7 @@ impl Vm {
             state::check_socket_path(&state, f)?;
         }
         state::check_socket_path(&state, &format!("{}_{TIMESYNC_PORT}", files::VSOCK))?;
-        let qemu_bin = binaries::find(Tool::QemuSystem)?;
+        let qemu_bin = binaries::find(Tool::QemuSystemFor(cfg.arch))?;
         // Every share checked before anything starts: a missing directory is an error here.
         let shares = share::plan(
             &cfg.shares,
@@ -269,7 +276,7 @@ impl Vm {
         for d in &cfg.disks {
             disk::ensure(d)?;
         }
-        let (accel, kvm_probe) = resolve_accel(cfg.accel)?;
+        let (accel, kvm_probe) = resolve_accel(cfg.accel, cfg.arch)?;
         let transport = resolve_transport(cfg.transport)?;
         let secret = new_secret()?;
         state::write_private(&state.join(files::SECRET), secret.as_bytes())?;

@@ -28,6 +28,19 @@ pub struct TestImage {
     pub cmdline: Option<String>,
 }
 
+/// The guest architecture the tests build and boot: `MINKE_TEST_ARCH` (x86_64 or aarch64),
+/// else x86_64.
+pub fn test_arch() -> minke_protocol::arch::Arch {
+    std::env::var("MINKE_TEST_ARCH")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            minke_protocol::arch::Arch::parse(&a)
+                .unwrap_or_else(|| panic!("MINKE_TEST_ARCH={a}: write x86_64 or aarch64"))
+        })
+        .unwrap_or(minke_protocol::arch::Arch::X86_64)
+}
+
 /// The image under test, or why there is none.
 pub fn test_image() -> Result<TestImage, String> {
     static IMAGE: OnceLock<Result<TestImage, String>> = OnceLock::new();
@@ -90,7 +103,13 @@ pub fn build_image(spec: &str, name: &str) -> Result<String, String> {
     } else {
         ""
     };
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-image{suffix}"));
+    let arch = test_arch();
+    let arch_suffix = match arch {
+        minke_protocol::arch::Arch::X86_64 => String::new(),
+        other => format!("-{other}"),
+    };
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-image{suffix}{arch_suffix}"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(cargo);
     c.current_dir(ws)
@@ -101,6 +120,7 @@ pub fn build_image(spec: &str, name: &str) -> Result<String, String> {
     if let Some(k) = kernel {
         c.arg("--kernel").arg(k);
     }
+    c.args(["--arch", arch.name()]);
     run(&mut c).map_err(|e| format!("cannot build {}: {e}", spec.display()))?;
     Ok(out.join(name).to_string_lossy().into_owned())
 }
@@ -115,7 +135,7 @@ fn run(c: &mut Command) -> Result<String, String> {
 
 /// Why boot tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    for t in [Tool::QemuSystem, Tool::VhostDeviceVsock] {
+    for t in [Tool::QemuSystemFor(test_arch()), Tool::VhostDeviceVsock] {
         if let Err(e) = binaries::find(t) {
             return Some(e.to_string());
         }
@@ -125,7 +145,7 @@ pub fn skip_reason() -> Option<String> {
 
 /// Why the serial-transport tests cannot run here (they need no vhost-device-vsock).
 pub fn serial_skip_reason() -> Option<String> {
-    if let Err(e) = binaries::find(Tool::QemuSystem) {
+    if let Err(e) = binaries::find(Tool::QemuSystemFor(test_arch())) {
         return Some(e.to_string());
     }
     test_image().err()
@@ -171,6 +191,7 @@ pub fn config(name: &str, state: &Path) -> VmConfig {
     c.state_dir = Some(state.to_path_buf());
     c.transport = Transport::VhostUser;
     c.accel = Accel::Tcg;
+    c.arch = test_arch();
     c
 }
 

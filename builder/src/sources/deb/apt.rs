@@ -321,12 +321,17 @@ pub(super) fn is_versioned_kernel(name: &str) -> bool {
 /// Without apt, the highest cached kernel package of the same flavour is taken.
 pub fn resolve_kernel_package(name: &str) -> Result<String, DebError> {
     let mut current = name.to_string();
+    let debs = debs_dir();
+    let apt_root = debs.parent().map(|p| p.join("apt")).unwrap_or_default();
+    let opts = apt_options(Some(kernel_package_arch(name)), &apt_root)?;
     for _ in 0..4 {
         check_package(&current, None)?;
         if is_versioned_kernel(&current) {
             return Ok(current);
         }
-        let out = match run_apt("apt-cache", &["depends", "--", &current], None, &debs_dir()) {
+        let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+        args.extend(["depends", "--", &current]);
+        let out = match run_apt("apt-cache", &args, None, &debs) {
             Ok(o) => o,
             Err(e @ DebError::AptMissing { .. }) => return cached_kernel_of_flavour(name).ok_or(e),
             Err(e) => return Err(e),
@@ -353,6 +358,16 @@ pub fn resolve_kernel_package(name: &str) -> Result<String, DebError> {
     Err(DebError::NoKernelPackage {
         name: name.to_string(),
     })
+}
+
+/// The Debian architecture of a kernel package, from its flavour (`linux-image-cloud-arm64`,
+/// `linux-image-6.1.0-57-arm64`): arm64 when the name says so, else amd64.
+pub fn kernel_package_arch(name: &str) -> &'static str {
+    if name.ends_with("arm64") {
+        "arm64"
+    } else {
+        "amd64"
+    }
 }
 
 fn cached_kernel_of_flavour(meta: &str) -> Option<String> {

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{hash_dir, PackageError, SourceCx, TreeSource};
 use crate::archive::tree::{FileData, Node, NodeKind, Tree};
 use crate::layer::{sha256_file, Component};
+use minke_protocol::arch::Arch;
 
 /// `cargo:` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,12 +31,17 @@ fn default_inputs() -> Vec<String> {
     vec!["init".into(), "agents".into()]
 }
 
-/// The binary to use instead of building, when the data directory is an install.
-fn prebuilt(workspace: &Path, binary: &str) -> Option<PathBuf> {
+/// The binary to use instead of building, when the data directory is an install: the
+/// x86_64 one in `DATA/guest/`, another architecture's in `DATA/guest/ARCH/`.
+fn prebuilt(workspace: &Path, binary: &str, arch: Arch) -> Option<PathBuf> {
     if workspace.join("Cargo.toml").is_file() {
         return None;
     }
-    Some(workspace.join(crate::spec::PREBUILT_GUEST_DIR).join(binary))
+    let dir = workspace.join(crate::spec::PREBUILT_GUEST_DIR);
+    Some(match arch {
+        Arch::X86_64 => dir.join(binary),
+        other => dir.join(other.name()).join(binary),
+    })
 }
 
 impl TreeSource for CargoSource {
@@ -51,7 +57,7 @@ impl TreeSource for CargoSource {
         cx: &SourceCx<'_>,
         key: &mut Sha256,
     ) -> Result<Option<PathBuf>, PackageError> {
-        if let Some(bin) = prebuilt(cx.outer.workspace, &self.binary) {
+        if let Some(bin) = prebuilt(cx.outer.workspace, &self.binary, cx.outer.arch) {
             let sha = sha256_file(&bin).map_err(|e| {
                 cx.step(format!(
                     "{} is no source checkout and has no prebuilt {} ({}): reinstall minke",
@@ -63,7 +69,7 @@ impl TreeSource for CargoSource {
             key.update(format!("prebuilt {sha}\n").as_bytes());
             return Ok(Some(bin));
         }
-        hash_cargo_inputs(key, cx.outer.workspace, &self.inputs)
+        hash_cargo_inputs(key, cx.outer.workspace, &self.inputs, cx.outer.arch)
             .map_err(|e| cx.step("cannot hash the cargo inputs".into())(e.into()))?;
         Ok(None)
     }
@@ -82,7 +88,8 @@ impl TreeSource for CargoSource {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| cx.fail(format!("{}: {e}; reinstall minke", list.display())))
             }
-            None => crate_components(cx.outer.workspace, &self.package).map_err(|m| cx.fail(m)),
+            None => crate_components(cx.outer.workspace, &self.package, cx.outer.arch)
+                .map_err(|m| cx.fail(m)),
         }
     }
 
@@ -96,7 +103,8 @@ impl TreeSource for CargoSource {
             Some(bin) => {
                 let bytes = std::fs::read(&bin)
                     .map_err(|e| cx.step(format!("cannot read {}", bin.display()))(e.into()))?;
-                check_static(&bytes).map_err(|m| cx.fail(format!("{}: {m}", bin.display())))?;
+                check_static(&bytes, cx.outer.arch)
+                    .map_err(|m| cx.fail(format!("{}: {m}", bin.display())))?;
                 bin
             }
             None => {
@@ -139,14 +147,125 @@ fn cargo_rustflags(workspace: &Path) -> String {
     )
 }
 
-const CARGO_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// How the in-guest binary is compiled for an architecture: the host's own toolchain for
+/// x86_64; for another, Debian's rustc (`rustc-web`, which carries LLVM for every target) with
+/// that target's standard library from Debian's `libstd-rust-web-dev:ARCH` — downloaded
+/// through a private apt root and unpacked into the cache, unless installed — and the cross
+/// linker `gcc-TRIPLE`.
+struct Toolchain {
+    rustc: Option<PathBuf>,
+    /// Extra rustc flags (sysroot, linker).
+    flags: String,
+}
 
-fn hash_cargo_inputs(h: &mut Sha256, ws: &Path, inputs: &[String]) -> std::io::Result<()> {
+/// Debian's rustc, the one whose standard libraries Debian ships for other architectures.
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+fn toolchain(arch: Arch, cache: Option<&Path>) -> Result<Toolchain, String> {
+    if Some(arch) == Arch::host() {
+        return Ok(Toolchain {
+            rustc: None,
+            flags: String::new(),
+        });
+    }
+    let rustc = std::env::var_os(format!("MINKE_RUSTC_{}", arch.name().to_uppercase()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEBIAN_RUSTC));
+    if !rustc.is_file() {
+        return Err(format!(
+            "building the in-guest binary for {arch} needs Debian's rustc ({}): install rustc-web \
+             and gcc-{}-linux-gnu (`cargo xtask setup` does)",
+            rustc.display(),
+            arch.name()
+        ));
+    }
+    let linker = format!("{}-linux-gnu-gcc", arch.name());
+    let installed = Path::new("/usr/lib/rustlib").join(arch.rust_target());
+    let mut flags = format!("-C linker={linker}");
+    if !installed.is_dir() {
+        let Some(cache) = cache else {
+            return Err(format!(
+                "no standard library for {} is installed",
+                arch.rust_target()
+            ));
+        };
+        let sysroot = debian_std(arch, cache)?;
+        flags.push_str(&format!(
+            " --sysroot={s} --remap-path-prefix={s}=/rust-std",
+            s = sysroot.display()
+        ));
+    }
+    Ok(Toolchain {
+        rustc: Some(rustc),
+        flags,
+    })
+}
+
+/// Debian's standard library for `arch`, of the version of the installed `rustc-web`,
+/// unpacked once under `CACHE/rust-std/VERSION-ARCH/`; returns the sysroot (its `usr`).
+fn debian_std(arch: Arch, cache: &Path) -> Result<PathBuf, String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "rustc-web"])
+        .output()
+        .map_err(|e| format!("dpkg-query: {e}"))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || version.is_empty() {
+        return Err("Debian's rustc-web is not installed: `cargo xtask setup` installs it".into());
+    }
+    let dir =
+        cache
+            .join("rust-std")
+            .join(format!("{}-{}", version.replace(':', "%3a"), arch.debian()));
+    let sysroot = dir.join("usr");
+    if sysroot
+        .join("lib/rustlib")
+        .join(arch.rust_target())
+        .is_dir()
+    {
+        return Ok(sysroot);
+    }
+    let deb = crate::sources::deb::fetch(
+        "libstd-rust-web-dev",
+        Some(arch.debian()),
+        &cache.join("debs"),
+    )
+    .map_err(|e| format!("cannot fetch the {arch} standard library: {e}"))?;
+    if deb.version != version {
+        return Err(format!(
+            "Debian offers libstd-rust-web-dev:{} {} but rustc-web {version} is installed: run \
+             `apt-get update && apt-get install rustc-web` so the two match",
+            arch.debian(),
+            deb.version
+        ));
+    }
+    std::fs::create_dir_all(dir.parent().unwrap_or(cache)).map_err(|e| e.to_string())?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".rust-std-")
+        .tempdir_in(dir.parent().unwrap_or(cache))
+        .map_err(|e| format!("{}: {e}", cache.display()))?;
+    crate::sources::deb::unpack_to_dir(&deb.path, tmp.path()).map_err(|e| e.to_string())?;
+    let staged = tmp.keep();
+    std::fs::rename(&staged, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(sysroot)
+}
+
+fn hash_cargo_inputs(
+    h: &mut Sha256,
+    ws: &Path,
+    inputs: &[String],
+    arch: Arch,
+) -> std::io::Result<()> {
     // The toolchain is an input: `rustc -vV` names version, commit and host.
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let tc = toolchain(arch, None).ok();
+    let rustc = tc
+        .as_ref()
+        .and_then(|t| t.rustc.clone())
+        .map(|p| p.into_os_string().into_string().unwrap_or_default())
+        .unwrap_or_else(|| std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
     let out = Command::new(&rustc).arg("-vV").output()?;
     h.update(&out.stdout);
     h.update(cargo_rustflags(Path::new("/ws")).as_bytes());
+    h.update(format!("target {}\n", arch.rust_target()).as_bytes());
     for f in ["Cargo.toml", "Cargo.lock"] {
         h.update(format!("f {f} {}\n", sha256_file(&ws.join(f))?).as_bytes());
     }
@@ -168,6 +287,7 @@ fn build_cargo(cx: &super::Context<'_>, c: &CargoSource) -> Result<PathBuf, Stri
         cx.epoch,
         &c.package,
         &c.binary,
+        cx.arch,
     )
 }
 
@@ -180,13 +300,19 @@ pub fn build_guest_binary(
     epoch: u64,
     package: &str,
     binary: &str,
+    arch: Arch,
 ) -> Result<PathBuf, String> {
+    let tc = toolchain(arch, target_dir.parent())?;
     // Shared between caches when set (tests build from several cache roots).
     let target_dir = std::env::var_os("MINKE_CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir.to_path_buf());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
+    let mut cmd = Command::new(&cargo);
+    if let Some(rustc) = &tc.rustc {
+        cmd.env("RUSTC", rustc);
+    }
+    let out = cmd
         .current_dir(workspace)
         .args([
             "build",
@@ -198,10 +324,13 @@ pub fn build_guest_binary(
             "--bin",
             binary,
             "--target",
-            CARGO_TARGET,
+            arch.rust_target(),
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", cargo_rustflags(workspace))
+        .env(
+            "RUSTFLAGS",
+            format!("{} {}", cargo_rustflags(workspace), tc.flags).trim(),
+        )
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
@@ -215,16 +344,23 @@ pub fn build_guest_binary(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
     }
-    let bin = target_dir.join(CARGO_TARGET).join("guest").join(binary);
+    let bin = target_dir
+        .join(arch.rust_target())
+        .join("guest")
+        .join(binary);
     let bytes = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
-    check_static(&bytes).map_err(|m| format!("{}: {m}", bin.display()))?;
+    check_static(&bytes, arch).map_err(|m| format!("{}: {m}", bin.display()))?;
     Ok(bin)
 }
 
 /// The crates compiled into `package`'s binaries for the guest target: its normal
 /// dependencies, transitively (build scripts and dev-dependencies left out), sorted, from
 /// `cargo metadata` over the locked, already fetched dependency graph.
-pub fn crate_components(workspace: &Path, package: &str) -> Result<Vec<Component>, String> {
+pub fn crate_components(
+    workspace: &Path,
+    package: &str,
+    arch: Arch,
+) -> Result<Vec<Component>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(workspace)
@@ -235,7 +371,7 @@ pub fn crate_components(workspace: &Path, package: &str) -> Result<Vec<Component
             "--locked",
             "--offline",
             "--filter-platform",
-            CARGO_TARGET,
+            arch.rust_target(),
         ])
         .output()
         .map_err(|e| format!("cannot run {cargo} metadata: {e}"))?;
@@ -308,8 +444,14 @@ pub fn crate_components(workspace: &Path, package: &str) -> Result<Vec<Component
 }
 
 /// Checks that an ELF binary needs no dynamic loader and no shared libraries.
-pub fn check_static(bytes: &[u8]) -> Result<(), String> {
+pub fn check_static(bytes: &[u8], arch: Arch) -> Result<(), String> {
     let elf = goblin::elf::Elf::parse(bytes).map_err(|e| format!("not an ELF file: {e}"))?;
+    if elf.header.e_machine != arch.elf_machine() {
+        return Err(format!(
+            "built for ELF machine {}, not the guest's {arch}",
+            elf.header.e_machine
+        ));
+    }
     if let Some(i) = elf.interpreter {
         return Err(format!(
             "dynamically linked (interpreter {i}); the in-guest binary must be static"
@@ -331,7 +473,7 @@ mod tests {
     #[test]
     fn static_check_rejects_dynamic_binaries() {
         let sh = std::fs::read("/bin/sh").unwrap();
-        assert!(check_static(&sh).is_err());
-        assert!(check_static(b"not elf").is_err());
+        assert!(check_static(&sh, Arch::X86_64).is_err());
+        assert!(check_static(b"not elf", Arch::X86_64).is_err());
     }
 }

@@ -36,7 +36,10 @@ impl TreeSource for DebSource {
         cx: &SourceCx<'_>,
         key: &mut Sha256,
     ) -> Result<crate::sources::deb::FetchedDeb, PackageError> {
-        let arch = self.arch.clone().unwrap_or_else(|| "amd64".into());
+        let arch = self
+            .arch
+            .clone()
+            .unwrap_or_else(|| cx.outer.arch.debian().into());
         (cx.outer.progress)(&format!("fetching {}:{arch}", self.name));
         let fetched =
             crate::sources::deb::pins::fetch(cx.outer.cache, &self.name, &arch).map_err(|e| {

@@ -392,6 +392,8 @@ pub struct Context<'a> {
     pub registry: &'a crate::sources::oci::registry::Registry,
     /// A layer cache shared through a registry, asked before a layer is produced here.
     pub cache_from: Option<&'a crate::remote::RemoteCache>,
+    /// The image's architecture: what `deb:` packages default to and `cargo:` builds for.
+    pub arch: minke_protocol::arch::Arch,
 }
 
 /// Produces (or loads from the cache) the layer of `pkg`.

@@ -1,0 +1,136 @@
+//! `cargo xtask bench boot --arch aarch64`: the aarch64 image of `examples/aarch64.yml` under
+//! qemu-system-aarch64 (`-M virt`; TCG on an x86_64 host), in one run and alternating:
+//! - a bare boot of the same arm64 kernel with an initramfs whose /init is Debian's arm64
+//!   busybox powering off (the floor any tool sits on);
+//! - `minke run IMAGE -- true` (boot, exec, clean power-off), over that bare boot;
+//! - an exec round trip (`true`) on a booted VM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use minke::archive::tree::{Node, NodeKind, Tree};
+use minke_protocol::arch::Arch;
+use minke_shim::{Vm, VmConfig};
+use xshell::Shell;
+
+use crate::bench_vm::{median, spec_image};
+
+const RUNS: usize = 5;
+const EXECS: usize = 30;
+
+/// An initramfs whose /init is Debian's arm64 busybox, powering off at once.
+fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
+    let cache = minke::layer::Cache::default_location();
+    let deb = minke::sources::deb::pins::fetch(&cache, "busybox-static", "arm64")?;
+    let full = minke::sources::deb::unpack(&deb.path)?;
+    let busybox = match &full.get("bin/busybox").context("no bin/busybox")?.kind {
+        NodeKind::File(d) => d.read()?,
+        _ => bail!("bin/busybox is not a file"),
+    };
+    let mut t = Tree::new();
+    t.insert("bin/busybox", Node::file(0o755, busybox))?;
+    t.insert(
+        "init",
+        Node::file(0o755, &b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"[..]),
+    )?;
+    for d in ["dev", "proc", "sys"] {
+        t.insert(d, Node::dir(0o755))?;
+    }
+    let bytes = minke::archive::compress::archive(&t, &Default::default())?;
+    let p = dir.join("baseline-arm64-initrd.img");
+    std::fs::write(&p, bytes)?;
+    Ok(p)
+}
+
+fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new(Arch::Aarch64.qemu_system())
+        .args([
+            "-machine",
+            "virt",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max,pauth-impdef=on",
+        ])
+        .args(["-m", "512M", "-nographic", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "null"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", cmdline])
+        .status()?;
+    if !st.success() {
+        bail!("bare aarch64 QEMU boot failed");
+    }
+    Ok(t.elapsed())
+}
+
+pub fn run(sh: &Shell) -> Result<()> {
+    let (dir, kernel, initrd, cmdline) = spec_image(
+        sh,
+        Some("examples/aarch64.yml"),
+        "aarch64",
+        "bench-image-aarch64",
+        None,
+    )?;
+    let tmp = tempfile::tempdir()?;
+    let base = baseline_initrd(tmp.path())?;
+    let minke = crate::workspace_root().join("target/release/minke");
+    let (mut bare, mut runs, mut ready, mut execs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        bare.push(qemu_bare(&kernel, &base, &cmdline)?);
+        let t = Instant::now();
+        let st = Command::new(&minke)
+            .arg("run")
+            .arg(&dir)
+            .args(["--accel", "tcg", "--name", "bench-arm", "--", "true"])
+            .status()?;
+        if !st.success() {
+            bail!("minke run {} -- true failed", dir.display());
+        }
+        runs.push(t.elapsed());
+        let mut cfg = VmConfig::new(format!("bench-arm-{i}"), &kernel, &initrd);
+        cfg.cmdline = cmdline.clone();
+        cfg.arch = Arch::Aarch64;
+        cfg.accel = minke_shim::Accel::Tcg;
+        cfg.state_dir = Some(tmp.path().join(format!("vm{i}")));
+        let mut vm = Vm::boot(cfg)?;
+        vm.wait_ready(Duration::from_secs(120))?;
+        ready.push(vm.ready_after().unwrap_or_default());
+        for _ in 0..EXECS {
+            let t = Instant::now();
+            let o = vm.exec_output(&["true"])?;
+            if o.code != 0 {
+                bail!("exec true gave {:?}", o.code);
+            }
+            execs.push(t.elapsed());
+        }
+        vm.poweroff(Duration::from_secs(30))?;
+    }
+    let s = |d: Duration| d.as_secs_f64();
+    let (b, r) = (s(median(bare)), s(median(runs)));
+    println!(
+        "aarch64 guest on this {} host, TCG, median of {RUNS}:",
+        std::env::consts::ARCH
+    );
+    println!("  bare busybox boot of the arm64 kernel   {b:.3} s");
+    println!(
+        "  minke run -- true                       {r:.3} s   {:.2}× bare",
+        r / b
+    );
+    println!(
+        "  QEMU start → agent ready                {:.3} s",
+        s(median(ready))
+    );
+    println!(
+        "  exec round trip (true), median of {}    {:.1} ms",
+        RUNS * EXECS,
+        s(median(execs)) * 1e3
+    );
+    Ok(())
+}
