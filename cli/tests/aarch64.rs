@@ -1,7 +1,8 @@
 //! aarch64 images built on this host and booted under qemu-system-aarch64 (`-M virt`, TCG on
 //! an x86_64 host): `uname -m` says aarch64; exit codes, piped stdin, files handed to the guest
 //! and the time sync agent work; the data disk keeps what the guest wrote across boots; both
-//! transports (vhost-user vsock and virtio-serial) carry the agents.
+//! transports (vhost-user vsock and virtio-serial) carry the agents; x86_64 binaries run in it
+//! through QEMU user emulation.
 
 mod support;
 
@@ -38,6 +39,10 @@ fn run(
         .args(["--", "sh", "-c", cmd])
         .env("XDG_STATE_HOME", home.join("state"))
         .env("XDG_DATA_HOME", home.join("data"))
+        .env(
+            "MINKE_CARGO_TARGET_DIR",
+            workspace().join("target/reproducible-cargo-target"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,4 +129,29 @@ fn an_aarch64_image_boots_and_answers() {
     );
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stdout, "kept\n");
+}
+
+/// The binfmt table seen from an arm64 guest: x86_64 binaries run through the arm64 build of
+/// QEMU's user emulator, registered by the binfmt agent.
+#[test]
+fn an_aarch64_guest_runs_x86_64_binaries() {
+    if !support::require_tools(TOOLS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(
+        &workspace().join("examples/aarch64-cross.yml"),
+        tmp.path(),
+        &[],
+        "uname -m; /opt/amd64/bin/busybox uname -m; \
+         cat /proc/sys/fs/binfmt_misc/qemu-x86_64 | head -2",
+        b"",
+    );
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..2], ["aarch64", "x86_64"], "{stdout}");
+    assert!(
+        stdout.contains("interpreter /usr/bin/qemu-x86_64-static"),
+        "{stdout}"
+    );
 }

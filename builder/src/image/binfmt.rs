@@ -5,9 +5,11 @@
 //! ignored), padding, `e_type` (the mask's `\xfe` lets ET_EXEC = 2 and ET_DYN = 3 both match)
 //! and `e_machine`. The builder turns each `binfmt:` name of a spec into a resolved
 //! [`Binfmt`] registration for the guest's binfmt agent, after checking with goblin that the
-//! emulator in the image is a static executable for the guest's own architecture.
+//! emulator in the image is a static executable for the guest's own architecture. The table
+//! is the same for every guest; what runs natively depends on the guest ([`native`]).
 
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
+use minke_protocol::arch::Arch as Guest;
 use minke_protocol::config::Binfmt;
 
 use crate::archive::tree::{NodeKind, Tree};
@@ -30,8 +32,16 @@ pub struct Arch {
     pub machine_mask: [u8; 2],
 }
 
-/// Foreign architectures an x86_64 guest can run through QEMU user emulation.
+/// Architectures a guest can run through QEMU user emulation when they are not its own.
 pub const TABLE: &[Arch] = &[
+    Arch {
+        name: "x86_64",
+        class: 2,
+        data: 1,
+        machine: EM_X86_64,
+        osabi_mask: 0x00,
+        machine_mask: [0xff, 0xff],
+    },
     Arch {
         name: "aarch64",
         class: 2,
@@ -130,8 +140,13 @@ pub const TABLE: &[Arch] = &[
     },
 ];
 
-/// Architectures the x86_64 guest runs natively: never registered.
-pub const NATIVE: &[&str] = &["x86_64", "i386", "i486", "i586", "i686"];
+/// Architectures a guest of `guest` runs natively: never registered.
+pub fn native(guest: Guest) -> &'static [&'static str] {
+    match guest {
+        Guest::X86_64 => &["x86_64", "i386", "i486", "i586", "i686"],
+        Guest::Aarch64 => &["aarch64"],
+    }
+}
 
 /// Looks an architecture up by name.
 pub fn arch(name: &str) -> Option<&'static Arch> {
@@ -143,6 +158,11 @@ pub fn magic_mask(a: &Arch) -> (Vec<u8>, Vec<u8>) {
     let mut magic = vec![0x7f, b'E', b'L', b'F', a.class, a.data, 1, 0];
     magic.extend_from_slice(&[0; 8]);
     let mut mask = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, a.osabi_mask];
+    if a.machine == EM_X86_64 {
+        // QEMU's (and Debian's) x86_64 entry leaves the low bit of data and version free.
+        mask[5] = 0xfe;
+        mask[6] = 0xfe;
+    }
     mask.extend_from_slice(&[0xff; 8]);
     let (etype, emask, mach) = if a.data == 1 {
         (ET_EXEC.to_le_bytes(), [0xfe, 0xff], a.machine.to_le_bytes())
@@ -162,9 +182,10 @@ pub fn interpreter(arch: &str) -> String {
     format!("/usr/bin/qemu-{arch}-static")
 }
 
-/// The registration for `name`, or `None` for an unknown or native architecture.
-pub fn entry(name: &str) -> Option<Binfmt> {
-    if NATIVE.contains(&name) {
+/// The registration for `name` in a guest of `guest`, or `None` for an unknown or native
+/// architecture.
+pub fn entry(name: &str, guest: Guest) -> Option<Binfmt> {
+    if native(guest).contains(&name) {
         return None;
     }
     let a = arch(name)?;
@@ -178,9 +199,10 @@ pub fn entry(name: &str) -> Option<Binfmt> {
     })
 }
 
-/// Checks a spec's `binfmt:` name against the table and the image's files.
-pub fn check(name: &str, tree: &Tree) -> Result<(), String> {
-    if NATIVE.contains(&name) {
+/// Checks a spec's `binfmt:` name against the table and the image's files, for a guest of
+/// `guest`.
+pub fn check(name: &str, tree: &Tree, guest: Guest) -> Result<(), String> {
+    if native(guest).contains(&name) {
         return Err(format!("binfmt: {name} is the guest's own architecture and runs natively; remove it from the spec"));
     }
     if arch(name).is_none() {
@@ -202,10 +224,12 @@ pub fn check(name: &str, tree: &Tree) -> Result<(), String> {
         .map_err(|e| format!("binfmt: reading {interp}: {e}"))?;
     let elf = goblin::elf::Elf::parse(&bytes)
         .map_err(|e| format!("binfmt: {interp} is not an ELF file: {e}"))?;
-    if elf.header.e_machine != EM_X86_64 {
+    if elf.header.e_machine != guest.elf_machine() {
         return Err(format!(
-            "binfmt: {interp} is built for e_machine {}, not the guest's x86_64",
-            elf.header.e_machine
+            "binfmt: {interp} is built for e_machine {}, not the guest's {guest}: use the \
+             {} build of Debian's qemu-user-static",
+            elf.header.e_machine,
+            guest.debian()
         ));
     }
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
@@ -251,14 +275,24 @@ mod tests {
 
     #[test]
     fn native_and_unknown_are_refused() {
-        assert!(entry("x86_64").is_none());
-        assert!(check("x86_64", &Tree::new())
+        assert!(entry("x86_64", Guest::X86_64).is_none());
+        assert!(check("x86_64", &Tree::new(), Guest::X86_64)
             .unwrap_err()
             .contains("natively"));
-        assert!(check("vax", &Tree::new()).unwrap_err().contains("unknown"));
-        assert!(check("aarch64", &Tree::new())
+        assert!(check("vax", &Tree::new(), Guest::X86_64)
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(check("aarch64", &Tree::new(), Guest::X86_64)
             .unwrap_err()
             .contains("qemu-user-static"));
+        // Seen from an arm64 guest, the natives swap.
+        assert!(entry("aarch64", Guest::Aarch64).is_none());
+        let x86 = entry("x86_64", Guest::Aarch64).unwrap();
+        assert_eq!(x86.interpreter, "/usr/bin/qemu-x86_64-static");
+        assert_eq!(&x86.magic[18..20], &[62, 0]);
+        assert!(check("aarch64", &Tree::new(), Guest::Aarch64)
+            .unwrap_err()
+            .contains("natively"));
     }
 
     #[test]
@@ -270,8 +304,19 @@ mod tests {
             crate::archive::tree::Node::file(0o755, sh),
         )
         .unwrap();
-        assert!(check("aarch64", &t)
+        assert!(check("aarch64", &t, Guest::X86_64)
             .unwrap_err()
             .contains("dynamically linked"));
+        // The host's static busybox is no emulator an arm64 guest can run.
+        let mut t = Tree::new();
+        let bb = std::fs::read("/bin/busybox").unwrap();
+        t.insert(
+            &interpreter("x86_64"),
+            crate::archive::tree::Node::file(0o755, bb),
+        )
+        .unwrap();
+        assert!(check("x86_64", &t, Guest::Aarch64)
+            .unwrap_err()
+            .contains("not the guest's aarch64"));
     }
 }

@@ -69,7 +69,11 @@ pub fn image_config(
     let binfmt = raw
         .binfmt
         .iter()
-        .filter_map(|arch| binfmt::entry(arch))
+        .filter_map(|name| {
+            let guest = minke_protocol::arch::Arch::parse(&raw.arch)
+                .unwrap_or(minke_protocol::arch::Arch::X86_64);
+            binfmt::entry(name, guest)
+        })
         .collect();
     ImageConfig {
         name: raw.name.clone(),

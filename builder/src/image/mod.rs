@@ -187,7 +187,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
     for arch in &a.spec.raw.binfmt {
-        binfmt::check(arch, &a.tree).map_err(BuildError::Other)?;
+        binfmt::check(arch, &a.tree, a.spec.arch()).map_err(BuildError::Other)?;
     }
     let files = records_of(&a.tree).map_err(|source| BuildError::Hash {
         what: "the image's files",
