@@ -328,6 +328,23 @@ impl Cache {
         valid_hex(sha) && self.blob_path(sha).is_file()
     }
 
+    /// The size of the blob `sha`, if the cache has it.
+    pub fn blob_len(&self, sha: &str) -> Option<u64> {
+        if !valid_hex(sha) {
+            return None;
+        }
+        std::fs::metadata(self.blob_path(sha))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Removes the stored layer `key` (its blobs stay).
+    pub fn remove_record(&self, key: &str) -> Result<(), CacheError> {
+        let path = self.layer_path(key);
+        std::fs::remove_file(&path).map_err(|e| io_err(&path)(e).into())
+    }
+
     /// The bytes of the blob `sha`.
     pub fn blob_bytes(&self, sha: &str) -> Result<Vec<u8>, CacheError> {
         let p = self.blob_path(sha);

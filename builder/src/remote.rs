@@ -6,10 +6,12 @@
 //! tarball of the blobs its files point at, each entry named by its sha256. The same layer
 //! gives the same manifest, so runners racing to push it agree. What comes back is checked
 //! before it enters the local cache: the record must be for the key asked, its digest must be
-//! the digest of its records, and every blob must hash to its name — a remote cache can only
-//! offer a layer that some runner built for those inputs (it is trusted like the machines that
-//! push to it, no more: it cannot smuggle bytes a record does not name). A cache that cannot
-//! be reached makes the build produce the layer itself, with a warning.
+//! the digest of its records, every file record must name a blob of its size, and every blob
+//! must hash to its name, so nothing a record does not name gets in and nothing half-formed
+//! stops a later build. What a record says, though, is whoever pushed it: anyone who can push
+//! to the repository can offer a layer for any key, so trust it as you trust the runners that
+//! push to it. A cache that cannot be reached makes the build produce the layer itself, with a
+//! warning.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -163,7 +165,27 @@ impl RemoteCache {
                 return Err(bad(format!("its blobs tarball lacks {s}")));
             }
         }
+        // Every file record must name a blob of its size: a record the cache cannot load
+        // would stop every later build instead of costing one local build.
+        for r in &record.records {
+            if r.kind != crate::archive::tree::EntryType::File {
+                continue;
+            }
+            let (Some(sha), Some(size)) = (r.sha256.as_deref(), r.size) else {
+                return Err(bad(format!("its record of {} has no content", r.path)));
+            };
+            if cache.blob_len(sha) != Some(size) {
+                return Err(bad(format!(
+                    "its record of {} says {size} bytes, its blob {sha} differs",
+                    r.path
+                )));
+            }
+        }
         cache.put_record(key, &record_bytes)?;
+        if cache.load(key).ok().flatten().is_none() {
+            let _ = cache.remove_record(key);
+            return Err(bad("the local cache cannot load the layer it holds".into()));
+        }
         Ok(true)
     }
 

@@ -2,9 +2,9 @@
 //! through the release `minke` a user runs:
 //! - each format's build (`minke build --format F` of the default image, caches warm) over
 //!   the build of the image directory alone (the initrd and its companions);
-//! - `minke push` of the built image to a `docker-registry` on 127.0.0.1 vs `skopeo copy` of
-//!   the same artifact from an OCI layout into a fresh repository, and `minke pull` into an
-//!   empty cache vs `skopeo copy` of it back into a layout (goal ≥ 1× skopeo for both).
+//! - `minke push` of the built image to a fresh `docker-registry` on 127.0.0.1 vs `skopeo
+//!   copy` of the same artifact from an OCI layout to another fresh one, and `minke pull` into
+//!   an empty cache vs `skopeo copy` of it back into a layout (goal ≥ 1× skopeo for both).
 //!
 //! Medians of alternating rounds.
 
@@ -97,11 +97,15 @@ pub fn run(sh: &Shell) -> Result<()> {
     let (mut push_m, mut push_s, mut pull_m, mut pull_s) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let ours = format!("{}/push-minke-{round}/default:1", reg.addr);
+        // A fresh registry for each push: neither tool finds a blob there already (skopeo
+        // would otherwise mount the blobs it remembers from earlier rounds instead of
+        // uploading them).
+        let (reg_m, reg_s) = (LocalRegistry::start(None), LocalRegistry::start(None));
+        let ours = format!("{}/push/default:1", reg_m.addr);
         push_m.push(run_ok(
             Command::new(&minke).arg("push").arg(&image).arg(&ours),
         )?);
-        let theirs = format!("{}/push-skopeo-{round}/default:1", reg.addr);
+        let theirs = format!("{}/push/default:1", reg_s.addr);
         push_s.push(run_ok(
             Command::new("skopeo")
                 .args([

@@ -1,5 +1,5 @@
 //! Runs `examples/ci/workflow.yml` here, step by step as a CI runner would, so the workflow a
-//! user copies is known to work: each `run:` step in bash (`-e`), in a copy of `examples/ci`
+//! user copies is known to work: each `run:` step in bash (`-e`, pipefail), in a copy of `examples/ci`
 //! as the workspace, with the workflow's, the job's and the step's `env:`; `$GITHUB_PATH` and
 //! `$GITHUB_ENV` carry over to later steps as on GitHub; `${{ … }}` expressions are given the
 //! values of this run (`github.sha`, empty secrets). The steps that use actions (checkout,
@@ -150,7 +150,7 @@ pub fn script(
         ));
         s.push_str("(\n  cd \"$GITHUB_WORKSPACE\"\n");
         s.push_str("  while IFS= read -r p; do [ -n \"$p\" ] && PATH=\"$p:$PATH\"; done < \"$GITHUB_PATH\"\n");
-        s.push_str("  set -a; . \"$GITHUB_ENV\"; set +a\n");
+        s.push_str("  while IFS= read -r kv; do [ -n \"$kv\" ] && export \"$kv\"; done < \"$GITHUB_ENV\"\n");
         for (k, v) in &st.env {
             // The settings of this run stand for the workflow's own.
             if settings.iter().any(|(sk, _)| sk == k) {
@@ -158,7 +158,11 @@ pub fn script(
             }
             s.push_str(&format!("  export {k}={}\n", quote(v)));
         }
-        s.push_str(&format!("  exec bash -e -c {}\n)\n", quote(&st.run)));
+        // As GitHub runs a `run:` step: bash without profiles, -e and pipefail.
+        s.push_str(&format!(
+            "  exec bash --noprofile --norc -eo pipefail -c {}\n)\n",
+            quote(&st.run)
+        ));
     }
     s
 }

@@ -184,6 +184,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         .transpose()
         .map_err(|e| BuildError::Other(format!("--cache-to {e}")))?;
     let a = assemble(opts, progress)?;
+    check_formats(&opts.formats, &a.spec.raw.name, a.spec.arch())?;
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
     for arch in &a.spec.raw.binfmt {
@@ -217,6 +218,23 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     Ok(image)
 }
 
+/// Whether an image of `arch` can be written in `formats`: the UEFI formats carry an x86_64
+/// EFI stub (`BOOTX64.EFI`). Checked before anything is written.
+fn check_formats(
+    formats: &[Format],
+    name: &str,
+    arch: minke_protocol::arch::Arch,
+) -> Result<(), BuildError> {
+    let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
+    if arch != minke_protocol::arch::Arch::X86_64 && formats.iter().any(|f| efi.contains(f)) {
+        return Err(BuildError::Other(format!(
+            "the uki, disk, qcow2 and iso formats are made for x86_64 images (an x86_64 EFI \
+             stub, BOOTX64.EFI); image {name} is for {arch}: build it without them"
+        )));
+    }
+    Ok(())
+}
+
 /// Writes the formats beyond the image directory, each once, in the order given; returns
 /// their paths.
 pub fn write_formats(
@@ -232,13 +250,19 @@ pub fn write_formats(
         }
     }
     let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
+    let arch = minke_protocol::arch::Arch::parse(&image.manifest.arch)
+        .unwrap_or(minke_protocol::arch::Arch::X86_64);
+    check_formats(&wanted, &image.name, arch)?;
     let uki = if wanted.iter().any(|f| efi.contains(f)) {
         progress("writing the UKI");
         Some(efi::uki_bytes(image)?)
     } else {
         None
     };
-    let mut raw: Option<PathBuf> = None;
+    // The raw disk, made once for `disk` and `qcow2`: committed as NAME.img only when `disk`
+    // is asked for; a qcow2-only build converts it and lets it go.
+    let mut raw: Option<efi::Staged> = None;
+    let mut raw_path: Option<PathBuf> = None;
     let mut out = Vec::new();
     for f in &wanted {
         let uki = uki.as_deref().unwrap_or_default();
@@ -247,20 +271,25 @@ pub fn write_formats(
             Format::Tar => outputs::write_tar(image, epoch)?,
             Format::Uki => efi::write_uki(image)?,
             Format::Disk | Format::Qcow2 => {
-                let r = match &raw {
-                    Some(r) => r.clone(),
-                    None => {
-                        progress("writing the disk");
-                        let r = efi::disk::write_raw(image, uki, epoch)?;
-                        raw = Some(r.clone());
-                        r
-                    }
-                };
+                if raw.is_none() && raw_path.is_none() {
+                    progress("writing the disk");
+                    raw = Some(efi::disk::write_raw(image, uki, epoch)?);
+                }
                 if *f == Format::Disk {
-                    r
+                    let committed = match raw.take() {
+                        Some(staged) => staged.commit()?,
+                        None => raw_path.clone().unwrap_or_default(),
+                    };
+                    raw_path = Some(committed.clone());
+                    committed
                 } else {
                     progress("converting the disk to qcow2");
-                    efi::disk::write_qcow2(image, &r)?
+                    let from = match (&raw, &raw_path) {
+                        (Some(staged), _) => staged.path().to_path_buf(),
+                        (None, Some(p)) => p.clone(),
+                        (None, None) => unreachable!("the raw disk was written above"),
+                    };
+                    efi::disk::write_qcow2(image, &from)?
                 }
             }
             Format::Iso => {
@@ -269,12 +298,6 @@ pub fn write_formats(
             }
         };
         out.push(path);
-    }
-    // A raw disk made only on the way to qcow2 is not an output.
-    if let Some(r) = raw {
-        if !wanted.contains(&Format::Disk) {
-            std::fs::remove_file(&r).map_err(io_err(&r))?;
-        }
     }
     Ok(out)
 }

@@ -52,6 +52,7 @@ pub fn push(
     progress: &dyn Fn(&str),
 ) -> Result<String, BuildError> {
     let mut layers = Vec::new();
+    let mut uploads = Vec::new();
     for (path, media_type) in parts(image) {
         let size = std::fs::metadata(&path)
             .map_err(crate::error::io_err(&path))?
@@ -64,8 +65,7 @@ pub fn push(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        progress(&format!("pushing {title}"));
-        registry.push_blob(reference, &path, &digest)?;
+        uploads.push((path.clone(), digest.clone()));
         layers.push(Descriptor {
             media_type: media_type.into(),
             digest,
@@ -74,6 +74,12 @@ pub fn push(
             annotations: [(TITLE.to_string(), title)].into(),
         });
     }
+    progress(&format!(
+        "pushing {} files of {}",
+        uploads.len(),
+        image.name
+    ));
+    registry.push_blobs(reference, &uploads)?;
     let manifest = ArtifactManifest::new(
         ARTIFACT_TYPE,
         layers,
@@ -122,7 +128,6 @@ pub fn pull(
         format!("{name}.spdx.json"),
     ];
     std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
-    let mut manifest_file = None;
     for l in &m.layers {
         let title = l.annotations.get(TITLE).cloned().unwrap_or_default();
         if !wanted.contains(&title) {
@@ -131,7 +136,16 @@ pub fn pull(
                 format!("unexpected file {title:?} in the artifact"),
             ));
         }
-        let blob = registry.blob(reference, &l.digest, l.size, progress)?;
+    }
+    let digests: Vec<(String, u64)> = m
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.size))
+        .collect();
+    let blobs = registry.blobs(reference, &digests, progress)?;
+    let mut manifest_file = None;
+    for (l, blob) in m.layers.iter().zip(blobs) {
+        let title = l.annotations.get(TITLE).cloned().unwrap_or_default();
         let data = std::fs::read(&blob).map_err(crate::error::io_err(&blob))?;
         let dest = out.join(&title);
         if title.ends_with(".manifest.json") {

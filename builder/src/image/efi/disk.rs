@@ -78,8 +78,9 @@ pub fn layout(esp_size: u64, disks: &[(String, Option<u64>)]) -> Layout {
     }
 }
 
-/// Writes `NAME.img`, the raw disk, from the image's UKI.
-pub fn write_raw(image: &Image, uki: &[u8], epoch: u64) -> Result<PathBuf, BuildError> {
+/// Writes the raw disk from the image's UKI into a staged file that becomes `NAME.img` when
+/// committed (a qcow2-only build converts it and lets it go).
+pub(crate) fn write_raw(image: &Image, uki: &[u8], epoch: u64) -> Result<Staged, BuildError> {
     let id = derived_id(image, "esp");
     let esp = fat::make(
         &fat::Volume {
@@ -104,7 +105,7 @@ pub fn write_raw(image: &Image, uki: &[u8], epoch: u64) -> Result<PathBuf, Build
         mkfs_at(&p, label, *offset, *size, epoch)?;
     }
     write_gpt(image, &l, &p)?;
-    staged.commit()
+    Ok(staged)
 }
 
 fn mkfs_at(path: &Path, label: &str, offset: u64, size: u64, epoch: u64) -> Result<(), BuildError> {

@@ -141,7 +141,10 @@ impl Staged {
     pub(crate) fn commit(mut self) -> Result<PathBuf, BuildError> {
         use std::os::unix::fs::PermissionsExt;
         let tmp = self.tmp.take().expect("staged file");
-        tmp.as_file().sync_all().map_err(io_err(&self.path))?;
+        // By path: a tool (xorriso, qemu-img) may have replaced the file the handle opened.
+        std::fs::File::open(tmp.path())
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&self.path))?;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
             .map_err(io_err(&self.path))?;
         tmp.persist(&self.path).map_err(|e| BuildError::Io {

@@ -44,6 +44,22 @@ pub fn add_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>, 
             "the EFI stub is not PE32+ (a 64-bit EFI application)".into(),
         ));
     }
+    if pe.header.coff_header.machine != 0x8664 {
+        return Err(PeError::Unsuitable(format!(
+            "the EFI stub is for COFF machine {:#x}, not x86_64 (0x8664)",
+            pe.header.coff_header.machine
+        )));
+    }
+    if let Some(s) = pe
+        .sections
+        .iter()
+        .find(|s| (s.pointer_to_raw_data as u64 + s.size_of_raw_data as u64) > stub.len() as u64)
+    {
+        return Err(PeError::Unsuitable(format!(
+            "the EFI stub's section {} lies past the end of the file",
+            String::from_utf8_lossy(&s.name).trim_end_matches('\0')
+        )));
+    }
     let pe_off = pe.header.dos_header.pe_pointer as usize;
     let coff = pe_off + 4;
     let opt_off = coff + 20;
@@ -82,7 +98,7 @@ pub fn add_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>, 
         .unwrap_or(size_of_headers);
     let room = size_of_headers.min(first_raw);
     let table_end = table + (count + sections.len()) * SECTION_HEADER;
-    if table_end > room {
+    if table_end > room || table_end > stub.len() {
         return Err(PeError::Unsuitable(format!(
             "the EFI stub has room for {} more section headers, {} are needed",
             room.saturating_sub(table + count * SECTION_HEADER) / SECTION_HEADER,

@@ -187,9 +187,26 @@ fn apt_options(arch: Option<&str>, root: &Path) -> Result<Vec<String>, DebError>
         .is_some_and(|age| age < LISTS_TTL);
     let refresh = std::env::var_os("MINKE_REFRESH").is_some_and(|v| !v.is_empty() && v != "0");
     if !fresh || refresh {
+        // One update at a time per root (apt's own lock is off: the root is ours).
+        let lock_path = dir.join("lock");
+        let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
         let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
         args.extend(["update", "-qq"]);
         run_apt("apt-get", &args, None, root)?;
+        // apt-get update succeeds even when an index failed to download: only lists that
+        // arrived make the root fresh.
+        let lists = dir.join("state/lists");
+        let has_packages = fs::read_dir(&lists)
+            .map_err(io_err(&lists))?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+        if !has_packages {
+            return Err(DebError::NoLists {
+                arch: arch.to_string(),
+                dir: dir.clone(),
+            });
+        }
         fs::write(&stamp, b"").map_err(io_err(&stamp))?;
     }
     Ok(opts)

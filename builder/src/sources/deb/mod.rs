@@ -39,6 +39,14 @@ pub enum DebError {
         /// Why it could not start.
         source: io::Error,
     },
+    /// apt's package lists for another architecture did not arrive.
+    #[error("apt-get update for {arch} in {dir} brought no package list: check the host's apt sources and network")]
+    NoLists {
+        /// The Debian architecture.
+        arch: String,
+        /// The private apt root.
+        dir: PathBuf,
+    },
     /// An apt command exited with failure.
     #[error("`{command}` failed ({status}): {stderr}")]
     AptFailed {

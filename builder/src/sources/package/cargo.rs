@@ -161,6 +161,19 @@ struct Toolchain {
 /// Debian's rustc, the one whose standard libraries Debian ships for other architectures.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
+/// The rustc that builds for `arch` when it is not the host's: `$MINKE_RUSTC_ARCH`, else
+/// Debian's.
+fn cross_rustc(arch: Arch) -> PathBuf {
+    std::env::var_os(format!("MINKE_RUSTC_{}", arch.name().to_uppercase()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEBIAN_RUSTC))
+}
+
+/// The cross linker for `arch` (Debian's `gcc-TRIPLE`).
+fn cross_linker(arch: Arch) -> String {
+    format!("{}-linux-gnu-gcc", arch.name())
+}
+
 fn toolchain(arch: Arch, cache: Option<&Path>) -> Result<Toolchain, String> {
     if Some(arch) == Arch::host() {
         return Ok(Toolchain {
@@ -168,9 +181,7 @@ fn toolchain(arch: Arch, cache: Option<&Path>) -> Result<Toolchain, String> {
             flags: String::new(),
         });
     }
-    let rustc = std::env::var_os(format!("MINKE_RUSTC_{}", arch.name().to_uppercase()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEBIAN_RUSTC));
+    let rustc = cross_rustc(arch);
     if !rustc.is_file() {
         return Err(format!(
             "building the in-guest binary for {arch} needs Debian's rustc ({}): install rustc-web \
@@ -179,7 +190,7 @@ fn toolchain(arch: Arch, cache: Option<&Path>) -> Result<Toolchain, String> {
             arch.name()
         ));
     }
-    let linker = format!("{}-linux-gnu-gcc", arch.name());
+    let linker = cross_linker(arch);
     let installed = Path::new("/usr/lib/rustlib").join(arch.rust_target());
     let mut flags = format!("-C linker={linker}");
     if !installed.is_dir() {
@@ -245,7 +256,17 @@ fn debian_std(arch: Arch, cache: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", cache.display()))?;
     crate::sources::deb::unpack_to_dir(&deb.path, tmp.path()).map_err(|e| e.to_string())?;
     let staged = tmp.keep();
-    std::fs::rename(&staged, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Err(e) = std::fs::rename(&staged, &dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        // Another build unpacked it meanwhile.
+        if !sysroot
+            .join("lib/rustlib")
+            .join(arch.rust_target())
+            .is_dir()
+        {
+            return Err(format!("{}: {e}", dir.display()));
+        }
+    }
     Ok(sysroot)
 }
 
@@ -255,15 +276,25 @@ fn hash_cargo_inputs(
     inputs: &[String],
     arch: Arch,
 ) -> std::io::Result<()> {
-    // The toolchain is an input: `rustc -vV` names version, commit and host.
-    let tc = toolchain(arch, None).ok();
-    let rustc = tc
-        .as_ref()
-        .and_then(|t| t.rustc.clone())
-        .map(|p| p.into_os_string().into_string().unwrap_or_default())
-        .unwrap_or_else(|| std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
-    let out = Command::new(&rustc).arg("-vV").output()?;
-    h.update(&out.stdout);
+    // The toolchain is an input: `rustc -vV` names version, commit and host; a cross build
+    // adds the Debian package version its standard library is taken at and the linker's.
+    if Some(arch) == Arch::host() {
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        h.update(&Command::new(&rustc).arg("-vV").output()?.stdout);
+    } else {
+        h.update(&Command::new(cross_rustc(arch)).arg("-vV").output()?.stdout);
+        let std_version = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", "rustc-web"])
+            .output()?;
+        h.update(b"rustc-web ");
+        h.update(&std_version.stdout);
+        h.update(
+            &Command::new(cross_linker(arch))
+                .arg("--version")
+                .output()?
+                .stdout,
+        );
+    }
     h.update(cargo_rustflags(Path::new("/ws")).as_bytes());
     h.update(format!("target {}\n", arch.rust_target()).as_bytes());
     for f in ["Cargo.toml", "Cargo.lock"] {

@@ -592,6 +592,82 @@ impl Registry {
         Ok(path)
     }
 
+    /// The blobs `wanted` (digest, size) of `image` in the cache, in that order: those missing
+    /// fetched at once and verified.
+    pub fn blobs(
+        &self,
+        image: &str,
+        wanted: &[(String, u64)],
+        progress: &dyn Fn(&str),
+    ) -> Result<Vec<PathBuf>, RegistryError> {
+        let reference = Self::reference(image)?;
+        let mut paths = Vec::new();
+        let mut missing = Vec::new();
+        for (digest, size) in wanted {
+            let hex = hex_of(digest).ok_or_else(|| RegistryError::Bad {
+                image: image.into(),
+                what: format!("{digest:?} is not a sha256 digest"),
+            })?;
+            let path = self.blob_path(hex);
+            if !path.is_file() && !missing.iter().any(|(p, _)| *p == path) {
+                progress(&format!("pulling {image}: {digest} ({size} bytes)"));
+                missing.push((path.clone(), digest.clone()));
+            }
+            paths.push(path);
+        }
+        self.fetch_blobs(image, &reference, missing)?;
+        Ok(paths)
+    }
+
+    /// Uploads the files `blobs` (path, digest) to `image`'s repository, those it lacks, all
+    /// at once.
+    pub fn push_blobs(
+        &self,
+        image: &str,
+        blobs: &[(PathBuf, String)],
+    ) -> Result<(), RegistryError> {
+        let reference = Self::reference(image)?;
+        let mut bodies = Vec::new();
+        for (path, digest) in blobs {
+            let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if sha256_digest(&bytes) != *digest {
+                return Err(RegistryError::Bad {
+                    image: image.into(),
+                    what: format!("{} is not {digest}", path.display()),
+                });
+            }
+            bodies.push((bytes, digest.clone()));
+        }
+        let target = reference.clone();
+        self.net(image, &reference, "push blobs to", move |c, auth| {
+            Box::pin(async move {
+                c.store_auth_if_needed(target.resolve_registry(), &auth)
+                    .await;
+                c.auth(&target, &auth, oci_client::RegistryOperation::Push)
+                    .await?;
+                let mut set = tokio::task::JoinSet::new();
+                for (bytes, digest) in bodies {
+                    let (c, target) = (c.clone(), target.clone());
+                    set.spawn(async move {
+                        if !c.blob_exists(&target, &digest).await? {
+                            c.push_blob(&target, bytes, &digest).await?;
+                        }
+                        Ok::<(), oci_client::errors::OciDistributionError>(())
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    r.map_err(|e| {
+                        oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
+                    })??;
+                }
+                Ok(())
+            })
+        })
+    }
+
     /// The raw manifest `image` names (by tag or digest), verified when named by digest, and
     /// its digest.
     pub fn raw_manifest(&self, image: &str) -> Result<(Vec<u8>, String), RegistryError> {
