@@ -195,12 +195,12 @@ fn apt_options(arch: Option<&str>, root: &Path) -> Result<Vec<String>, DebError>
         args.extend(["update", "-qq"]);
         run_apt("apt-get", &args, None, root)?;
         // apt-get update succeeds even when an index failed to download: only lists that
-        // arrived make the root fresh.
+        // arrived (`…_Packages`, compressed or not) make the root fresh.
         let lists = dir.join("state/lists");
         let has_packages = fs::read_dir(&lists)
             .map_err(io_err(&lists))?
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+            .any(|e| e.file_name().to_string_lossy().contains("_Packages"));
         if !has_packages {
             return Err(DebError::NoLists {
                 arch: arch.to_string(),
