@@ -15,7 +15,7 @@ use minke_protocol::arch::Arch;
 use minke_shim::{Vm, VmConfig};
 use xshell::Shell;
 
-use crate::bench_vm::{median, spec_image};
+use crate::bench_vm::{median, qemu_bare_for, spec_image};
 
 const RUNS: usize = 5;
 const EXECS: usize = 30;
@@ -44,31 +44,6 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let st = Command::new(Arch::Aarch64.qemu_system())
-        .args([
-            "-machine",
-            "virt",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max,pauth-impdef=on",
-        ])
-        .args(["-m", "512M", "-nographic", "-no-reboot", "-nodefaults"])
-        .args(["-serial", "null"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", cmdline])
-        .status()?;
-    if !st.success() {
-        bail!("bare aarch64 QEMU boot failed");
-    }
-    Ok(t.elapsed())
-}
-
 pub fn run(sh: &Shell) -> Result<()> {
     let (dir, kernel, initrd, cmdline) = spec_image(
         sh,
@@ -83,7 +58,7 @@ pub fn run(sh: &Shell) -> Result<()> {
     let (mut bare, mut runs, mut ready, mut execs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
-        bare.push(qemu_bare(&kernel, &base, &cmdline)?);
+        bare.push(qemu_bare_for(Arch::Aarch64, &kernel, &base, &cmdline)?);
         let t = Instant::now();
         let st = Command::new(&minke)
             .arg("run")

@@ -87,11 +87,24 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
 }
 
 fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<Duration> {
+    qemu_bare_for(minke_protocol::arch::Arch::X86_64, kernel, initrd, cmdline)
+}
+
+/// A bare TCG boot of `kernel` with `initrd` on `arch`'s usual machine, timed to QEMU's exit.
+pub(crate) fn qemu_bare_for(
+    arch: minke_protocol::arch::Arch,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> Result<Duration> {
+    let machine: &[&str] = match arch {
+        minke_protocol::arch::Arch::X86_64 => &["-machine", "q35"],
+        minke_protocol::arch::Arch::Aarch64 => &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+    };
     let t = Instant::now();
-    let st = Command::new("qemu-system-x86_64")
+    let st = Command::new(arch.qemu_system())
+        .args(machine)
         .args([
-            "-machine",
-            "q35",
             "-accel",
             "tcg",
             "-m",

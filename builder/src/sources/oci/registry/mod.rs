@@ -554,12 +554,7 @@ impl Registry {
                         Ok::<(), oci_client::errors::OciDistributionError>(())
                     });
                 }
-                while let Some(r) = set.join_next().await {
-                    r.map_err(|e| {
-                        oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
-                    })??;
-                }
-                Ok(())
+                join_all(set).await
             })
         })?;
         for (tmp, path) in pending {
@@ -658,12 +653,7 @@ impl Registry {
                         Ok::<(), oci_client::errors::OciDistributionError>(())
                     });
                 }
-                while let Some(r) = set.join_next().await {
-                    r.map_err(|e| {
-                        oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
-                    })??;
-                }
-                Ok(())
+                join_all(set).await
             })
         })
     }
@@ -747,6 +737,19 @@ impl Registry {
         })?;
         Ok(sha256_digest(bytes))
     }
+}
+
+/// Waits for every transfer of `set`; the first failure (or a task that did not finish) is the
+/// answer.
+async fn join_all(
+    mut set: tokio::task::JoinSet<Result<(), oci_client::errors::OciDistributionError>>,
+) -> Result<(), oci_client::errors::OciDistributionError> {
+    while let Some(r) = set.join_next().await {
+        r.map_err(|e| {
+            oci_client::errors::OciDistributionError::GenericError(Some(e.to_string()))
+        })??;
+    }
+    Ok(())
 }
 
 impl RegistryError {
