@@ -1,12 +1,13 @@
 //! Runs `examples/ci/workflow.yml` here, step by step as a CI runner would, so the workflow a
-//! user copies is known to work: each `run:` step in bash (`-e`, pipefail), in a copy of `examples/ci`
-//! as the workspace, with the workflow's, the job's and the step's `env:`; `$GITHUB_PATH` and
-//! `$GITHUB_ENV` carry over to later steps as on GitHub; `${{ … }}` expressions are given the
-//! values of this run (`github.sha`, empty secrets). The steps that use actions (checkout,
-//! upload) are what the copy and the test's own checks stand for. The settings point at this
-//! machine: MINKE_DIST_URL at the dist tarball under test (`file://`), REGISTRY at a
-//! `docker-registry` on 127.0.0.1; `sudo` runs its command as is (the test runs as root), but
-//! `apt-get install` only checks that the named packages are installed.
+//! user copies is known to work: each `run:` step in bash (`-e`, pipefail), in a copy of
+//! `examples/ci` as the workspace, with the workflow's, the job's and the step's `env:`;
+//! `$GITHUB_PATH` and `$GITHUB_ENV` carry over to later steps as on GitHub; `${{ … }}`
+//! expressions are given the values of this run (`github.sha`, the registry's credentials as
+//! the secret). The steps that use actions (checkout, upload) are what the copy and the test's
+//! own checks stand for. The settings point at this machine: MINKE_DIST_URL at the dist
+//! tarball under test (`file://`), REGISTRY at a `docker-registry` on 127.0.0.1 demanding
+//! basic auth; `sudo` runs its command as is (the test runs as root), but `apt-get install`
+//! only checks that the named packages are installed.
 
 use std::path::Path;
 
@@ -193,19 +194,21 @@ pub fn settings(dist: &Path, registry: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Values of `${{ … }}` for a local run.
-pub fn local_expr(e: &str) -> String {
+/// Values of `${{ … }}` for a local run, with `registry_auth` as the secret REGISTRY_AUTH.
+pub fn local_expr(e: &str, registry_auth: &str) -> String {
     match e {
         "github.sha" => "0123456789abcdef0123456789abcdef01234567".into(),
+        "secrets.REGISTRY_AUTH" => registry_auth.into(),
         _ => String::new(),
     }
 }
 
-/// The steps as `(name, run)` with their environment, read from the checkout.
-pub fn read_steps(ws: &Path) -> Result<Vec<Step>> {
+/// The steps as `(name, run)` with their environment, read from the checkout; the secret
+/// REGISTRY_AUTH is `registry_auth` (base64 of USER:TOKEN, or empty).
+pub fn read_steps(ws: &Path, registry_auth: &str) -> Result<Vec<Step>> {
     let path = ws.join(EXAMPLE).join("workflow.yml");
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    steps(&text, &local_expr)
+    steps(&text, &|e| local_expr(e, registry_auth))
 }
 
 /// What a run of the steps must have left: the image, its UEFI disk, the self-test's words
@@ -238,7 +241,7 @@ mod tests {
 
     #[test]
     fn the_example_workflow_reads_as_run_steps() {
-        let steps = read_steps(&crate::workspace_root()).unwrap();
+        let steps = read_steps(&crate::workspace_root(), "").unwrap();
         let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,

@@ -224,14 +224,28 @@ pub fn check(sh: &Shell) -> Result<()> {
 
 /// Runs the example CI workflow's steps with the checkout hidden: it installs minke from the
 /// tarball `dist` (through its own download step), builds, boots and pushes to a registry on
-/// 127.0.0.1, in a home directory of its own (sharing this machine's download cache).
+/// 127.0.0.1 that demands the credentials the workflow's secret gives, in a home directory of
+/// its own (sharing this machine's download cache).
 fn run_ci_example(dist: &Path, tmp: &Path, empty: &Path) -> Result<()> {
     use crate::ci_example as ci;
     let ws = crate::workspace_root();
     let work = tmp.join("ci-workspace");
     ci::copy_example(&ws, &work)?;
-    let registry = crate::bench_registry::LocalRegistry::start(None);
-    let steps = ci::read_steps(&ws)?;
+    // A registry that demands credentials: the workflow's credentials step must work.
+    let creds = "ci:token-for-the-example";
+    let registry = crate::bench_registry::LocalRegistry::start(Some(creds));
+    let auth = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().expect("piped").write_all(creds.as_bytes())?;
+            c.wait_with_output()
+        })
+        .context("base64 (coreutils)")?;
+    let steps = ci::read_steps(&ws, String::from_utf8_lossy(&auth.stdout).trim())?;
     let runner = tmp.join("ci-runner");
     let home = tmp.join("ci-home");
     std::fs::create_dir_all(&home)?;
