@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use minke::archive::tree::{Node, NodeKind, Tree};
+use minke::archive::tree::NodeKind;
 use minke_protocol::arch::Arch;
 use minke_shim::{Vm, VmConfig};
 use xshell::Shell;
@@ -29,19 +29,7 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
         NodeKind::File(d) => d.read()?,
         _ => bail!("bin/busybox is not a file"),
     };
-    let mut t = Tree::new();
-    t.insert("bin/busybox", Node::file(0o755, busybox))?;
-    t.insert(
-        "init",
-        Node::file(0o755, &b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"[..]),
-    )?;
-    for d in ["dev", "proc", "sys"] {
-        t.insert(d, Node::dir(0o755))?;
-    }
-    let bytes = minke::archive::compress::archive(&t, &Default::default())?;
-    let p = dir.join("baseline-arm64-initrd.img");
-    std::fs::write(&p, bytes)?;
-    Ok(p)
+    crate::bench_vm::baseline_initrd_of(dir, busybox, "baseline-arm64-initrd.img")
 }
 
 pub fn run(sh: &Shell) -> Result<()> {

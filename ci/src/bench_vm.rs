@@ -70,6 +70,11 @@ pub(crate) fn spec_image(
 fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
     let busybox =
         std::fs::read("/bin/busybox").context("/bin/busybox (apt-get install busybox-static)")?;
+    baseline_initrd_of(dir, busybox, "baseline-initrd.img")
+}
+
+/// An initramfs `name` in `dir` whose /init is the static `busybox` powering off at once.
+pub(crate) fn baseline_initrd_of(dir: &Path, busybox: Vec<u8>, name: &str) -> Result<PathBuf> {
     let mut t = Tree::new();
     t.insert("bin/busybox", Node::file(0o755, busybox))?;
     t.insert(
@@ -81,7 +86,7 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
     }
     let opts = minke::archive::compress::ArchiveOptions::default();
     let bytes = minke::archive::compress::archive(&t, &opts)?;
-    let p = dir.join("baseline-initrd.img");
+    let p = dir.join(name);
     std::fs::write(&p, bytes)?;
     Ok(p)
 }

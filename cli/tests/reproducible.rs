@@ -232,36 +232,38 @@ fn aarch64_image_is_bit_reproducible() {
     }
 }
 
-/// Whether the aarch64 cross toolchain is here (Debian's rustc and the cross linker); in CI
-/// (`MINKE_REQUIRE_BOOT`) its absence fails the test.
+/// Whether the aarch64 cross toolchain is here (Debian's rustc and the cross linker).
 fn support_cross() -> bool {
-    let found = std::path::Path::new("/usr/bin/rustc").exists()
-        && Command::new("sh")
-            .args(["-c", "command -v aarch64-linux-gnu-gcc"])
-            .output()
-            .is_ok_and(|o| o.status.success());
+    let found = std::path::Path::new("/usr/bin/rustc").exists() && on_path("aarch64-linux-gnu-gcc");
+    required_or_skipped(
+        found,
+        "the aarch64 toolchain is missing (cargo xtask setup installs rustc-web and gcc-aarch64-linux-gnu)",
+    )
+}
+
+/// Whether diffoscope is installed.
+fn support_diffoscope() -> bool {
+    required_or_skipped(
+        on_path("diffoscope"),
+        "diffoscope missing (cargo xtask setup installs diffoscope-minimal)",
+    )
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `found`, or why not: in CI (`MINKE_REQUIRE_BOOT`) a missing part fails the test instead of
+/// skipping it.
+fn required_or_skipped(found: bool, why: &str) -> bool {
     if !found {
-        let why = "the aarch64 toolchain is missing (cargo xtask setup installs rustc-web and gcc-aarch64-linux-gnu)";
         if std::env::var("MINKE_REQUIRE_BOOT").is_ok_and(|v| !v.is_empty() && v != "0") {
             panic!("this test must run (MINKE_REQUIRE_BOOT is set) but cannot: {why}");
         }
         eprintln!("SKIPPED (not run, not passed): {why}");
-    }
-    found
-}
-
-/// Whether diffoscope is installed; in CI (`MINKE_REQUIRE_BOOT`) its absence fails the test.
-fn support_diffoscope() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v diffoscope"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        let why = "diffoscope missing (cargo xtask setup installs diffoscope-minimal)";
-        if std::env::var("MINKE_REQUIRE_BOOT").is_ok_and(|v| !v.is_empty() && v != "0") {
-            panic!("this test must run (MINKE_REQUIRE_BOOT is set) but cannot: {why}");
-        }
-        eprintln!("SKIPPED diffoscope (not run, not passed): {why}");
     }
     found
 }
