@@ -91,8 +91,20 @@ pub(crate) fn baseline_initrd_of(dir: &Path, busybox: Vec<u8>, name: &str) -> Re
     Ok(p)
 }
 
-fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<Duration> {
-    qemu_bare_for(minke_protocol::arch::Arch::X86_64, kernel, initrd, cmdline)
+/// A bare TCG boot of `kernel` with `initrd` on x86_64's standard machine (q35) or on microvm,
+/// with the command line the shim would give it there.
+fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str, microvm: bool) -> Result<Duration> {
+    if !microvm {
+        return qemu_bare_for(minke_protocol::arch::Arch::X86_64, kernel, initrd, cmdline);
+    }
+    let khz = minke_shim::vm::host_tsc_khz().context("this host's TSC rate")?;
+    qemu_bare_on(
+        minke_protocol::arch::Arch::X86_64,
+        &["-machine", "microvm"],
+        kernel,
+        initrd,
+        &format!("{cmdline} tsc_early_khz={khz}"),
+    )
 }
 
 /// A bare TCG boot of `kernel` with `initrd` on `arch`'s usual machine, timed to QEMU's exit.
@@ -106,6 +118,16 @@ pub(crate) fn qemu_bare_for(
         minke_protocol::arch::Arch::X86_64 => &["-machine", "q35"],
         minke_protocol::arch::Arch::Aarch64 => &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
     };
+    qemu_bare_on(arch, machine, kernel, initrd, cmdline)
+}
+
+fn qemu_bare_on(
+    arch: minke_protocol::arch::Arch,
+    machine: &[&str],
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> Result<Duration> {
     let t = Instant::now();
     let st = Command::new(arch.qemu_system())
         .args(machine)
@@ -133,6 +155,10 @@ pub(crate) fn qemu_bare_for(
 
 /// One kernel's boot figures.
 struct BootFigures {
+    /// Whether minke booted it on microvm (the bare baseline then boots there too).
+    microvm: bool,
+    /// A bare boot on q35, when minke used microvm.
+    bare_q35: Option<Duration>,
     bare: Duration,
     run: Duration,
     ready: Duration,
@@ -164,6 +190,15 @@ pub fn boot(sh: &Shell) -> Result<()> {
     let cloud_vmlinuz = cloud_vmlinuz(&images[0].0)?;
     let mut vng_runs = Vec::new();
     let mut samples: Vec<[Vec<Duration>; 4]> = images.iter().map(|_| Default::default()).collect();
+    let microvm: Vec<bool> = images
+        .iter()
+        .map(|(dir, ..)| {
+            let m: minke::image::Manifest =
+                serde_json::from_slice(&std::fs::read(dir.join("default.manifest.json"))?)?;
+            Ok(m.microvm)
+        })
+        .collect::<Result<_>>()?;
+    let mut bare_q35: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut pid1_to_ready: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut pid1_to_agents: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut last: Vec<(Option<BootTimeline>, String)> =
@@ -171,7 +206,10 @@ pub fn boot(sh: &Shell) -> Result<()> {
     for i in 0..RUNS {
         for (k, (dir, kernel, initrd, cmdline)) in images.iter().enumerate() {
             let [bare, run, ready, pid1] = &mut samples[k];
-            bare.push(qemu_bare(kernel, &base, cmdline)?);
+            bare.push(qemu_bare(kernel, &base, cmdline, microvm[k])?);
+            if microvm[k] {
+                bare_q35[k].push(qemu_bare(kernel, &base, cmdline, false)?);
+            }
             let t = Instant::now();
             let st = Command::new(&minke_bin)
                 .arg("run")
@@ -188,6 +226,7 @@ pub fn boot(sh: &Shell) -> Result<()> {
             let state = tmp.path().join(format!("vm{k}-{i}"));
             let mut cfg = VmConfig::new(format!("bench-boot-{k}-{i}"), kernel, initrd);
             cfg.cmdline = cmdline.clone();
+            cfg.microvm_kernel = microvm[k];
             cfg.state_dir = Some(state);
             let mut vm = Vm::boot(cfg)?;
             vm.wait_ready(Duration::from_secs(120))?;
@@ -240,30 +279,45 @@ pub fn boot(sh: &Shell) -> Result<()> {
         .zip(pid1_to_ready)
         .zip(pid1_to_agents)
         .zip(last)
+        .zip(microvm.iter().zip(bare_q35))
         .map(
-            |((([bare, run, ready, pid1], p2r), p2a), (timeline, pid1_rss))| BootFigures {
-                bare: median(bare),
-                run: median(run),
-                ready: median(ready),
-                pid1_wall: if pid1.is_empty() {
-                    Duration::ZERO
-                } else {
-                    median(pid1)
-                },
-                pid1_to_ready: (!p2r.is_empty()).then(|| median(p2r)),
-                pid1_to_agents: (!p2a.is_empty()).then(|| median(p2a)),
-                timeline,
-                pid1_rss,
+            |(((([bare, run, ready, pid1], p2r), p2a), (timeline, pid1_rss)), (&microvm, q35))| {
+                BootFigures {
+                    microvm,
+                    bare_q35: (!q35.is_empty()).then(|| median(q35)),
+                    bare: median(bare),
+                    run: median(run),
+                    ready: median(ready),
+                    pid1_wall: if pid1.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        median(pid1)
+                    },
+                    pid1_to_ready: (!p2r.is_empty()).then(|| median(p2r)),
+                    pid1_to_agents: (!p2a.is_empty()).then(|| median(p2a)),
+                    timeline,
+                    pid1_rss,
+                }
             },
         )
         .collect();
     println!("boot benchmark (TCG, median of {RUNS}; wall times from QEMU's start):");
     for ((name, _), f) in kernels.iter().zip(&figures) {
-        println!("{name}:");
         println!(
-            "  bare baseline (same kernel, busybox /init powers off)  {:>8.3} s",
+            "{name} (minke boots it on {}):",
+            if f.microvm { "microvm" } else { "q35" }
+        );
+        println!(
+            "  bare baseline (same kernel and machine, busybox /init powers off) {:>8.3} s",
             f.bare.as_secs_f64()
         );
+        if let Some(q) = f.bare_q35 {
+            println!(
+                "  bare baseline on q35 (same kernel)                      {:>8.3} s  (minke run -- true {:.2}x)",
+                q.as_secs_f64(),
+                f.run.as_secs_f64() / q.as_secs_f64()
+            );
+        }
         println!(
             "  minke run -- true                                       {:>8.3} s  ({:.2}x baseline; target <= 1.15x)",
             f.run.as_secs_f64(),
@@ -661,6 +715,10 @@ fn raw_vsock(vm: &Vm) -> Result<RawVsock> {
     Ok(RawVsock { echo, stream_mbs })
 }
 
+/// The virtme-ng release the boot bench compares with (pinned: its boot path changes between
+/// releases).
+const VIRTME_NG_VERSION: &str = "1.42";
+
 /// `vng` from a virtualenv under `target/` (`pip install virtme-ng` on first use).
 fn virtme_ng(sh: &Shell) -> Result<PathBuf> {
     let venv = crate::workspace_root().join("target/vng-venv");
@@ -668,7 +726,7 @@ fn virtme_ng(sh: &Shell) -> Result<PathBuf> {
     if !vng.exists() {
         cmd!(sh, "python3 -m venv {venv}").run()?;
         let pip = venv.join("bin/pip");
-        cmd!(sh, "{pip} install --quiet virtme-ng").run()?;
+        cmd!(sh, "{pip} install --quiet virtme-ng=={VIRTME_NG_VERSION}").run()?;
     }
     Ok(vng)
 }
@@ -693,13 +751,17 @@ fn cloud_vmlinuz(image_dir: &Path) -> Result<PathBuf> {
 /// on this kernel (it falls back to the console for the script), so the script's own exit
 /// line on the console is what proves the run.
 fn vng_true(vng: &Path, vmlinuz: &Path) -> Result<Duration> {
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    // vng runs its siblings (virtme-run) by name from the venv's bin; virtiofsd comes from
+    // `cargo install`.
+    let venv_bin = vng.parent().context("vng has no directory")?.to_path_buf();
+    let mut dirs = vec![venv_bin];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     if let Some(home) = std::env::var_os("HOME") {
-        // virtiofsd from `cargo install`.
-        path = std::env::join_paths(
-            std::env::split_paths(&path).chain([PathBuf::from(home).join(".cargo/bin")]),
-        )?;
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
+    let path = std::env::join_paths(dirs)?;
     let t = Instant::now();
     let out = Command::new(vng)
         .args(["--disable-kvm", "--verbose", "-r"])

@@ -166,6 +166,10 @@ enum Cmd {
         /// Host-guest transport.
         #[arg(long, value_enum, default_value = "auto")]
         transport: TransportArg,
+        /// QEMU machine: `auto` boots on microvm (no PCI bus, no firmware to probe: faster)
+        /// when the image's kernel can, else on the standard one (q35, or virt on aarch64)
+        #[arg(long, value_enum, default_value = "auto")]
+        machine: MachineArg,
         /// Share a host directory: HOST_DIR[:GUEST_DIR][:ro] (the guest path defaults to the
         /// host's); mounted before CMD runs, writable unless `:ro`.
         #[arg(long = "share", value_name = "HOST_DIR[:GUEST_DIR][:ro]")]
@@ -340,6 +344,13 @@ enum AccelArg {
     Auto,
     Kvm,
     Tcg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MachineArg {
+    Auto,
+    Standard,
+    Microvm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -644,6 +655,7 @@ pub fn run() -> Result<u8> {
             boot_chart,
             accel,
             transport,
+            machine,
             shares,
             share_backend,
             adds,
@@ -682,6 +694,11 @@ pub fn run() -> Result<u8> {
                 TransportArg::VhostUser => minke_shim::Transport::VhostUser,
                 TransportArg::Serial => minke_shim::Transport::Serial,
             };
+            let machine = match machine {
+                MachineArg::Auto => minke_shim::Machine::Auto,
+                MachineArg::Standard => minke_shim::Machine::Standard,
+                MachineArg::Microvm => minke_shim::Machine::Microvm,
+            };
             return crate::run::run(crate::run::RunArgs {
                 image,
                 firmware,
@@ -698,6 +715,7 @@ pub fn run() -> Result<u8> {
                 boot_chart,
                 accel,
                 transport,
+                machine,
                 shares,
                 share_backend,
                 adds,

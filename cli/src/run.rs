@@ -35,6 +35,7 @@ pub struct RunArgs {
     pub boot_chart: Option<PathBuf>,
     pub accel: Accel,
     pub transport: Transport,
+    pub machine: minke_shim::Machine,
     pub shares: Vec<String>,
     pub share_backend: ShareBackend,
     pub adds: Vec<String>,
@@ -329,6 +330,8 @@ pub fn run(a: RunArgs) -> Result<u8> {
     cfg.cpus = a.cpus;
     cfg.accel = a.accel;
     cfg.transport = a.transport;
+    cfg.machine = a.machine;
+    cfg.microvm_kernel = img.manifest.microvm;
     cfg.console_to_terminal = a.console;
     for p in &a.publish {
         cfg.publish.push(parse_publish(p)?);
@@ -647,8 +650,8 @@ fn suggest_add(e: minke_shim::VmError, argv0: &str, in_run: bool) -> anyhow::Err
 pub fn ps(out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
-        "{:<20} {:>8} {:<6} {:<12} {:<6} {:<16} SHARES",
-        "NAME", "QEMU", "ACCEL", "TRANSPORT", "NET", "PUBLISH"
+        "{:<20} {:>8} {:<6} {:<8} {:<12} {:<6} {:<16} SHARES",
+        "NAME", "QEMU", "ACCEL", "MACHINE", "TRANSPORT", "NET", "PUBLISH"
     )?;
     for v in minke_shim::list_vms()? {
         let publish: Vec<String> = v
@@ -673,10 +676,11 @@ pub fn ps(out: &mut dyn Write) -> Result<()> {
             .collect();
         writeln!(
             out,
-            "{:<20} {:>8} {:<6} {:<12} {:<6} {:<16} {}",
+            "{:<20} {:>8} {:<6} {:<8} {:<12} {:<6} {:<16} {}",
             v.run.name,
             v.run.qemu_pid,
             format!("{:?}", v.run.accel).to_lowercase(),
+            v.run.machine.map_or("-", |m| m.name()),
             format!("{:?}", v.run.transport).to_lowercase(),
             v.run.net.map_or("-", |n| n.name()),
             if publish.is_empty() {

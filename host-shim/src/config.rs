@@ -60,6 +60,24 @@ pub struct VmConfig {
     /// handing QEMU the kernel and initrd: the kernel, initrd and command line are then the
     /// medium's own, and `kernel`/`initrd`/`cmdline`/`extra_initrds` are not used.
     pub efi: Option<EfiBoot>,
+    /// Which QEMU machine boots the guest.
+    pub machine: Machine,
+    /// The kernel boots on QEMU's `microvm` machine (an image's manifest says): virtio over
+    /// MMIO and ACPI built in, nothing that needs PCI. [`Machine::Auto`] then prefers it.
+    pub microvm_kernel: bool,
+}
+
+/// Which QEMU machine boots the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Machine {
+    /// `microvm` for a direct kernel boot of an x86_64 guest whose kernel can
+    /// ([`VmConfig::microvm_kernel`]) and whose devices fit its virtio-mmio slots; otherwise
+    /// the architecture's standard machine.
+    Auto,
+    /// The standard machine: `q35` on x86_64, `virt` on aarch64 (PCIe, firmware tables).
+    Standard,
+    /// QEMU's `microvm` (x86_64 only): no PCI, no firmware to probe, virtio over MMIO.
+    Microvm,
 }
 
 /// A boot through UEFI firmware.
@@ -123,6 +141,8 @@ impl VmConfig {
             runtime_config: Vec::new(),
             efi: None,
             arch: minke_protocol::arch::Arch::X86_64,
+            machine: Machine::Auto,
+            microvm_kernel: false,
         }
     }
 }

@@ -13,8 +13,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::state::{self, files, StateError};
 
@@ -29,6 +30,23 @@ pub struct ConsoleLog {
     thread: Option<JoinHandle<Result<(), StateError>>>,
     stop: Arc<AtomicBool>,
     socket: Option<PathBuf>,
+    written: Arc<Written>,
+}
+
+/// How many bytes reached the log so far, for those waiting for the guest to print something.
+#[derive(Debug, Default)]
+struct Written {
+    bytes: Mutex<u64>,
+    grew: Condvar,
+}
+
+impl Written {
+    fn add(&self, n: u64) {
+        if let Ok(mut b) = self.bytes.lock() {
+            *b += n;
+            self.grew.notify_all();
+        }
+    }
 }
 
 impl ConsoleLog {
@@ -43,7 +61,8 @@ impl ConsoleLog {
         mut source: impl Read + Send + 'static,
         cap: u64,
     ) -> Result<Self, StateError> {
-        let mut w = Rotating::create(state_dir, cap)?;
+        let written = Arc::new(Written::default());
+        let mut w = Rotating::create(state_dir, cap, written.clone())?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("minke-console".into())
@@ -53,6 +72,7 @@ impl ConsoleLog {
             thread: Some(thread),
             stop,
             socket: None,
+            written,
         })
     }
 
@@ -68,7 +88,8 @@ impl ConsoleLog {
         let path = state::check_socket_path(state_dir, files::CONSOLE_SOCKET)?;
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(state::io_err(&path))?;
-        let mut w = Rotating::create(state_dir, cap)?;
+        let written = Arc::new(Written::default());
+        let mut w = Rotating::create(state_dir, cap, written.clone())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -86,7 +107,29 @@ impl ConsoleLog {
             thread: Some(thread),
             stop,
             socket: Some(path),
+            written,
         })
+    }
+
+    /// How many bytes the log has taken in so far.
+    pub fn written(&self) -> u64 {
+        self.written.bytes.lock().map_or(0, |b| *b)
+    }
+
+    /// Waits until the log has taken in more than `seen` bytes, or `timeout` passed; returns
+    /// the count then. Lets a reader of `console.log` look again as soon as the guest printed.
+    pub fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
+        let Ok(bytes) = self.written.bytes.lock() else {
+            return seen;
+        };
+        match self
+            .written
+            .grew
+            .wait_timeout_while(bytes, timeout, |b| *b <= seen)
+        {
+            Ok((b, _)) => *b,
+            Err(_) => seen,
+        }
     }
 
     /// Waits until the source has ended; returns the copy's error, if any.
@@ -123,10 +166,11 @@ struct Rotating {
     file: File,
     len: u64,
     cap: u64,
+    written: Arc<Written>,
 }
 
 impl Rotating {
-    fn create(dir: &Path, cap: u64) -> Result<Self, StateError> {
+    fn create(dir: &Path, cap: u64, written: Arc<Written>) -> Result<Self, StateError> {
         let path = dir.join(files::CONSOLE);
         let file = state::create_private(&path)?;
         Ok(Rotating {
@@ -135,6 +179,7 @@ impl Rotating {
             file,
             len: 0,
             cap: cap.max(1),
+            written,
         })
     }
 
@@ -150,6 +195,7 @@ impl Rotating {
                 Err(e) => return Err(state::io_err(&self.path)(e)),
             };
             self.write(&buf[..n])?;
+            self.written.add(n as u64);
         }
     }
 

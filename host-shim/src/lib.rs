@@ -51,8 +51,8 @@ pub mod vm;
 pub use chart::boot_chart_svg;
 pub use client::{Output, Stdin};
 pub use config::{
-    Accel, DiskFormat, DiskSpec, EfiBoot, EfiMedium, NetBackend, NetMode, ShareBackend, ShareSpec,
-    Transport, VmConfig,
+    Accel, DiskFormat, DiskSpec, EfiBoot, EfiMedium, Machine, NetBackend, NetMode, ShareBackend,
+    ShareSpec, Transport, VmConfig,
 };
 pub use forward::{ForwardListen, Forwarder};
 pub use minke_protocol::msg::{ExecRequest, ForwardTarget, InfoReply};

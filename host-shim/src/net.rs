@@ -167,7 +167,11 @@ impl Passt {
 
 /// QEMU's arguments: a virtio-net card on passt's socket or on slirp, and the configuration
 /// for PID1 as a firmware config file.
-pub(crate) fn qemu_args(state: &Path, plan: Option<&NetPlan>) -> Vec<String> {
+pub(crate) fn qemu_args(
+    state: &Path,
+    machine: crate::state::UsedMachine,
+    plan: Option<&NetPlan>,
+) -> Vec<String> {
     let Some(plan) = plan else {
         return Vec::new();
     };
@@ -188,7 +192,7 @@ pub(crate) fn qemu_args(state: &Path, plan: Option<&NetPlan>) -> Vec<String> {
         "-netdev".into(),
         netdev,
         "-device".into(),
-        "virtio-net-pci,netdev=net0".into(),
+        format!("{},netdev=net0", machine.virtio("virtio-net")),
         "-fw_cfg".into(),
         format!(
             "name={},file={}",
@@ -216,12 +220,12 @@ mod tests {
             used,
             config: NetConfig::default(),
         };
-        let a = qemu_args(st, Some(&p(UsedNet::Passt))).join(" ");
+        let a = qemu_args(st, crate::state::UsedMachine::Q35, Some(&p(UsedNet::Passt))).join(" ");
         assert!(a.contains("-netdev stream,id=net0,server=off,addr.type=fd,addr.str=3 -device virtio-net-pci,netdev=net0"), "{a}");
         assert!(a.contains("-fw_cfg name=opt/minke/net,file=/st/net"), "{a}");
-        let s = qemu_args(st, Some(&p(UsedNet::Slirp))).join(" ");
+        let s = qemu_args(st, crate::state::UsedMachine::Q35, Some(&p(UsedNet::Slirp))).join(" ");
         assert!(s.contains("-netdev user,id=net0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15"), "{s}");
-        assert!(qemu_args(st, None).is_empty());
+        assert!(qemu_args(st, crate::state::UsedMachine::Q35, None).is_empty());
         let pa = passt_args(&p(UsedNet::Passt));
         assert!(pa.contains(&"--fd=3".to_owned()), "{pa:?}");
         assert!(pa.contains(&"--tcp-ports=none".to_owned()), "{pa:?}");

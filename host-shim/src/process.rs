@@ -110,6 +110,27 @@ impl Guarded {
     /// Waits up to `timeout` for the child to end.
     pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let end = Instant::now() + timeout;
+        if let Some(s) = self.try_wait() {
+            return Some(s);
+        }
+        // The child is not reaped yet, so its pid names it: its pidfd turns readable the
+        // moment it exits.
+        let pidfd = Pid::from_raw(self.child.id() as i32)
+            .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok());
+        if let Some(fd) = &pidfd {
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                let timeout = rustix::event::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                };
+                match rustix::event::poll(&mut fds, Some(&timeout)) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    _ => return self.try_wait(),
+                }
+            }
+        }
         let mut step = Duration::from_millis(1);
         loop {
             if let Some(s) = self.try_wait() {

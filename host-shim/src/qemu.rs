@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{DiskSpec, EfiMedium, VmConfig};
 use crate::net::NetPlan;
 use crate::share::{self, Planned};
-use crate::state::{files, UsedAccel, UsedTransport};
+use crate::state::{files, UsedAccel, UsedMachine, UsedTransport};
 
 /// Guest CID given to vhost-device-vsock: it only matters inside the VM.
 pub const VHOST_USER_CID: u32 = 3;
@@ -15,24 +15,60 @@ pub const VHOST_USER_CID: u32 = 3;
 pub use minke_protocol::mux::PORT_NAME as SERIAL_PORT_NAME;
 
 /// The kernel command line: the configured one, plus `minke.transport=serial` when the guest
-/// must use the virtio-serial transport (its agents read it to know).
-pub(crate) fn kernel_cmdline(cfg: &VmConfig, transport: UsedTransport) -> String {
+/// must use the virtio-serial transport (its agents read it to know), plus the TSC's rate
+/// when the guest has nothing to calibrate it against (see [`MachinePlan::tsc_khz`]).
+pub(crate) fn kernel_cmdline(
+    cfg: &VmConfig,
+    transport: UsedTransport,
+    tsc_khz: Option<u64>,
+) -> String {
     use minke_protocol::mux::{TRANSPORT_PARAM, TRANSPORT_SERIAL};
-    match transport {
-        UsedTransport::Serial => format!("{} {TRANSPORT_PARAM}={TRANSPORT_SERIAL}", cfg.cmdline),
-        _ => cfg.cmdline.clone(),
+    let mut line = cfg.cmdline.clone();
+    if transport == UsedTransport::Serial {
+        line.push_str(&format!(" {TRANSPORT_PARAM}={TRANSPORT_SERIAL}"));
+    }
+    if let Some(khz) = tsc_khz {
+        line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    line
+}
+
+/// The machine a boot uses, with what its guest must be told about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MachinePlan {
+    /// The machine.
+    pub(crate) used: UsedMachine,
+    /// The rate of the host's TSC in kHz, for a microvm guest under TCG: it has no HPET or
+    /// ACPI PM timer, and calibrating against the emulated PIT fails on a loaded host.
+    pub(crate) tsc_khz: Option<u64>,
+}
+
+impl MachinePlan {
+    /// A machine whose guest needs to be told nothing.
+    pub(crate) fn plain(used: UsedMachine) -> Self {
+        MachinePlan {
+            used,
+            tsc_khz: None,
+        }
     }
 }
+
+/// How many virtio-mmio transports QEMU's microvm has (with its second IO-APIC, the default).
+pub const MICROVM_VIRTIO_SLOTS: usize = 24;
 
 /// QEMU's arguments (without the program name).
 pub(crate) fn qemu_args(
     cfg: &VmConfig,
     state: &Path,
+    plan: MachinePlan,
     accel: UsedAccel,
     transport: UsedTransport,
     shares: &[Planned],
     net: Option<&NetPlan>,
 ) -> Vec<String> {
+    let machine = plan.used;
+    // Under KVM the guest reads the rate from its paravirtual clock.
+    let tsc_khz = plan.tsc_khz.filter(|_| accel == UsedAccel::Tcg);
     let p = |f: &str| path_arg(&state.join(f));
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -45,7 +81,7 @@ pub(crate) fn qemu_args(
         "-display",
         "none",
     ]);
-    let aarch64 = cfg.arch == minke_protocol::arch::Arch::Aarch64;
+    let aarch64 = machine == UsedMachine::Virt;
     match (accel, aarch64) {
         (UsedAccel::Kvm, _) => push(&["-accel", "kvm", "-cpu", "host"]),
         (UsedAccel::Tcg, false) => push(&["-accel", "tcg"]),
@@ -54,13 +90,12 @@ pub(crate) fn qemu_args(
     }
     // vhost-user backends (the vsock backend, virtiofsd) map the guest's memory.
     let shared_mem = transport == UsedTransport::VhostUser || share::needs_shared_memory(shares);
-    let machine = if aarch64 { "virt" } else { "q35" };
-    let machine = if shared_mem {
-        format!("{machine},memory-backend=mem")
+    let machine_arg = if shared_mem {
+        format!("{},memory-backend=mem", machine.name())
     } else {
-        machine.to_string()
+        machine.name().to_string()
     };
-    push(&["-machine", &machine]);
+    push(&["-machine", &machine_arg]);
     let mem = format!("{}M", cfg.mem_mib);
     push(&["-m", &mem, "-smp", &cfg.cpus.to_string()]);
     if shared_mem {
@@ -77,7 +112,7 @@ pub(crate) fn qemu_args(
                 "-initrd",
                 &path_arg(&cfg.initrd),
             ]);
-            push(&["-append", &kernel_cmdline(cfg, transport)]);
+            push(&["-append", &kernel_cmdline(cfg, transport, tsc_khz)]);
         }
         Some(efi) => {
             push(&["-bios", &path_arg(&efi.firmware)]);
@@ -93,7 +128,10 @@ pub(crate) fn qemu_args(
                             format.qemu_name()
                         ),
                     ]);
-                    push(&["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+                    push(&[
+                        "-device",
+                        &format!("{},drive=boot,bootindex=0", machine.virtio("virtio-blk")),
+                    ]);
                 }
                 EfiMedium::Cdrom(p) => {
                     push(&[
@@ -145,14 +183,23 @@ pub(crate) fn qemu_args(
     push(&["-mon", "chardev=qmp,mode=control"]);
     match transport {
         UsedTransport::VhostKernel { cid } => {
-            push(&["-device", &format!("vhost-vsock-pci,guest-cid={cid}")]);
+            push(&[
+                "-device",
+                &format!("{},guest-cid={cid}", machine.virtio("vhost-vsock")),
+            ]);
         }
         UsedTransport::VhostUser => {
             push(&["-chardev", &format!("socket,id=vhu,path={}", p(files::VHU))]);
-            push(&["-device", "vhost-user-vsock-pci,chardev=vhu"]);
+            push(&[
+                "-device",
+                &format!("{},chardev=vhu", machine.virtio("vhost-user-vsock")),
+            ]);
         }
         UsedTransport::Serial => {
-            push(&["-device", "virtio-serial-pci,id=vser"]);
+            push(&[
+                "-device",
+                &format!("{},id=vser", machine.virtio("virtio-serial")),
+            ]);
             let chr = format!("socket,id=ctl,path={},server=on,wait=off", p(files::SERIAL));
             push(&["-chardev", &chr]);
             push(&[
@@ -165,7 +212,11 @@ pub(crate) fn qemu_args(
         push(&["-drive", &drive_arg(i, d)]);
         push(&[
             "-device",
-            &format!("virtio-blk-pci,drive=d{i},serial={}", d.label),
+            &format!(
+                "{},drive=d{i},serial={}",
+                machine.virtio("virtio-blk"),
+                d.label
+            ),
         ]);
     }
     if let Some(img) = &cfg.run_image {
@@ -179,7 +230,8 @@ pub(crate) fn qemu_args(
         push(&[
             "-device",
             &format!(
-                "virtio-blk-pci,drive=runimg,serial={}",
+                "{},drive=runimg,serial={}",
+                machine.virtio("virtio-blk"),
                 minke_protocol::image::DISK_SERIAL
             ),
         ]);
@@ -192,8 +244,8 @@ pub(crate) fn qemu_args(
             ),
         ]);
     }
-    a.extend(share::qemu_args(state, shares));
-    a.extend(crate::net::qemu_args(state, net));
+    a.extend(share::qemu_args(state, machine, shares));
+    a.extend(crate::net::qemu_args(state, machine, net));
     a
 }
 
@@ -247,7 +299,16 @@ mod tests {
     }
 
     fn check(accel: UsedAccel, transport: UsedTransport, expected: &str) {
-        let got = qemu_args(&cfg(), Path::new("/s"), accel, transport, &[], None).join(" ");
+        let got = qemu_args(
+            &cfg(),
+            Path::new("/s"),
+            MachinePlan::plain(UsedMachine::Q35),
+            accel,
+            transport,
+            &[],
+            None,
+        )
+        .join(" ");
         assert_eq!(
             got,
             expected.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -312,6 +373,7 @@ mod tests {
         let a = qemu_args(
             &c,
             Path::new("/s"),
+            MachinePlan::plain(UsedMachine::Q35),
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
             &[],
@@ -336,6 +398,7 @@ mod tests {
             qemu_args(
                 &c,
                 Path::new("/s"),
+                MachinePlan::plain(UsedMachine::Q35),
                 UsedAccel::Tcg,
                 UsedTransport::Serial,
                 &[],
@@ -375,12 +438,72 @@ mod tests {
     }
 
     #[test]
+    fn microvm_gets_every_virtio_device_on_mmio() {
+        let mut c = cfg();
+        c.run_image = Some("/img/run.erofs".into());
+        let microvm = MachinePlan {
+            used: UsedMachine::Microvm,
+            tsc_khz: Some(2_445_436),
+        };
+        let a = qemu_args(
+            &c,
+            Path::new("/s"),
+            microvm,
+            UsedAccel::Tcg,
+            UsedTransport::VhostUser,
+            &[],
+            None,
+        )
+        .join(" ");
+        assert!(a.contains("-machine microvm,memory-backend=mem"), "{a}");
+        assert!(
+            a.contains("-device vhost-user-vsock-device,chardev=vhu"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device virtio-blk-device,drive=d0,serial=var"),
+            "{a}"
+        );
+        assert!(a.contains("-device virtio-blk-device,drive=runimg"), "{a}");
+        assert!(!a.contains("-pci"), "{a}");
+        assert!(a.contains("panic=-1 tsc_early_khz=2445436 -fw_cfg"), "{a}");
+        let k = qemu_args(
+            &c,
+            Path::new("/s"),
+            microvm,
+            UsedAccel::Kvm,
+            UsedTransport::VhostUser,
+            &[],
+            None,
+        )
+        .join(" ");
+        assert!(!k.contains("tsc_early_khz"), "{k}");
+        let s = qemu_args(
+            &c,
+            Path::new("/s"),
+            microvm,
+            UsedAccel::Tcg,
+            UsedTransport::Serial,
+            &[],
+            None,
+        )
+        .join(" ");
+        assert!(s.contains("-device virtio-serial-device,id=vser"), "{s}");
+        assert!(
+            s.contains("minke.transport=serial tsc_early_khz=2445436"),
+            "{s}"
+        );
+        assert!(s.contains("-machine microvm -m"), "{s}");
+    }
+
+    #[test]
     fn aarch64_guests_get_the_virt_machine() {
         let mut c = cfg();
         c.arch = minke_protocol::arch::Arch::Aarch64;
         let a = qemu_args(
             &c,
             Path::new("/s"),
+            MachinePlan::plain(UsedMachine::Virt),
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
             &[],

@@ -313,7 +313,11 @@ fn start_virtiofsd(state: &Path, index: usize, p: &Planned) -> Result<Guarded, S
 
 /// QEMU's arguments for the shares: a vhost-user-fs device per virtio-fs share, a 9p device
 /// per 9p share, and the list for the guest as a firmware config file.
-pub(crate) fn qemu_args(state: &Path, planned: &[Planned]) -> Vec<String> {
+pub(crate) fn qemu_args(
+    state: &Path,
+    machine: crate::state::UsedMachine,
+    planned: &[Planned],
+) -> Vec<String> {
     let mut a = Vec::new();
     if planned.is_empty() {
         return a;
@@ -326,7 +330,8 @@ pub(crate) fn qemu_args(state: &Path, planned: &[Planned]) -> Vec<String> {
                 a.push(format!("socket,id=fs{i},path={}", comma(&socket(state, i))));
                 a.push("-device".into());
                 a.push(format!(
-                    "vhost-user-fs-pci,chardev=fs{i},tag={}",
+                    "{},chardev=fs{i},tag={}",
+                    machine.virtio("vhost-user-fs"),
                     p.share.tag
                 ));
             }
@@ -339,7 +344,8 @@ pub(crate) fn qemu_args(state: &Path, planned: &[Planned]) -> Vec<String> {
                 ));
                 a.push("-device".into());
                 a.push(format!(
-                    "virtio-9p-pci,fsdev=fs{i},mount_tag={}",
+                    "{},fsdev=fs{i},mount_tag={}",
+                    machine.virtio("virtio-9p"),
                     p.share.tag
                 ));
             }
@@ -454,13 +460,33 @@ mod tests {
                 kind,
             },
         };
-        let v = qemu_args(st, &[p(ShareKind::Virtiofs, false)]).join(" ");
+        let v = qemu_args(
+            st,
+            crate::state::UsedMachine::Q35,
+            &[p(ShareKind::Virtiofs, false)],
+        )
+        .join(" ");
         assert!(v.contains("-chardev socket,id=fs0,path=/st/fs0.sock -device vhost-user-fs-pci,chardev=fs0,tag=minke0"), "{v}");
         assert!(
             v.contains("-fw_cfg name=opt/minke/shares,file=/st/shares"),
             "{v}"
         );
-        let n = qemu_args(st, &[p(ShareKind::NineP, true)]).join(" ");
+        let m = qemu_args(
+            st,
+            crate::state::UsedMachine::Microvm,
+            &[p(ShareKind::Virtiofs, false)],
+        )
+        .join(" ");
+        assert!(
+            m.contains("-device vhost-user-fs-device,chardev=fs0,tag=minke0"),
+            "{m}"
+        );
+        let n = qemu_args(
+            st,
+            crate::state::UsedMachine::Q35,
+            &[p(ShareKind::NineP, true)],
+        )
+        .join(" ");
         assert!(n.contains("-fsdev local,id=fs0,path=/h,,1,security_model=mapped-xattr,readonly=on -device virtio-9p-pci,fsdev=fs0,mount_tag=minke0"), "{n}");
         let a = virtiofsd_args(st, 0, &p(ShareKind::Virtiofs, true));
         assert!(a.contains(&"--readonly".to_owned()), "{a:?}");

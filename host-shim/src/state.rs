@@ -88,6 +88,37 @@ impl UsedNet {
     }
 }
 
+/// The QEMU machine actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UsedMachine {
+    /// x86_64's standard machine (PCIe).
+    Q35,
+    /// aarch64's standard machine (PCIe).
+    Virt,
+    /// x86_64's `microvm` (virtio over MMIO).
+    Microvm,
+}
+
+impl UsedMachine {
+    /// QEMU's name for it (also what `minke ps` shows).
+    pub fn name(self) -> &'static str {
+        match self {
+            UsedMachine::Q35 => "q35",
+            UsedMachine::Virt => "virt",
+            UsedMachine::Microvm => "microvm",
+        }
+    }
+
+    /// A virtio device's QEMU name on this machine's bus: `virtio-blk` becomes
+    /// `virtio-blk-pci` on a PCI machine and `virtio-blk-device` (virtio-mmio) on microvm.
+    pub fn virtio(self, device: &str) -> String {
+        match self {
+            UsedMachine::Q35 | UsedMachine::Virt => format!("{device}-pci"),
+            UsedMachine::Microvm => format!("{device}-device"),
+        }
+    }
+}
+
 /// Accelerator actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UsedAccel {
@@ -191,6 +222,9 @@ pub struct RunInfo {
     pub shim_pid: u32,
     /// Accelerator in use.
     pub accel: UsedAccel,
+    /// QEMU machine in use (absent in the records of older versions).
+    #[serde(default)]
+    pub machine: Option<UsedMachine>,
     /// Transport in use.
     pub transport: UsedTransport,
     /// Host ports published to guest ports.
@@ -614,6 +648,7 @@ mod tests {
                 backend_stamp: None,
                 shim_pid: std::process::id(),
                 accel: UsedAccel::Tcg,
+                machine: None,
                 transport: UsedTransport::VhostUser,
                 publish: vec![],
                 shares: vec![],
@@ -673,6 +708,7 @@ mod tests {
             backend_stamp: None,
             shim_pid: 0,
             accel: UsedAccel::Tcg,
+            machine: None,
             transport: UsedTransport::Serial,
             publish: vec![],
             shares: vec![],

@@ -44,3 +44,12 @@ pub(crate) fn inherit_fd_as(cmd: &mut Command, fd: std::os::fd::RawFd, target: s
         });
     }
 }
+
+/// The host CPU's time-stamp counter.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter every x86_64 CPU has; it touches no memory, and user mode
+    // may run it unless the kernel set CR4.TSD, which Linux does only for seccomp-strict tasks
+    // (then the process would already be unable to run QEMU).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

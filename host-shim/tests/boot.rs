@@ -18,7 +18,7 @@ use common::*;
 
 use minke_shim::{
     Accel, DiskFormat, DiskSpec, ExecRequest, ForwardListen, ForwardTarget, PowerOff, ShareSpec,
-    Stdin, Transport, Vm, VmConfig,
+    Stdin, Transport, Vm,
 };
 
 /// One VM shared by the tests that don't disturb it (with a data disk, and two shared host
@@ -206,6 +206,22 @@ fn data_disk_is_attached_with_its_label_as_serial() {
     require_boot!();
     let vm = shared();
     assert_eq!(out(vm, &["cat", "/sys/block/vda/serial"]).trim(), "var");
+    // The machine the shim chose for this image, and the bus the guest found the disk on.
+    use minke_shim::state::UsedMachine;
+    let microvm = test_image().expect("checked by require_boot").microvm;
+    let expected = match (test_arch(), microvm) {
+        (minke_protocol::arch::Arch::X86_64, true) => UsedMachine::Microvm,
+        (minke_protocol::arch::Arch::X86_64, false) => UsedMachine::Q35,
+        (minke_protocol::arch::Arch::Aarch64, _) => UsedMachine::Virt,
+    };
+    assert_eq!(vm.run_info().machine, Some(expected));
+    let device = out(vm, &["readlink", "-f", "/sys/block/vda"]);
+    let bus = match expected {
+        // virtio-mmio devices, as microvm's ACPI tables describe them.
+        UsedMachine::Microvm => "/LNRO0005:",
+        UsedMachine::Q35 | UsedMachine::Virt => "/pci",
+    };
+    assert!(device.contains(bus), "{device}");
 }
 
 #[test]
@@ -1004,14 +1020,7 @@ fn cross_arch_image() -> Result<TestImage, String> {
 
 /// Builds a workspace spec with [`build_image`] and names its outputs.
 fn image_of(spec: &str, name: &str) -> Result<TestImage, String> {
-    let p = build_image(spec, name)?;
-    Ok(TestImage {
-        kernel: format!("{p}-kernel").into(),
-        initrd: format!("{p}-initrd.img").into(),
-        cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-            .ok()
-            .map(|s| s.trim().to_string()),
-    })
+    Ok(TestImage::at(&build_image(spec, name)?))
 }
 
 #[test]
@@ -1022,10 +1031,7 @@ fn foreign_binaries_and_an_arm64_container() {
         Err(e) => panic!("{e}"),
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = VmConfig::new("cross", img.kernel, img.initrd);
-    if let Some(cl) = img.cmdline {
-        c.cmdline = cl;
-    }
+    let mut c = img.config("cross");
     c.state_dir = Some(dir.path().to_path_buf());
     c.transport = Transport::VhostUser;
     c.accel = Accel::Tcg;
@@ -1359,10 +1365,7 @@ fn shares_over_9p_where_the_kernel_has_it() {
         std::fs::create_dir(d).unwrap();
         std::fs::write(d.join("in"), b"from the host\n").unwrap();
     }
-    let mut c = VmConfig::new("ninep", img.kernel, img.initrd);
-    if let Some(cl) = img.cmdline {
-        c.cmdline = cl;
-    }
+    let mut c = img.config("ninep");
     c.state_dir = Some(dir.path().join("state"));
     c.transport = Transport::VhostUser;
     c.accel = Accel::Tcg;

@@ -33,6 +33,8 @@ pub struct Assembled {
     pub share_kinds: Vec<String>,
     /// Whether a boot can take a network card (see [`kernel::has_network`]).
     pub network: bool,
+    /// Whether the kernel boots on QEMU's microvm (see [`kernel::boots_on_microvm`]).
+    pub microvm: bool,
     /// Which layer each path of the tree comes from.
     pub owners: BTreeMap<String, String>,
     /// The cache keys of the packages' layers (what `--cache-to` shares).
@@ -150,6 +152,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         .collect();
     let share_kinds = kernel::share_kinds(&spec, &kernel, &carried);
     let network = kernel::has_network(&spec, &kernel, &carried);
+    let microvm = kernel::boots_on_microvm(spec.arch(), &kernel, &closure);
     if let Some(report) = kernel::kernel_report(&spec, &kernel, &carried, compression)? {
         if report.fatal() {
             return Err(BuildError::Kernel(KernelError::Unusable(format!(
@@ -280,6 +283,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         owners: owner,
         share_kinds,
         network,
+        microvm,
         tree,
         config,
         layers,

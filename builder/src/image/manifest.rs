@@ -38,6 +38,10 @@ pub struct Manifest {
     /// Whether a boot can take a network card (`minke run --net user`).
     #[serde(default)]
     pub network: bool,
+    /// Whether the kernel boots on QEMU's `microvm` machine (virtio-mmio and ACPI built in):
+    /// `minke run` then prefers it.
+    #[serde(default)]
+    pub microvm: bool,
     /// The image's onshutdown tasks, by name: a stop must let the guest run them.
     #[serde(default)]
     pub onshutdown: Vec<String>,
@@ -213,6 +217,7 @@ mod tests {
             modules: vec![],
             disks: vec![],
             shares: vec![],
+            microvm: false,
             network: false,
             default_network: Default::default(),
             onshutdown: vec![],

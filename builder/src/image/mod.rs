@@ -395,6 +395,7 @@ fn manifest_of(
             .collect(),
         shares: a.share_kinds.clone(),
         network: a.network,
+        microvm: a.microvm,
         default_network: a.spec.raw.network,
         onshutdown: a
             .spec

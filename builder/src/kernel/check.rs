@@ -167,6 +167,24 @@ pub fn has_network(spec: &Spec, kernel: &ResolvedKernel, carried: &[kmod::Module
     spec.raw.allow_network && Support::new(kernel, carried).has("virtio_net", "CONFIG_VIRTIO_NET")
 }
 
+/// Whether the kernel boots on QEMU's x86_64 `microvm` machine: virtio over MMIO and ACPI
+/// (which describes microvm's devices, its power button and fw_cfg) built in, and no virtio
+/// PCI module among those the image loads at every boot (a modular virtio stack is loaded for
+/// PCI, which microvm lacks).
+pub fn boots_on_microvm(
+    arch: minke_protocol::arch::Arch,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> bool {
+    if arch != minke_protocol::arch::Arch::X86_64 || closure.iter().any(|m| m.name == "virtio_pci")
+    {
+        return false;
+    }
+    let path = kernel.config.as_deref().unwrap_or(&kernel.image);
+    kconfig::config_for(path)
+        .is_ok_and(|(c, _)| c.get("CONFIG_VIRTIO_MMIO") == "y" && c.get("CONFIG_ACPI") == "y")
+}
+
 /// The kinds of share (`virtiofs`, `9p`) a boot of this image can mount: those whose modules
 /// the image carries, or, for a kernel without modules, those its config builds in (none
 /// when that config is unknown, or when the spec does not allow shares).

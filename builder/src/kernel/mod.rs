@@ -14,8 +14,9 @@ pub mod kmod;
 pub mod resolve;
 
 pub use check::{
-    check_kernel, features, has_network, image_modules, kernel_report, module_closure, net_modules,
-    share_kinds, share_modules, DEFAULT_MODULES, IMAGE_MODULES, SHARE_MODULES,
+    boots_on_microvm, check_kernel, features, has_network, image_modules, kernel_report,
+    module_closure, net_modules, share_kinds, share_modules, DEFAULT_MODULES, IMAGE_MODULES,
+    SHARE_MODULES,
 };
 pub use resolve::{
     is_modules_tree, kbuild_options, kernel_config_dir, kernel_from_package, modules_beside,

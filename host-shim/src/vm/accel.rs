@@ -45,6 +45,7 @@ impl Vm {
             UsedAccel::Tcg,
             self.transport,
             &super::launch::Devices {
+                machine: super::machine_choice::replan(self.run.machine),
                 shares: &self.run.shares,
                 net: o.net.as_ref(),
                 net_fd: o.net_daemon.as_ref().map(|p| &p.qemu_end),

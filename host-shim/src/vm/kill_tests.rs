@@ -40,6 +40,7 @@ fn run(qemu: u32, qemu_stamp: Option<ProcStamp>, backend: Option<u32>) -> RunInf
         backend_stamp: None,
         shim_pid: 1,
         accel: UsedAccel::Tcg,
+        machine: None,
         transport: UsedTransport::VhostUser,
         publish: vec![],
         shares: vec![],

@@ -101,6 +101,7 @@ pub(super) fn initrd_for(cfg: &VmConfig, state: &Path) -> Result<std::path::Path
 /// card with, for passt, QEMU's end of their socket pair.
 #[derive(Clone, Copy)]
 pub(super) struct Devices<'a> {
+    pub(super) machine: crate::qemu::MachinePlan,
     pub(super) shares: &'a [Planned],
     pub(super) net: Option<&'a NetPlan>,
     pub(super) net_fd: Option<&'a std::os::fd::OwnedFd>,
@@ -116,6 +117,7 @@ pub(super) fn launch(
     devices: &Devices<'_>,
 ) -> Result<Launched, VmError> {
     let Devices {
+        machine,
         shares,
         net,
         net_fd,
@@ -128,7 +130,7 @@ pub(super) fn launch(
     let mut transport = transport;
     loop {
         let _ = std::fs::remove_file(state.join(files::QMP));
-        let args = qemu::qemu_args(cfg, state, accel, transport, shares, net);
+        let args = qemu::qemu_args(cfg, state, machine, accel, transport, shares, net);
         let log_path = state.join(files::QEMU_LOG);
         let log = state::create_private(&log_path)?;
         // The console comes through a socket into a capped, rotated log; a console shown on

@@ -42,12 +42,16 @@ mod accel;
 mod attach;
 mod copy;
 mod launch;
+mod machine_choice;
 mod power;
 mod secret;
 mod transport_choice;
+mod tsc;
+pub use tsc::host_tsc_khz;
 
 use accel::{record_kvm_broken, resolve_accel, warn_once};
 use launch::{connector, launch, start_serial, Devices};
+use machine_choice::resolve_machine;
 use secret::new_secret;
 use transport_choice::resolve_transport;
 
@@ -301,6 +305,7 @@ impl Vm {
         cfg.initrd = launch::initrd_for(&cfg, &state)?;
         let share_daemons = share::start_daemons(&state, &shares)?;
         let net = crate::net::plan(cfg.net, cfg.net_backend)?;
+        let machine = resolve_machine(&cfg, &shares, net.as_ref(), accel, kvm_probe)?;
         if let Some(p) = &net {
             crate::net::write_config(&state, p)?;
         }
@@ -338,6 +343,7 @@ impl Vm {
             accel,
             transport,
             &Devices {
+                machine,
                 shares: &shares,
                 net: net.as_ref(),
                 net_fd: net_daemon.as_ref().map(|p| &p.qemu_end),
@@ -361,6 +367,7 @@ impl Vm {
                     UsedAccel::Tcg,
                     transport,
                     &Devices {
+                        machine,
                         shares: &shares,
                         net: net.as_ref(),
                         net_fd: net_daemon.as_ref().map(|p| &p.qemu_end),
@@ -385,6 +392,7 @@ impl Vm {
             backend_stamp: backend.as_ref().and_then(Guarded::stamp),
             shim_pid: std::process::id(),
             accel,
+            machine: Some(machine.used),
             transport,
             publish: cfg.publish.clone(),
             shares,
@@ -489,6 +497,7 @@ impl Vm {
         let mut step = Duration::from_millis(5);
         let mut last = String::new();
         let mut marker_seen = false;
+        let mut console_seen = 0;
         loop {
             if let Some(o) = self.owned.as_mut() {
                 let kvm_failed = o.kvm_probe
@@ -530,7 +539,13 @@ impl Vm {
                     console: self.console_tail(),
                 });
             }
-            std::thread::sleep(step.min(deadline - now));
+            let wait = step.min(deadline - now);
+            match self.owned.as_ref().and_then(|o| o.console.as_ref()) {
+                // Before the marker, look again as soon as the guest prints: the ready line is
+                // the last thing it prints while booting.
+                Some(log) if !marker_seen => console_seen = log.wait_past(console_seen, wait),
+                _ => std::thread::sleep(wait),
+            }
             step = (step * 2).min(Duration::from_millis(50));
         }
         if let Some(o) = self.owned.as_mut() {

@@ -26,6 +26,38 @@ pub struct TestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: Option<String>,
+    /// Its manifest says the kernel boots on QEMU's microvm.
+    pub microvm: bool,
+}
+
+impl TestImage {
+    /// The image `minke build` wrote at `DIR/NAME` (`prefix`).
+    pub fn at(prefix: &str) -> TestImage {
+        let p = prefix;
+        let manifest: Option<serde_json::Value> = std::fs::read(format!("{p}.manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        TestImage {
+            kernel: format!("{p}-kernel").into(),
+            initrd: format!("{p}-initrd.img").into(),
+            cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
+                .ok()
+                .map(|s| s.trim().to_string()),
+            microvm: manifest
+                .and_then(|m| m.get("microvm").and_then(|v| v.as_bool()))
+                .unwrap_or(false),
+        }
+    }
+
+    /// A config booting this image (the machine left to the shim, as `minke run` does).
+    pub fn config(&self, name: &str) -> VmConfig {
+        let mut c = VmConfig::new(name, &self.kernel, &self.initrd);
+        if let Some(cl) = &self.cmdline {
+            c.cmdline = cl.clone();
+        }
+        c.microvm_kernel = self.microvm;
+        c
+    }
 }
 
 /// The guest architecture the tests build and boot: `MINKE_TEST_ARCH` (x86_64 or aarch64),
@@ -52,19 +84,12 @@ fn find_image() -> Result<TestImage, String> {
         Some(p) => PathBuf::from(p).to_string_lossy().into_owned(),
         None => build_test_image()?,
     };
-    let p = prefix;
-    let img = TestImage {
-        kernel: format!("{p}-kernel").into(),
-        initrd: format!("{p}-initrd.img").into(),
-        cmdline: std::fs::read_to_string(format!("{p}-cmdline"))
-            .ok()
-            .map(|s| s.trim().to_string()),
-    };
+    let img = TestImage::at(&prefix);
     if img.kernel.exists() && img.initrd.exists() {
         Ok(img)
     } else {
         Err(format!(
-            "{p}-kernel or {p}-initrd.img missing: build the image with `minke build`"
+            "{prefix}-kernel or {prefix}-initrd.img missing: build the image with `minke build`"
         ))
     }
 }
@@ -184,10 +209,7 @@ pub(crate) use require_boot;
 /// A config for the test image: TCG, vhost-user vsock, state in `state`.
 pub fn config(name: &str, state: &Path) -> VmConfig {
     let img = test_image().expect("checked by require_boot");
-    let mut c = VmConfig::new(name, img.kernel, img.initrd);
-    if let Some(cl) = img.cmdline {
-        c.cmdline = cl;
-    }
+    let mut c = img.config(name);
     c.state_dir = Some(state.to_path_buf());
     c.transport = Transport::VhostUser;
     c.accel = Accel::Tcg;
