@@ -15,17 +15,23 @@ pub const VHOST_USER_CID: u32 = 3;
 pub use minke_protocol::mux::PORT_NAME as SERIAL_PORT_NAME;
 
 /// The kernel command line: the configured one, plus `minke.transport=serial` when the guest
-/// must use the virtio-serial transport (its agents read it to know), plus the TSC's rate
-/// when the guest has nothing to calibrate it against (see [`MachinePlan::tsc_khz`]).
+/// must use the virtio-serial transport (its agents read it to know), plus, on microvm,
+/// `pci=off` (there is no PCI bus to probe; a kernel that looks calls its absence fatal on the
+/// console) and the TSC's rate when the guest has nothing to calibrate it against (see
+/// [`MachinePlan::tsc_khz`]).
 pub(crate) fn kernel_cmdline(
     cfg: &VmConfig,
     transport: UsedTransport,
+    machine: UsedMachine,
     tsc_khz: Option<u64>,
 ) -> String {
     use minke_protocol::mux::{TRANSPORT_PARAM, TRANSPORT_SERIAL};
     let mut line = cfg.cmdline.clone();
     if transport == UsedTransport::Serial {
         line.push_str(&format!(" {TRANSPORT_PARAM}={TRANSPORT_SERIAL}"));
+    }
+    if machine == UsedMachine::Microvm {
+        line.push_str(" pci=off");
     }
     if let Some(khz) = tsc_khz {
         line.push_str(&format!(" tsc_early_khz={khz}"));
@@ -112,7 +118,7 @@ pub(crate) fn qemu_args(
                 "-initrd",
                 &path_arg(&cfg.initrd),
             ]);
-            push(&["-append", &kernel_cmdline(cfg, transport, tsc_khz)]);
+            push(&["-append", &kernel_cmdline(cfg, transport, machine, tsc_khz)]);
         }
         Some(efi) => {
             push(&["-bios", &path_arg(&efi.firmware)]);
@@ -466,7 +472,10 @@ mod tests {
         );
         assert!(a.contains("-device virtio-blk-device,drive=runimg"), "{a}");
         assert!(!a.contains("-pci"), "{a}");
-        assert!(a.contains("panic=-1 tsc_early_khz=2445436 -fw_cfg"), "{a}");
+        assert!(
+            a.contains("panic=-1 pci=off tsc_early_khz=2445436 -fw_cfg"),
+            "{a}"
+        );
         let k = qemu_args(
             &c,
             Path::new("/s"),
@@ -490,7 +499,7 @@ mod tests {
         .join(" ");
         assert!(s.contains("-device virtio-serial-device,id=vser"), "{s}");
         assert!(
-            s.contains("minke.transport=serial tsc_early_khz=2445436"),
+            s.contains("minke.transport=serial pci=off tsc_early_khz=2445436"),
             "{s}"
         );
         assert!(s.contains("-machine microvm -m"), "{s}");
