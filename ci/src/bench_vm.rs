@@ -103,7 +103,7 @@ fn qemu_bare(kernel: &Path, initrd: &Path, cmdline: &str, microvm: bool) -> Resu
         &["-machine", "microvm"],
         kernel,
         initrd,
-        &format!("{cmdline} pci=off tsc_early_khz={khz}"),
+        &format!("{cmdline} pci=off minke.machine=microvm tsc_early_khz={khz}"),
     )
 }
 

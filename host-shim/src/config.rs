@@ -62,8 +62,8 @@ pub struct VmConfig {
     pub efi: Option<EfiBoot>,
     /// Which QEMU machine boots the guest.
     pub machine: Machine,
-    /// The kernel boots on QEMU's `microvm` machine (an image's manifest says): virtio over
-    /// MMIO and ACPI built in, nothing that needs PCI. [`Machine::Auto`] then prefers it.
+    /// The kernel boots on QEMU's `microvm` machine (an image's manifest says): ACPI built in,
+    /// virtio over MMIO built in or carried as a module. [`Machine::Auto`] then prefers it.
     pub microvm_kernel: bool,
 }
 

@@ -17,7 +17,8 @@ pub use minke_protocol::mux::PORT_NAME as SERIAL_PORT_NAME;
 /// The kernel command line: the configured one, plus `minke.transport=serial` when the guest
 /// must use the virtio-serial transport (its agents read it to know), plus, on microvm,
 /// `pci=off` (there is no PCI bus to probe; a kernel that looks calls its absence fatal on the
-/// console) and the TSC's rate when the guest has nothing to calibrate it against (see
+/// console), the word that tells PID1 to load virtio-mmio instead of virtio-pci modules, and
+/// the TSC's rate when the guest has nothing to calibrate it against (see
 /// [`MachinePlan::tsc_khz`]).
 pub(crate) fn kernel_cmdline(
     cfg: &VmConfig,
@@ -26,17 +27,27 @@ pub(crate) fn kernel_cmdline(
     tsc_khz: Option<u64>,
 ) -> String {
     use minke_protocol::mux::{TRANSPORT_PARAM, TRANSPORT_SERIAL};
-    let mut line = cfg.cmdline.clone();
+    let mut ours = String::new();
     if transport == UsedTransport::Serial {
-        line.push_str(&format!(" {TRANSPORT_PARAM}={TRANSPORT_SERIAL}"));
+        ours.push_str(&format!(" {TRANSPORT_PARAM}={TRANSPORT_SERIAL}"));
     }
     if machine == UsedMachine::Microvm {
-        line.push_str(" pci=off");
+        ours.push_str(&format!(
+            " pci=off {}",
+            minke_protocol::config::MICROVM_PARAM
+        ));
     }
     if let Some(khz) = tsc_khz {
-        line.push_str(&format!(" tsc_early_khz={khz}"));
+        ours.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    line
+    // Everything after a lone `--` goes to the init as its arguments: ours go before it.
+    match cfg.cmdline.split_once(" -- ") {
+        Some((kernel, init)) => format!("{kernel}{ours} -- {init}"),
+        None => match cfg.cmdline.strip_suffix(" --") {
+            Some(kernel) => format!("{kernel}{ours} --"),
+            None => format!("{}{ours}", cfg.cmdline),
+        },
+    }
 }
 
 /// The machine a boot uses, with what its guest must be told about it.
@@ -444,6 +455,22 @@ mod tests {
     }
 
     #[test]
+    fn the_words_for_the_kernel_go_before_the_inits_arguments() {
+        let mut c = cfg();
+        c.cmdline = "console=ttyS0 rdinit=/bin/sh -- -c \"echo hi\"".into();
+        assert_eq!(
+            kernel_cmdline(&c, UsedTransport::Serial, UsedMachine::Microvm, Some(7)),
+            "console=ttyS0 rdinit=/bin/sh minke.transport=serial pci=off minke.machine=microvm \
+             tsc_early_khz=7 -- -c \"echo hi\""
+        );
+        c.cmdline = "quiet --".into();
+        assert_eq!(
+            kernel_cmdline(&c, UsedTransport::Serial, UsedMachine::Q35, None),
+            "quiet minke.transport=serial --"
+        );
+    }
+
+    #[test]
     fn microvm_gets_every_virtio_device_on_mmio() {
         let mut c = cfg();
         c.run_image = Some("/img/run.erofs".into());
@@ -473,7 +500,7 @@ mod tests {
         assert!(a.contains("-device virtio-blk-device,drive=runimg"), "{a}");
         assert!(!a.contains("-pci"), "{a}");
         assert!(
-            a.contains("panic=-1 pci=off tsc_early_khz=2445436 -fw_cfg"),
+            a.contains("panic=-1 pci=off minke.machine=microvm tsc_early_khz=2445436 -fw_cfg"),
             "{a}"
         );
         let k = qemu_args(
@@ -499,7 +526,9 @@ mod tests {
         .join(" ");
         assert!(s.contains("-device virtio-serial-device,id=vser"), "{s}");
         assert!(
-            s.contains("minke.transport=serial pci=off tsc_early_khz=2445436"),
+            s.contains(
+                "minke.transport=serial pci=off minke.machine=microvm tsc_early_khz=2445436"
+            ),
             "{s}"
         );
         assert!(s.contains("-machine microvm -m"), "{s}");

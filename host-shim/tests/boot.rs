@@ -147,60 +147,6 @@ fn control_agent_refuses_a_guest_peer() {
     );
 }
 
-/// A guest process that sends garbage, an oversize frame and a connection flood to the
-/// host's time port is cut off: the shim records the misbehaviour, its memory stays bounded,
-/// and this VM and the others keep working.
-#[test]
-fn hostile_guest_cannot_hurt_the_shim() {
-    require_boot!();
-    let dir = tempfile::tempdir().unwrap();
-    let vm = boot(config("hostile", &dir.path().join("state")));
-    let rss_kb = || {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let before = rss_kb();
-    let errors_before = vm.timesync_stats().map_or(0, |s| s.errors.len());
-    // The shim closes each connection at the first bad byte; whether the guest-side writer
-    // notices is up to the vsock backend, so each writer is bounded by `timeout`.
-    let port = minke_protocol::TIMESYNC_PORT;
-    for script in [
-        // Garbage.
-        format!("head -c 65536 /dev/urandom | timeout 5 /init vsock 2 {port} >/dev/null"),
-        // A frame header announcing 2 GiB, then 64 MiB of it.
-        format!("{{ printf '\\377\\377\\377\\177'; head -c 67108864 /dev/zero; }} | timeout 5 /init vsock 2 {port} >/dev/null"),
-        // 32 connections at once, each streaming zeros.
-        format!("for i in $(seq 32); do timeout 5 /init vsock 2 {port} </dev/zero >/dev/null 2>&1 & done; wait"),
-    ] {
-        let script = script.as_str();
-        let o = vm
-            .exec_output(&["sh", "-c", script])
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{script}: {e}\nconsole:\n{}",
-                    vm.console_tail(),
-                    e = minke_shim::error_chain(&e)
-                )
-            });
-        eprintln!("{script}: exit {}", o.code);
-    }
-    let stats = vm
-        .timesync_stats()
-        .expect("the vhost-user transport has a time server");
-    assert!(
-        stats.errors.len() > errors_before,
-        "the misbehaviour is recorded: {stats:?}"
-    );
-    let grown = rss_kb().saturating_sub(before);
-    assert!(grown < 48 << 10, "the shim's RSS grew by {grown} kB");
-    assert_eq!(out(&vm, &["echo", "still here"]), "still here\n");
-    assert_eq!(out(shared(), &["echo", "me too"]), "me too\n");
-}
-
 #[test]
 fn data_disk_is_attached_with_its_label_as_serial() {
     require_boot!();
@@ -867,15 +813,22 @@ fn init_mounts_and_loads_modules() {
         );
     } else {
         let modules = out(vm, &["cat", "/proc/modules"]);
+        // virtio over MMIO on microvm, where the PCI-only modules are skipped.
+        let (bus, not) = if test_image().expect("checked").microvm {
+            ("virtio_mmio", "virtio_pci")
+        } else {
+            ("virtio_pci", "virtio_mmio")
+        };
         for m in [
             "vmw_vsock_virtio_transport",
             "virtio_blk",
-            "virtio_pci",
+            bus,
             "evdev",
             "button",
         ] {
             assert!(modules.contains(m), "{m} not loaded:\n{modules}");
         }
+        assert!(!modules.contains(not), "{not} loaded:\n{modules}");
     }
     let boot: minke_protocol::config::BootTimeline =
         serde_json::from_str(&out(vm, &["cat", "/run/minke/boot.json"])).unwrap();

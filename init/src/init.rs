@@ -125,7 +125,7 @@ impl Init {
                 // Each module in the timeline: under emulation one can take tens of ms (a device
                 // probe, a signature check), and the boot chart shows which.
                 let timeline = &mut self.sup.timeline;
-                let res = modules::load_all(&self.cfg.modules, |m, _| {
+                let res = modules::load_all(&modules::for_this_boot(&self.cfg), |m, _| {
                     timeline.record(&format!("module:{}", m.name));
                 });
                 let failed = res

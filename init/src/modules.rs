@@ -6,7 +6,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::console::log;
-use minke_protocol::config::Module;
+use minke_protocol::config::{ImageConfig, Module, MICROVM_PARAM};
 
 /// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses the file (CONFIG_MODULE_DECOMPRESS).
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
@@ -27,6 +27,26 @@ pub fn is_compressed(path: &str) -> bool {
     [".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
         .any(|s| path.ends_with(s))
+}
+
+/// The modules this boot loads before the agents start: the image's boot modules, except, on
+/// QEMU's microvm ([`MICROVM_PARAM`] on the kernel command line), those that serve virtio over
+/// PCI only, which are replaced by the image's microvm modules (virtio over MMIO).
+pub fn for_this_boot(cfg: &ImageConfig) -> Vec<Module> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    select(cfg, cmdline.split_whitespace().any(|w| w == MICROVM_PARAM))
+}
+
+fn select(cfg: &ImageConfig, microvm: bool) -> Vec<Module> {
+    if !microvm {
+        return cfg.modules.clone();
+    }
+    cfg.modules
+        .iter()
+        .filter(|m| !cfg.pci_modules.contains(&m.name))
+        .chain(&cfg.microvm_modules)
+        .cloned()
+        .collect()
 }
 
 /// Loads `modules` in order, calling `done` after each; a failure is logged and the next module
@@ -80,6 +100,30 @@ fn load(m: &Module) -> Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn microvm_boots_skip_the_pci_modules_and_load_mmio() {
+        let m = |n: &str| Module {
+            name: n.into(),
+            path: format!("/lib/modules/{n}.ko"),
+            params: String::new(),
+        };
+        let cfg = ImageConfig {
+            modules: vec![m("virtio"), m("virtio_pci"), m("vsock")],
+            pci_modules: vec!["virtio_pci".into()],
+            microvm_modules: vec![m("virtio_mmio")],
+            ..Default::default()
+        };
+        let names = |v: Vec<Module>| v.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(select(&cfg, false)),
+            ["virtio", "virtio_pci", "vsock"]
+        );
+        assert_eq!(
+            names(select(&cfg, true)),
+            ["virtio", "vsock", "virtio_mmio"]
+        );
+    }
 
     #[test]
     fn compressed_names() {

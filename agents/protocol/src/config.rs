@@ -52,7 +52,19 @@ pub struct ImageConfig {
     /// [`ImageConfig::modules`].
     #[serde(default)]
     pub image_modules: Vec<Module>,
+    /// Names of those of [`ImageConfig::modules`] that serve virtio over PCI only: a boot on
+    /// QEMU's microvm ([`MICROVM_PARAM`] on the kernel command line) skips them.
+    #[serde(default)]
+    pub pci_modules: Vec<String>,
+    /// Modules loaded only on microvm (virtio over MMIO), in load order, none of them in
+    /// [`ImageConfig::modules`].
+    #[serde(default)]
+    pub microvm_modules: Vec<Module>,
 }
+
+/// The kernel command-line word the host adds when the guest boots on QEMU's `microvm`
+/// machine: no PCI bus, every virtio device on MMIO.
+pub const MICROVM_PARAM: &str = "minke.machine=microvm";
 
 /// One kernel module file inside the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

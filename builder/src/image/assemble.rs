@@ -52,6 +52,8 @@ enum OnDemand {
     Network,
     /// When the host attaches a container image to run.
     Image,
+    /// When the guest boots on QEMU's microvm.
+    Microvm,
 }
 
 /// The lock file of the spec at `spec`: `NAME.lock` beside `NAME.yml`.
@@ -144,6 +146,17 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let net_closure = kernel::net_modules(&spec, &kernel, &before_net)?;
     let before_images: Vec<_> = before_net.iter().chain(&net_closure).cloned().collect();
     let image_closure = kernel::image_modules(&spec, &kernel, &before_images)?;
+    let before_microvm: Vec<_> = before_images
+        .iter()
+        .chain(&image_closure)
+        .cloned()
+        .collect();
+    let microvm_closure = if spec.arch() == minke_protocol::arch::Arch::X86_64 {
+        kernel::microvm_modules(&kernel, &before_microvm)?
+    } else {
+        Vec::new()
+    };
+    let pci_modules = kernel::pci_only_modules(&spec, &kernel, &closure)?;
     let compression = opts.compression.unwrap_or(spec.raw.compression);
     let carried: Vec<_> = before_images
         .iter()
@@ -152,7 +165,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
         .collect();
     let share_kinds = kernel::share_kinds(&spec, &kernel, &carried);
     let network = kernel::has_network(&spec, &kernel, &carried);
-    let microvm = kernel::boots_on_microvm(spec.arch(), &kernel, &closure);
+    let microvm = kernel::boots_on_microvm(spec.arch(), &kernel, &microvm_closure);
     if let Some(report) = kernel::kernel_report(&spec, &kernel, &carried, compression)? {
         if report.fatal() {
             return Err(BuildError::Kernel(KernelError::Unusable(format!(
@@ -165,13 +178,20 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     let mut share_list = Vec::new();
     let mut net_list = Vec::new();
     let mut image_list = Vec::new();
+    let mut microvm_list = Vec::new();
     if let Some(mdir) = &kernel.modules_dir {
         let mut mods = Tree::new();
         let on_boot = closure.iter().map(|m| (m, OnDemand::Always));
         let on_share = share_closure.iter().map(|m| (m, OnDemand::Shares));
         let on_net = net_closure.iter().map(|m| (m, OnDemand::Network));
         let on_image = image_closure.iter().map(|m| (m, OnDemand::Image));
-        for (m, when) in on_boot.chain(on_share).chain(on_net).chain(on_image) {
+        let on_microvm = microvm_closure.iter().map(|m| (m, OnDemand::Microvm));
+        for (m, when) in on_boot
+            .chain(on_share)
+            .chain(on_net)
+            .chain(on_image)
+            .chain(on_microvm)
+        {
             let rel = m.path.to_string_lossy().into_owned();
             let image_path = format!("lib/modules/{}/{rel}", kernel.version);
             let src = mdir.join(&m.path);
@@ -195,6 +215,7 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
                 OnDemand::Shares => share_list.push(module),
                 OnDemand::Network => net_list.push(module),
                 OnDemand::Image => image_list.push(module),
+                OnDemand::Microvm => microvm_list.push(module),
             }
         }
         let recs = records_of(&mods).map_err(|source| BuildError::Hash {
@@ -257,6 +278,8 @@ pub fn assemble(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Assemble
     config.share_modules = share_list;
     config.net_modules = net_list;
     config.image_modules = image_list;
+    config.microvm_modules = microvm_list;
+    config.pci_modules = pci_modules;
     // The init and agents read the compact form; the JSON copy is for people and `Info`.
     let json = serde_json::to_vec_pretty(&config).map_err(|source| BuildError::Json {
         what: "the image config",

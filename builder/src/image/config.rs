@@ -106,5 +106,7 @@ pub fn image_config(
         share_modules: Vec::new(),
         net_modules: Vec::new(),
         image_modules: Vec::new(),
+        pci_modules: Vec::new(),
+        microvm_modules: Vec::new(),
     }
 }

@@ -38,8 +38,8 @@ pub struct Manifest {
     /// Whether a boot can take a network card (`minke run --net user`).
     #[serde(default)]
     pub network: bool,
-    /// Whether the kernel boots on QEMU's `microvm` machine (virtio-mmio and ACPI built in):
-    /// `minke run` then prefers it.
+    /// Whether the kernel boots on QEMU's `microvm` machine (ACPI built in, virtio-mmio built in
+    /// or carried as a module): `minke run` then prefers it.
     #[serde(default)]
     pub microvm: bool,
     /// The image's onshutdown tasks, by name: a stop must let the guest run them.

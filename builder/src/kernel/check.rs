@@ -167,22 +167,61 @@ pub fn has_network(spec: &Spec, kernel: &ResolvedKernel, carried: &[kmod::Module
     spec.raw.allow_network && Support::new(kernel, carried).has("virtio_net", "CONFIG_VIRTIO_NET")
 }
 
-/// Whether the kernel boots on QEMU's x86_64 `microvm` machine: virtio over MMIO and ACPI
-/// (which describes microvm's devices, its power button and fw_cfg) built in, and no virtio
-/// PCI module among those the image loads at every boot (a modular virtio stack is loaded for
-/// PCI, which microvm lacks).
+/// Whether the kernel boots on QEMU's x86_64 `microvm` machine: ACPI built in (it describes
+/// microvm's devices, its power button and fw_cfg) and virtio over MMIO built in or among the
+/// modules the image carries for it (`microvm_modules`, from [`microvm_modules`]).
 pub fn boots_on_microvm(
     arch: minke_protocol::arch::Arch,
     kernel: &ResolvedKernel,
-    closure: &[kmod::ModuleInfo],
+    microvm_modules: &[kmod::ModuleInfo],
 ) -> bool {
-    if arch != minke_protocol::arch::Arch::X86_64 || closure.iter().any(|m| m.name == "virtio_pci")
-    {
+    if arch != minke_protocol::arch::Arch::X86_64 {
         return false;
     }
     let path = kernel.config.as_deref().unwrap_or(&kernel.image);
-    kconfig::config_for(path)
-        .is_ok_and(|(c, _)| c.get("CONFIG_VIRTIO_MMIO") == "y" && c.get("CONFIG_ACPI") == "y")
+    kconfig::config_for(path).is_ok_and(|(c, _)| {
+        c.get("CONFIG_ACPI") == "y"
+            && (c.get("CONFIG_VIRTIO_MMIO") == "y"
+                || microvm_modules.iter().any(|m| m.name == "virtio_mmio"))
+    })
+}
+
+/// Modules a boot on QEMU's microvm loads besides the boot modules: virtio over MMIO where the
+/// kernel has it as a module, in load order, without those already in `closure`.
+pub fn microvm_modules(
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<kmod::ModuleInfo>, KernelError> {
+    on_demand(true, kernel, &["virtio_mmio"], closure)
+}
+
+/// The names of the boot modules (`closure`) that only virtio over PCI needs, which a boot on
+/// microvm skips: those the image's wanted modules no longer pull in without `virtio_pci`.
+pub fn pci_only_modules(
+    spec: &Spec,
+    kernel: &ResolvedKernel,
+    closure: &[kmod::ModuleInfo],
+) -> Result<Vec<String>, KernelError> {
+    let Some(mdir) = &kernel.modules_dir else {
+        return Ok(Vec::new());
+    };
+    if !closure.iter().any(|m| m.name == "virtio_pci") {
+        return Ok(Vec::new());
+    }
+    let want: Vec<String> = wanted_modules(spec)
+        .into_iter()
+        .filter(|m| m != "virtio_pci")
+        .collect();
+    let refs: Vec<&str> = want.iter().map(String::as_str).collect();
+    let without = kmod::closure(mdir, &refs).map_err(|source| KernelError::ModuleClosure {
+        dir: mdir.clone(),
+        source,
+    })?;
+    Ok(closure
+        .iter()
+        .filter(|m| !without.iter().any(|w| w.name == m.name))
+        .map(|m| m.name.clone())
+        .collect())
 }
 
 /// The kinds of share (`virtiofs`, `9p`) a boot of this image can mount: those whose modules

@@ -15,8 +15,8 @@ pub mod resolve;
 
 pub use check::{
     boots_on_microvm, check_kernel, features, has_network, image_modules, kernel_report,
-    module_closure, net_modules, share_kinds, share_modules, DEFAULT_MODULES, IMAGE_MODULES,
-    SHARE_MODULES,
+    microvm_modules, module_closure, net_modules, pci_only_modules, share_kinds, share_modules,
+    DEFAULT_MODULES, IMAGE_MODULES, SHARE_MODULES,
 };
 pub use resolve::{
     is_modules_tree, kbuild_options, kernel_config_dir, kernel_from_package, modules_beside,

@@ -79,8 +79,8 @@ fn microvm_refusal(cfg: &VmConfig, shares: &[Planned], net: Option<&NetPlan>) ->
     }
     if !cfg.microvm_kernel {
         return Some(
-            "the image's kernel does not boot there (its manifest says so: microvm needs \
-             virtio-mmio and ACPI built into the kernel)"
+            "the image's kernel does not boot there (its manifest says so: microvm needs ACPI \
+             built into the kernel, and virtio-mmio built in or carried as a module)"
                 .into(),
         );
     }
