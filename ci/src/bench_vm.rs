@@ -159,6 +159,8 @@ struct BootFigures {
     microvm: bool,
     /// A bare boot on q35, when minke used microvm.
     bare_q35: Option<Duration>,
+    /// `minke run --machine standard -- true` (q35), when minke used microvm.
+    run_q35: Option<Duration>,
     bare: Duration,
     run: Duration,
     ready: Duration,
@@ -199,6 +201,7 @@ pub fn boot(sh: &Shell) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let mut bare_q35: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
+    let mut run_q35: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut pid1_to_ready: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut pid1_to_agents: Vec<Vec<Duration>> = images.iter().map(|_| Vec::new()).collect();
     let mut last: Vec<(Option<BootTimeline>, String)> =
@@ -220,6 +223,21 @@ pub fn boot(sh: &Shell) -> Result<()> {
                 bail!("minke run {} -- true failed", dir.display());
             }
             run.push(t.elapsed());
+            if microvm[k] {
+                let t = Instant::now();
+                let st = Command::new(&minke_bin)
+                    .arg("run")
+                    .arg(dir)
+                    .args(["--machine", "standard", "--name", "bench-run", "--", "true"])
+                    .status()?;
+                if !st.success() {
+                    bail!(
+                        "minke run --machine standard {} -- true failed",
+                        dir.display()
+                    );
+                }
+                run_q35[k].push(t.elapsed());
+            }
             if k == 0 {
                 vng_runs.push(vng_true(&vng, &cloud_vmlinuz)?);
             }
@@ -279,12 +297,16 @@ pub fn boot(sh: &Shell) -> Result<()> {
         .zip(pid1_to_ready)
         .zip(pid1_to_agents)
         .zip(last)
-        .zip(microvm.iter().zip(bare_q35))
+        .zip(microvm.iter().zip(bare_q35.into_iter().zip(run_q35)))
         .map(
-            |(((([bare, run, ready, pid1], p2r), p2a), (timeline, pid1_rss)), (&microvm, q35))| {
+            |(
+                ((([bare, run, ready, pid1], p2r), p2a), (timeline, pid1_rss)),
+                (&microvm, (q35, rq35)),
+            )| {
                 BootFigures {
                     microvm,
                     bare_q35: (!q35.is_empty()).then(|| median(q35)),
+                    run_q35: (!rq35.is_empty()).then(|| median(rq35)),
                     bare: median(bare),
                     run: median(run),
                     ready: median(ready),
@@ -311,6 +333,13 @@ pub fn boot(sh: &Shell) -> Result<()> {
             "  bare baseline (same kernel and machine, busybox /init powers off) {:>8.3} s",
             f.bare.as_secs_f64()
         );
+        if let Some(q) = f.run_q35 {
+            println!(
+                "  minke run --machine standard -- true (q35)              {:>8.3} s  (microvm {:.2}x of it)",
+                q.as_secs_f64(),
+                f.run.as_secs_f64() / q.as_secs_f64()
+            );
+        }
         if let Some(q) = f.bare_q35 {
             println!(
                 "  bare baseline on q35 (same kernel)                      {:>8.3} s  (minke run -- true {:.2}x)",
