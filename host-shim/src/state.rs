@@ -259,6 +259,16 @@ pub fn state_root() -> Result<PathBuf, StateError> {
     Ok(PathBuf::from(home).join(".local/state/minke"))
 }
 
+/// Where the shim remembers what it learnt about this host (whether KVM works, the TSC's rate):
+/// `$XDG_CACHE_HOME/minke` (fallback `~/.cache/minke`).
+pub(crate) fn host_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("minke"))
+}
+
 /// Checks that `name` is usable as a directory name.
 pub fn check_name(name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()

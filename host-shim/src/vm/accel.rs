@@ -79,11 +79,7 @@ pub(super) fn can_open_rw(p: &str) -> Result<(), io::Error> {
 }
 
 fn kvm_verdict_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|x| !x.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("minke/kvm-broken"))
+    Some(state::host_cache_dir()?.join("kvm-broken"))
 }
 
 fn host_kernel() -> String {

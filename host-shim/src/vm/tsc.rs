@@ -46,11 +46,7 @@ fn plausible(khz: u64) -> bool {
 }
 
 fn cache_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|x| !x.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("minke/host-tsc-khz"))
+    Some(crate::state::host_cache_dir()?.join("host-tsc-khz"))
 }
 
 #[cfg(target_arch = "x86_64")]
