@@ -282,6 +282,9 @@ impl Vm {
         }
         let (accel, kvm_probe) = resolve_accel(cfg.accel, cfg.arch)?;
         let transport = resolve_transport(cfg.transport)?;
+        let net = crate::net::plan(cfg.net, cfg.net_backend)?;
+        // Decided before anything starts: a machine asked for and impossible is an error now.
+        let machine = resolve_machine(&cfg, &shares, net.as_ref(), accel, kvm_probe)?;
         let secret = new_secret()?;
         state::write_private(&state.join(files::SECRET), secret.as_bytes())?;
         if !shares.is_empty() {
@@ -304,8 +307,6 @@ impl Vm {
         }
         cfg.initrd = launch::initrd_for(&cfg, &state)?;
         let share_daemons = share::start_daemons(&state, &shares)?;
-        let net = crate::net::plan(cfg.net, cfg.net_backend)?;
-        let machine = resolve_machine(&cfg, &shares, net.as_ref(), accel, kvm_probe)?;
         if let Some(p) = &net {
             crate::net::write_config(&state, p)?;
         }
