@@ -127,7 +127,9 @@ impl Guarded {
                 };
                 match rustix::event::poll(&mut fds, Some(&timeout)) {
                     Err(rustix::io::Errno::INTR) => continue,
-                    _ => return self.try_wait(),
+                    Ok(_) => return self.try_wait(),
+                    // Polling failed: fall back to looking every few milliseconds.
+                    Err(_) => break,
                 }
             }
         }

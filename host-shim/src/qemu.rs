@@ -315,17 +315,23 @@ mod tests {
         c
     }
 
+    /// The QEMU line for `c` with no shares and no network card, with state in `/s`.
+    fn line(
+        c: &VmConfig,
+        machine: MachinePlan,
+        accel: UsedAccel,
+        transport: UsedTransport,
+    ) -> String {
+        qemu_args(c, Path::new("/s"), machine, accel, transport, &[], None).join(" ")
+    }
+
     fn check(accel: UsedAccel, transport: UsedTransport, expected: &str) {
-        let got = qemu_args(
+        let got = line(
             &cfg(),
-            Path::new("/s"),
             MachinePlan::plain(UsedMachine::Q35),
             accel,
             transport,
-            &[],
-            None,
-        )
-        .join(" ");
+        );
         assert_eq!(
             got,
             expected.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -387,16 +393,12 @@ mod tests {
     fn console_to_terminal_tees_through_stdio() {
         let mut c = cfg();
         c.console_to_terminal = true;
-        let a = qemu_args(
+        let a = line(
             &c,
-            Path::new("/s"),
             MachinePlan::plain(UsedMachine::Q35),
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
-            &[],
-            None,
-        )
-        .join(" ");
+        );
         assert!(
             a.contains("-chardev stdio,id=con,signal=off,logfile=/s/console.log,logappend=off"),
             "{a}"
@@ -412,16 +414,12 @@ mod tests {
                 firmware: "/fw/OVMF.fd".into(),
                 medium,
             });
-            qemu_args(
+            line(
                 &c,
-                Path::new("/s"),
                 MachinePlan::plain(UsedMachine::Q35),
                 UsedAccel::Tcg,
                 UsedTransport::Serial,
-                &[],
-                None,
             )
-            .join(" ")
         };
         let a = args(EfiMedium::Uki("/img/t.efi".into()));
         assert!(
@@ -478,16 +476,7 @@ mod tests {
             used: UsedMachine::Microvm,
             tsc_khz: Some(2_445_436),
         };
-        let a = qemu_args(
-            &c,
-            Path::new("/s"),
-            microvm,
-            UsedAccel::Tcg,
-            UsedTransport::VhostUser,
-            &[],
-            None,
-        )
-        .join(" ");
+        let a = line(&c, microvm, UsedAccel::Tcg, UsedTransport::VhostUser);
         assert!(a.contains("-machine microvm,memory-backend=mem"), "{a}");
         assert!(
             a.contains("-device vhost-user-vsock-device,chardev=vhu"),
@@ -503,27 +492,9 @@ mod tests {
             a.contains("panic=-1 pci=off minke.machine=microvm tsc_early_khz=2445436 -fw_cfg"),
             "{a}"
         );
-        let k = qemu_args(
-            &c,
-            Path::new("/s"),
-            microvm,
-            UsedAccel::Kvm,
-            UsedTransport::VhostUser,
-            &[],
-            None,
-        )
-        .join(" ");
+        let k = line(&c, microvm, UsedAccel::Kvm, UsedTransport::VhostUser);
         assert!(!k.contains("tsc_early_khz"), "{k}");
-        let s = qemu_args(
-            &c,
-            Path::new("/s"),
-            microvm,
-            UsedAccel::Tcg,
-            UsedTransport::Serial,
-            &[],
-            None,
-        )
-        .join(" ");
+        let s = line(&c, microvm, UsedAccel::Tcg, UsedTransport::Serial);
         assert!(s.contains("-device virtio-serial-device,id=vser"), "{s}");
         assert!(
             s.contains(
@@ -538,16 +509,12 @@ mod tests {
     fn aarch64_guests_get_the_virt_machine() {
         let mut c = cfg();
         c.arch = minke_protocol::arch::Arch::Aarch64;
-        let a = qemu_args(
+        let a = line(
             &c,
-            Path::new("/s"),
             MachinePlan::plain(UsedMachine::Virt),
             UsedAccel::Tcg,
             UsedTransport::VhostUser,
-            &[],
-            None,
-        )
-        .join(" ");
+        );
         assert!(
             a.contains("-accel tcg -cpu max,pauth-impdef=on -machine virt,memory-backend=mem"),
             "{a}"

@@ -151,6 +151,11 @@ impl<'a> Support<'a> {
         if self.kernel.modules_dir.is_some() && self.carried.iter().any(|m| m.name == module) {
             return true;
         }
+        self.built_in(option)
+    }
+
+    /// Whether the kernel's config builds `option` in (false when the config is unknown).
+    fn built_in(&self, option: &str) -> bool {
         self.config
             .get_or_init(|| {
                 let path = self.kernel.config.as_deref().unwrap_or(&self.kernel.image);
@@ -178,12 +183,8 @@ pub fn boots_on_microvm(
     if arch != minke_protocol::arch::Arch::X86_64 {
         return false;
     }
-    let path = kernel.config.as_deref().unwrap_or(&kernel.image);
-    kconfig::config_for(path).is_ok_and(|(c, _)| {
-        c.get("CONFIG_ACPI") == "y"
-            && (c.get("CONFIG_VIRTIO_MMIO") == "y"
-                || microvm_modules.iter().any(|m| m.name == "virtio_mmio"))
-    })
+    let support = Support::new(kernel, microvm_modules);
+    support.built_in("CONFIG_ACPI") && support.has("virtio_mmio", "CONFIG_VIRTIO_MMIO")
 }
 
 /// Modules a boot on QEMU's microvm loads besides the boot modules: virtio over MMIO where the
