@@ -1,5 +1,6 @@
 //! `cargo xtask bench boot --arch aarch64`: the aarch64 image of `examples/aarch64.yml` under
-//! qemu-system-aarch64 (`-M virt`; TCG on an x86_64 host), in one run and alternating:
+//! qemu-system-aarch64 (`-M virt`; TCG on an x86_64 host), on Debian's arm64 cloud kernel and
+//! on the arm64 kernel built from kernel-config/, in one run and alternating:
 //! - a bare boot of the same arm64 kernel with an initramfs whose /init is Debian's arm64
 //!   busybox powering off (the floor any tool sits on);
 //! - `minke run IMAGE -- true` (boot, exec, clean power-off), over that bare boot;
@@ -33,20 +34,33 @@ fn baseline_initrd(dir: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(sh: &Shell) -> Result<()> {
-    let (dir, kernel, initrd, cmdline) = spec_image(
-        sh,
-        Some("examples/aarch64.yml"),
-        "aarch64",
-        "bench-image-aarch64",
-        None,
-    )?;
     let tmp = tempfile::tempdir()?;
     let base = baseline_initrd(tmp.path())?;
+    for (label, kernel, dir) in [
+        ("Debian's arm64 cloud kernel", None, "bench-image-aarch64"),
+        (
+            "the arm64 kernel built from kernel-config/",
+            Some("build"),
+            "bench-image-aarch64-built",
+        ),
+    ] {
+        let image = spec_image(sh, Some("examples/aarch64.yml"), "aarch64", dir, kernel)?;
+        one_kernel(label, image, &base, tmp.path())?;
+    }
+    Ok(())
+}
+
+fn one_kernel(
+    label: &str,
+    (dir, kernel, initrd, cmdline): (PathBuf, PathBuf, PathBuf, String),
+    base: &Path,
+    tmp: &Path,
+) -> Result<()> {
     let minke = crate::workspace_root().join("target/release/minke");
     let (mut bare, mut runs, mut ready, mut execs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
-        bare.push(qemu_bare_for(Arch::Aarch64, &kernel, &base, &cmdline)?);
+        bare.push(qemu_bare_for(Arch::Aarch64, &kernel, base, &cmdline)?);
         let t = Instant::now();
         let st = Command::new(&minke)
             .arg("run")
@@ -61,7 +75,7 @@ pub fn run(sh: &Shell) -> Result<()> {
         cfg.cmdline = cmdline.clone();
         cfg.arch = Arch::Aarch64;
         cfg.accel = minke_shim::Accel::Tcg;
-        cfg.state_dir = Some(tmp.path().join(format!("vm{i}")));
+        cfg.state_dir = Some(tmp.join(format!("vm{i}")));
         let mut vm = Vm::boot(cfg)?;
         vm.wait_ready(Duration::from_secs(120))?;
         ready.push(vm.ready_after().unwrap_or_default());
@@ -78,7 +92,7 @@ pub fn run(sh: &Shell) -> Result<()> {
     let s = |d: Duration| d.as_secs_f64();
     let (b, r) = (s(median(bare)), s(median(runs)));
     println!(
-        "aarch64 guest on this {} host, TCG, median of {RUNS}:",
+        "aarch64 guest on {label}, this {} host, TCG, median of {RUNS}:",
         std::env::consts::ARCH
     );
     println!("  bare busybox boot of the arm64 kernel   {b:.3} s");

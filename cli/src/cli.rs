@@ -124,7 +124,7 @@ enum Cmd {
         /// default spec).
         image: Option<PathBuf>,
         /// UEFI firmware for booting a release format (default: Debian's OVMF,
-        /// /usr/share/ovmf/OVMF.fd).
+        /// /usr/share/ovmf/OVMF.fd; for aarch64 its AAVMF, /usr/share/AAVMF/AAVMF_CODE.fd).
         #[arg(long, value_name = "FILE")]
         firmware: Option<PathBuf>,
         /// Guest memory in MiB.
@@ -303,8 +303,12 @@ enum KernelCmd {
         all: bool,
     },
     /// Build a kernel without modules from kernel-config/ fragments (cached); prints the
-    /// bzImage's path.
+    /// kernel's path (the bzImage, or arm64's Image).
     Build {
+        /// The kernel's architecture: x86_64 or aarch64 (cross-compiled with Debian's
+        /// gcc-aarch64-linux-gnu on an x86_64 host).
+        #[arg(long, default_value = std::env::consts::ARCH, value_parser = ["x86_64", "aarch64"])]
+        arch: String,
         /// Linux source: an unconfigured source directory, or `debian` for Debian's
         /// linux-source package.
         #[arg(long, default_value = "debian")]
@@ -313,7 +317,7 @@ enum KernelCmd {
         /// .config file; repeatable. Default: base, hardening and the arch's own.
         #[arg(long = "fragment")]
         fragments: Vec<String>,
-        /// Copy the bzImage here too.
+        /// Copy the kernel here too.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -595,6 +599,7 @@ pub fn run() -> Result<u8> {
         Cmd::Kernel {
             command:
                 KernelCmd::Build {
+                    arch,
                     source,
                     fragments,
                     output,
@@ -606,7 +611,7 @@ pub fn run() -> Result<u8> {
             let opts = minke::kernel::kbuild_options(
                 src,
                 &fragments,
-                "x86_64",
+                &arch,
                 &cwd,
                 minke::epoch_from_env(),
             )?;

@@ -28,6 +28,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "qemu_fw_cfg",
 ];
 
+/// The GPIO controller and GPIO key driver through which `virt`'s power button reaches an
+/// arm64 guest booted with a device tree; carried when the kernel has them as modules.
+const ARM64_POWER_KEY_MODULES: &[&str] = &["gpio_pl061", "gpio_keys"];
+
 /// Modules the image needs before the spec's own: the agents' transport, the power button,
 /// and what the spec's features use.
 fn wanted_modules(spec: &Spec) -> Vec<String> {
@@ -54,7 +58,18 @@ pub fn module_closure(
     let Some(mdir) = &kernel.modules_dir else {
         return Ok(Vec::new());
     };
-    let want = wanted_modules(spec);
+    let mut want = wanted_modules(spec);
+    if spec.raw.arch == "aarch64" {
+        // The power button of an arm64 direct boot, where the kernel has it as a module
+        // (Debian's generic kernel; the cloud kernel has no gpio-keys at all).
+        let present = kconfig::module_names(mdir);
+        want.extend(
+            ARM64_POWER_KEY_MODULES
+                .iter()
+                .filter(|m| present.contains(&kconfig::module_key(m)))
+                .map(|m| m.to_string()),
+        );
+    }
     let refs: Vec<&str> = want.iter().map(String::as_str).collect();
     kmod::closure(mdir, &refs).map_err(|source| KernelError::ModuleClosure {
         dir: mdir.clone(),
@@ -308,6 +323,14 @@ pub fn kernel_report(
             }
         },
     };
+    if let Some(arch) = kconfig::arch_of(&config).filter(|a| *a != spec.arch()) {
+        return Err(KernelError::Unusable(format!(
+            "{} is an {arch} kernel (its configuration says so) and the image is for {}: use \
+             a kernel of that architecture, or set `arch: {arch}` in the spec",
+            kernel.image.display(),
+            spec.arch()
+        )));
+    }
     let dir = kernel_config_dir();
     let paths = kconfig::fragment_paths(&dir, &kconfig::default_fragments(&spec.raw.arch), &dir)
         .map_err(KernelError::Fragments)?;
@@ -353,19 +376,28 @@ pub fn kernel_report(
 }
 
 /// `minke kernel check`: the report for `kernel` (a file, a Debian package name, or the
-/// spec's own kernel when `None`) running the image of `spec` (the default spec when `None`).
+/// spec's own kernel when `None`) running the image of `spec` (the default spec when `None`;
+/// then a kernel file is judged for the architecture its configuration names).
 pub fn check_kernel(
-    spec: Option<&Path>,
+    spec_path: Option<&Path>,
     kernel: Option<&str>,
     compression: Option<Compression>,
     cache: &Cache,
     progress: &dyn Fn(&str),
 ) -> Result<kconfig::Report, KernelError> {
-    let spec = spec::load(spec)?;
+    let mut spec = spec::load(spec_path)?;
     let resolved = match kernel {
         None => resolve_kernel(&spec, cache, crate::epoch_from_env(), progress)?,
         Some(k) if Path::new(k).exists() => {
             let image = PathBuf::from(k);
+            if spec_path.is_none() {
+                if let Some(arch) = kconfig::config_for(&image)
+                    .ok()
+                    .and_then(|(c, _)| kconfig::arch_of(&c))
+                {
+                    spec.retarget(arch);
+                }
+            }
             let version = release_from_file_name(&image).unwrap_or_default();
             let modules_dir = modules_beside(&image, &version);
             ResolvedKernel {

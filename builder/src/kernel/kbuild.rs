@@ -1,8 +1,10 @@
 //! Builds a kernel with no modules from `kernel-config/` fragments: `make tinyconfig`, the
 //! fragments merged with the kernel's own `scripts/kconfig/merge_config.sh`, `olddefconfig`,
-//! a check that every fragment line survived, then `make bzImage` out of tree. With
-//! CONFIG_PVH the stripped `vmlinux` is kept too: images boot it directly (PVH entry), which
-//! skips the bzImage's setup code and decompression.
+//! a check that every fragment line survived, then `make bzImage` (x86_64) or `make Image`
+//! (aarch64) out of tree, with the cross compiler (`aarch64-linux-gnu-gcc`,
+//! `x86_64-linux-gnu-gcc`) when the host is of the other architecture. With CONFIG_PVH the
+//! stripped `vmlinux` is kept too: images boot it directly (PVH entry), which skips the
+//! bzImage's setup code and decompression.
 //!
 //! The result is cached under `kernels/built/KEY` where KEY hashes the source, the fragments,
 //! the toolchain and SOURCE_DATE_EPOCH. The build is reproducible: the timestamp, user, host
@@ -40,7 +42,7 @@ pub struct Options {
     pub source: Source,
     /// Fragment files, merged in this order.
     pub fragments: Vec<PathBuf>,
-    /// `x86_64` (the only architecture with a fragment so far).
+    /// `x86_64` or `aarch64`.
     pub arch: String,
     /// SOURCE_DATE_EPOCH, recorded as the build timestamp.
     pub epoch: u64,
@@ -51,7 +53,8 @@ pub struct Options {
 /// A built kernel in the cache.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The bzImage.
+    /// The bootable kernel: the bzImage (x86_64) or the uncompressed `Image` (aarch64, which
+    /// QEMU and UEFI load as it is).
     pub image: PathBuf,
     /// The uncompressed kernel, stripped, when it has a PVH entry: QEMU boots it directly,
     /// skipping the bzImage's real-mode setup and decompression.
@@ -126,12 +129,69 @@ fn version_key(s: &str) -> Vec<u64> {
         .collect()
 }
 
+/// How one architecture's kernel is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    /// The kernel's name for it (`ARCH=`).
+    kernel_arch: &'static str,
+    /// The make target, and where it leaves the kernel in the build tree.
+    make_target: &'static str,
+    built_at: &'static str,
+    /// The name in the cache.
+    file: &'static str,
+    /// The cross toolchain's prefix, used when the host is of another architecture.
+    cross: &'static str,
+}
+
+impl Target {
+    fn of(arch: &str) -> Result<Target, KbuildError> {
+        match arch {
+            "x86_64" => Ok(Target {
+                kernel_arch: "x86_64",
+                make_target: "bzImage",
+                built_at: "arch/x86/boot/bzImage",
+                file: "bzImage",
+                cross: "x86_64-linux-gnu-",
+            }),
+            "aarch64" => Ok(Target {
+                kernel_arch: "arm64",
+                make_target: "Image",
+                built_at: "arch/arm64/boot/Image",
+                file: "Image",
+                cross: "aarch64-linux-gnu-",
+            }),
+            other => Err(KbuildError::Source(format!(
+                "building a kernel for {other} is not supported: minke builds x86_64 and aarch64 \
+                 kernels"
+            ))),
+        }
+    }
+
+    /// `CROSS_COMPILE`: empty on a host of the same architecture.
+    fn cross_compile(&self, arch: &str) -> &'static str {
+        if std::env::consts::ARCH == arch {
+            ""
+        } else {
+            self.cross
+        }
+    }
+}
+
 /// Builds the kernel, or returns the cached one.
 pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<Built, KbuildError> {
-    if opts.arch != "x86_64" {
+    let target = Target::of(&opts.arch)?;
+    let cross = target.cross_compile(&opts.arch);
+    if !cross.is_empty()
+        && Command::new(format!("{cross}gcc"))
+            .arg("--version")
+            .output()
+            .is_err()
+    {
         return Err(KbuildError::Source(format!(
-            "building a kernel for {} is not supported: only x86_64 has fragments",
-            opts.arch
+            "building an {} kernel on this host needs the cross compiler {cross}gcc: install \
+             Debian's gcc-{} (`cargo xtask setup` does)",
+            opts.arch,
+            cross.trim_end_matches('-')
         )));
     }
     // Each fragment is read once: the same bytes are hashed, checked and merged, so an edit
@@ -182,6 +242,9 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     };
     let mut h = Sha256::new();
     h.update(format!("{RECIPE}\n{}\n{}\n", opts.arch, opts.epoch));
+    if !cross.is_empty() {
+        h.update(format!("cross {cross}\n"));
+    }
     h.update(source_id.split(' ').next_back().unwrap_or_default());
     for (f, text) in &fragments {
         h.update(format!(
@@ -191,15 +254,15 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
         ));
         h.update(text);
     }
-    for tool in ["gcc", "ld", "make"] {
-        h.update(format!("\n{}", tool_version(tool)));
+    for tool in [format!("{cross}gcc"), format!("{cross}ld"), "make".into()] {
+        h.update(format!("\n{}", tool_version(&tool)));
     }
     let key = hex::encode(h.finalize());
     let out = cache.dir("kernels").join("built").join(&key);
     let record = out.join("release");
     if let Ok(release) = std::fs::read_to_string(&record) {
         return Ok(Built {
-            image: out.join("bzImage"),
+            image: out.join(target.file),
             vmlinux: Some(out.join("vmlinux")).filter(|p| p.is_file()),
             config: out.join("config"),
             release: release.trim().to_owned(),
@@ -220,7 +283,10 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
         c.arg("-C")
             .arg(&src)
             .arg(format!("O={}", build.display()))
-            .arg("ARCH=x86_64");
+            .arg(format!("ARCH={}", target.kernel_arch));
+        if !cross.is_empty() {
+            c.arg(format!("CROSS_COMPILE={cross}"));
+        }
         c.args(args);
         reproducible_env(&mut c, opts.epoch);
         c
@@ -256,14 +322,21 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
         return Err(KbuildError::Dropped(dropped));
     }
 
-    let steps_file = cache.dir("kernels").join("built").join("steps");
+    let steps_file = cache
+        .dir("kernels")
+        .join("built")
+        .join(match opts.arch.as_str() {
+            "x86_64" => "steps".to_owned(),
+            other => format!("steps-{other}"),
+        });
     let expected: usize = std::fs::read_to_string(&steps_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1500);
     let count = std::cell::Cell::new(0usize);
     let jobs = format!("-j{}", opts.jobs.max(1));
-    run(make(&[&jobs, "bzImage"]), "make bzImage", &|line| {
+    let step = format!("make {}", target.make_target);
+    run(make(&[&jobs, target.make_target]), &step, &|line| {
         let t = line.trim_start();
         if let Some((tag, what)) = t.split_once(char::is_whitespace) {
             if matches!(
@@ -286,12 +359,12 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let tmp = out.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    for (from, to) in [("arch/x86/boot/bzImage", "bzImage"), (".config", "config")] {
+    for (from, to) in [(target.built_at, target.file), (".config", "config")] {
         let f = build.join(from);
         std::fs::copy(&f, tmp.join(to)).map_err(io_err(&f))?;
     }
     if cfg.get("CONFIG_PVH") == "y" {
-        let mut strip = Command::new("objcopy");
+        let mut strip = Command::new(format!("{cross}objcopy"));
         strip
             .arg("--strip-all")
             .arg(build.join("vmlinux"))
@@ -304,7 +377,7 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     let _ = std::fs::write(&steps_file, count.get().to_string());
     let _ = std::fs::remove_dir_all(&build);
     Ok(Built {
-        image: out.join("bzImage"),
+        image: out.join(target.file),
         vmlinux: Some(out.join("vmlinux")).filter(|p| p.is_file()),
         config: out.join("config"),
         release: release.trim().to_owned(),
@@ -541,6 +614,22 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         assert_eq!(v, want);
+    }
+
+    #[test]
+    fn each_architecture_has_its_make_target_and_cross_compiler() {
+        let x = Target::of("x86_64").unwrap();
+        assert_eq!((x.kernel_arch, x.make_target), ("x86_64", "bzImage"));
+        let a = Target::of("aarch64").unwrap();
+        assert_eq!(
+            (a.kernel_arch, a.built_at, a.cross),
+            ("arm64", "arch/arm64/boot/Image", "aarch64-linux-gnu-")
+        );
+        // No cross compiler for the host's own architecture.
+        let host = std::env::consts::ARCH;
+        assert_eq!(Target::of(host).unwrap().cross_compile(host), "");
+        let e = Target::of("s390x").unwrap_err().to_string();
+        assert!(e.contains("x86_64 and aarch64"), "{e}");
     }
 
     #[test]

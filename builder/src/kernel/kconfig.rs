@@ -545,6 +545,18 @@ pub fn module_names(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The architecture a kernel's config builds for, when it says.
+pub fn arch_of(config: &KernelConfig) -> Option<minke_protocol::arch::Arch> {
+    use minke_protocol::arch::Arch;
+    if config.get("CONFIG_ARM64") == "y" {
+        Some(Arch::Aarch64)
+    } else if config.get("CONFIG_X86_64") == "y" {
+        Some(Arch::X86_64)
+    } else {
+        None
+    }
+}
+
 /// Finds a kernel image's configuration: the file itself when it is a config, the
 /// `config-VERSION` beside a `vmlinuz-VERSION`, a `.config` in the same directory, or IKCONFIG
 /// embedded in the image. Returns the config and a description of where it came from.
