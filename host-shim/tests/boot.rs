@@ -317,6 +317,41 @@ fn poweroff_is_clean() {
     assert!(!dir.path().join("run.json").exists());
 }
 
+/// The power button (QMP `system_powerdown`, what a hypervisor's "shut down" presses): PID1
+/// finds the device with a power key — the ACPI button on x86_64, the GPIO key of arm64's
+/// `virt` on a device-tree boot — and powers off cleanly when it is pressed.
+#[test]
+fn power_button_powers_off_cleanly() {
+    require_boot!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = boot(config("button", dir.path()));
+    // PID1 says when it watches a button (the device may probe after readiness).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(vm.console_log())
+        .unwrap_or_default()
+        .contains("watching power button")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "PID1 found no power button in 60 s; console:\n{}",
+            vm.console_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        vm.acpi_powerdown(Duration::from_secs(60)).unwrap(),
+        PowerOff::Clean,
+        "{}",
+        vm.console_tail()
+    );
+    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    assert!(console.contains("power button pressed"), "{console}");
+    assert!(
+        console.contains(minke_protocol::console::POWERING_OFF),
+        "{console}"
+    );
+}
+
 #[test]
 fn drop_kills_qemu_and_backend() {
     require_boot!();

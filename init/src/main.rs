@@ -8,7 +8,7 @@
 //!
 //! # Contracts with the agents and the host
 //! - **Power**: PID1 powers the guest off on SIGUSR2, SIGTERM, SIGINT (also Ctrl-Alt-Del) or
-//!   SIGPWR, on a KEY_POWER press of an evdev device named "Power Button" (ACPI button, QMP
+//!   SIGPWR, on a KEY_POWER press of an evdev device with a power key (ACPI button, arm64 GPIO key, QMP
 //!   `system_powerdown`), and when a service marked `exit_on_stop` ends for good; it reboots on
 //!   SIGUSR1. A second request during shutdown skips ahead. The last console line before
 //!   reboot(2) is `minke: powering off` or `minke: rebooting`.

@@ -1,5 +1,6 @@
-//! The ACPI power button: find the evdev devices named "Power Button" and recognise a
-//! KEY_POWER press in the `struct input_event` records they deliver.
+//! The power button: find the evdev devices that have a power key (the ACPI button on x86_64
+//! and on UEFI boots, the GPIO key of arm64's `virt` machine on a device-tree boot) and
+//! recognise a KEY_POWER press in the `struct input_event` records they deliver.
 
 use std::os::fd::OwnedFd;
 
@@ -9,7 +10,6 @@ use rustix::fs::{Mode, OFlags};
 pub const EVENT_SIZE: usize = 24;
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
-const DEVICE_NAME: &str = "Power Button";
 
 /// Whether `buf` (whole input_event records) holds a KEY_POWER press.
 pub fn has_power_press(buf: &[u8]) -> bool {
@@ -27,8 +27,21 @@ pub fn has_power_press(buf: &[u8]) -> bool {
     })
 }
 
-/// Opens (non-blocking) every `/dev/input/eventN` named "Power Button" not in `known`;
-/// returns the new ones with their N.
+/// Whether a sysfs key capability bitmap (`capabilities/key`: hex words of the kernel's
+/// `unsigned long`, the most significant first, separated by spaces) has `code` set.
+fn has_key(bitmap: &str, code: u16) -> bool {
+    let bits = usize::BITS as usize;
+    let word = usize::from(code) / bits;
+    bitmap
+        .split_whitespace()
+        .rev()
+        .nth(word)
+        .and_then(|w| u64::from_str_radix(w, 16).ok())
+        .is_some_and(|w| w >> (usize::from(code) % bits) & 1 == 1)
+}
+
+/// Opens (non-blocking) every `/dev/input/eventN` with a power key not in `known`; returns
+/// the new ones with their N.
 pub fn open_buttons(known: &[u32]) -> Vec<(u32, OwnedFd)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
@@ -45,9 +58,10 @@ pub fn open_buttons(known: &[u32]) -> Vec<(u32, OwnedFd)> {
         if known.contains(&n) {
             continue;
         }
-        let dev_name = std::fs::read_to_string(format!("/sys/class/input/{name}/device/name"))
-            .unwrap_or_default();
-        if dev_name.trim() != DEVICE_NAME {
+        let keys =
+            std::fs::read_to_string(format!("/sys/class/input/{name}/device/capabilities/key"))
+                .unwrap_or_default();
+        if !has_key(&keys, KEY_POWER) {
             continue;
         }
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -81,5 +95,21 @@ mod tests {
         ));
         assert!(!has_power_press(&[release, syn, other].concat()));
         assert!(!has_power_press(&press[..EVENT_SIZE - 1]));
+    }
+
+    #[test]
+    fn the_power_key_is_found_in_sysfs_bitmaps() {
+        // The ACPI button (x86_64) and virt's GPIO key: bit 116 of the second 64-bit word.
+        assert!(has_key("10000000000000 0\n", KEY_POWER));
+        // An AT keyboard's long map has it among others.
+        assert!(has_key(
+            "402000000 3903078f800d001 feffffdfffefffff fffffffffffffffe",
+            KEY_POWER
+        ));
+        // A device with keys but not that one, an empty map, garbage.
+        assert!(!has_key("4000000000000 0", KEY_POWER));
+        assert!(!has_key("0", KEY_POWER));
+        assert!(!has_key("", KEY_POWER));
+        assert!(!has_key("zz 0", KEY_POWER));
     }
 }
