@@ -57,6 +57,8 @@ const APT: &[(&str, &str)] = &[
     // rustc (its aarch64 standard library is fetched by the builder, not installed) and the
     // cross linker with its static C library.
     ("qemu-system-arm", "qemu-system-aarch64"),
+    // The firmware that boots aarch64 release formats (AAVMF).
+    ("qemu-efi-aarch64", "/usr/share/AAVMF/AAVMF_CODE.fd"),
     ("rustc-web", "/usr/bin/rustc"),
     ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
     ("libc6-dev-arm64-cross", "/usr/aarch64-linux-gnu/lib/libc.a"),

@@ -317,11 +317,12 @@ pub fn run(a: RunArgs) -> Result<u8> {
             img.name, img.manifest.arch
         )
     })?;
+    let arch = cfg.arch;
     cfg.efi = medium.map(|medium| EfiBoot {
         firmware: a
             .firmware
             .clone()
-            .unwrap_or_else(|| PathBuf::from(minke_shim::config::DEFAULT_OVMF)),
+            .unwrap_or_else(|| PathBuf::from(minke_shim::config::default_firmware(arch))),
         medium,
     });
     cfg.run_image = run_image.as_ref().map(|p| p.disk.clone());

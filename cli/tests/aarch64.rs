@@ -155,3 +155,64 @@ fn an_aarch64_guest_runs_x86_64_binaries() {
         "{stdout}"
     );
 }
+
+/// The release formats of an aarch64 image boot straight from Debian's AAVMF firmware under
+/// qemu-system-aarch64: the UKI (arm64 systemd stub, the kernel as its `.linux`) started by the
+/// firmware itself, the disk from its ESP's `EFI/BOOT/BOOTAA64.EFI`, the ISO from a virtio-scsi
+/// CD-ROM (`virt` has no IDE); the exit status comes back through the agent and the release
+/// files are the same bytes after the boots.
+#[test]
+fn aarch64_release_formats_boot_from_uefi_firmware() {
+    let mut tools = TOOLS.to_vec();
+    tools.extend(["/usr/share/AAVMF/AAVMF_CODE.fd", "xorriso", "mke2fs"]);
+    if !support::require_tools(&tools) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .args(["build"])
+        .arg(workspace().join("examples/aarch64.yml"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--format", "uki", "--format", "disk", "--format", "iso"])
+        .env(
+            "MINKE_CARGO_TARGET_DIR",
+            workspace().join("target/reproducible-cargo-target"),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files: Vec<PathBuf> = ["efi", "img", "iso"]
+        .iter()
+        .map(|e| out.join(format!("aarch64.{e}")))
+        .collect();
+    let digest = |p: &Path| std::fs::read(p).unwrap();
+    let before: Vec<Vec<u8>> = files.iter().map(|f| digest(f)).collect();
+    let cmdline = std::fs::read_to_string(out.join("aarch64-cmdline")).unwrap();
+    for file in &files {
+        let (code, stdout, stderr) = run(
+            file,
+            tmp.path(),
+            &[],
+            "uname -m; test -d /sys/firmware/efi && echo booted-through-uefi; \
+             cat /proc/cmdline; exit 7",
+            b"",
+        );
+        let console = std::fs::read_to_string(tmp.path().join("state/minke/arm-guest/console.log"))
+            .unwrap_or_default();
+        assert_eq!(
+            code,
+            Some(7),
+            "{}: stdout {stdout}\nstderr {stderr}\nconsole:\n{console}",
+            file.display()
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&"aarch64"), "{stdout}");
+        assert!(stdout.contains("booted-through-uefi"), "{stdout}");
+        // The command line the guest got is the one sealed in the image.
+        assert!(stdout.contains(cmdline.trim()), "{stdout}");
+    }
+    let after: Vec<Vec<u8>> = files.iter().map(|f| digest(f)).collect();
+    assert!(before == after, "booting a release file changed it");
+}

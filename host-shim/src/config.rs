@@ -84,7 +84,7 @@ pub enum Machine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EfiBoot {
     /// The firmware image (OVMF's combined code and variables, such as Debian's
-    /// `/usr/share/ovmf/OVMF.fd`).
+    /// `/usr/share/ovmf/OVMF.fd`; for aarch64 the code, `/usr/share/AAVMF/AAVMF_CODE.fd`).
     pub firmware: PathBuf,
     /// What the firmware boots.
     pub medium: EfiMedium,
@@ -97,7 +97,8 @@ pub enum EfiMedium {
     /// A Unified Kernel Image the firmware loads and starts itself (QEMU's `-kernel` under
     /// OVMF: no bootloader, no Linux boot protocol from QEMU).
     Uki(PathBuf),
-    /// A disk with an EFI system partition (`EFI/BOOT/BOOTX64.EFI`), as the first boot device.
+    /// A disk with an EFI system partition (`EFI/BOOT/BOOTX64.EFI`, `BOOTAA64.EFI`), as the
+    /// first boot device.
     Disk {
         /// The disk image.
         path: PathBuf,
@@ -110,6 +111,17 @@ pub enum EfiMedium {
 
 /// Where Debian's `ovmf` package puts the x86_64 firmware.
 pub const DEFAULT_OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// Where Debian's `qemu-efi-aarch64` package puts the aarch64 firmware's code (its variable
+/// store starts blank on every boot: nothing a boot writes there is kept).
+pub const DEFAULT_AAVMF: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+
+/// The UEFI firmware an `arch` guest boots with when none is named.
+pub fn default_firmware(arch: minke_protocol::arch::Arch) -> &'static str {
+    match arch {
+        minke_protocol::arch::Arch::X86_64 => DEFAULT_OVMF,
+        minke_protocol::arch::Arch::Aarch64 => DEFAULT_AAVMF,
+    }
+}
 
 impl VmConfig {
     /// A config with defaults for everything but the image.

@@ -158,7 +158,14 @@ pub(crate) fn qemu_args(
                             path_arg(p).replace(',', ",,")
                         ),
                     ]);
-                    push(&["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]);
+                    if aarch64 {
+                        // `virt` has no IDE: the drive sits on virtio-scsi, which the
+                        // firmware boots from.
+                        push(&["-device", "virtio-scsi-pci,id=scsi"]);
+                        push(&["-device", "scsi-cd,drive=boot,bus=scsi.0,bootindex=0"]);
+                    } else {
+                        push(&["-device", "ide-cd,drive=boot,bus=ide.0,bootindex=0"]);
+                    }
                 }
             }
         }
@@ -450,6 +457,27 @@ mod tests {
             a.contains("-device ide-cd,drive=boot,bus=ide.0,bootindex=0"),
             "{a}"
         );
+        // aarch64's `virt` has no IDE: its CD-ROM sits on virtio-scsi.
+        let mut c = cfg();
+        c.arch = minke_protocol::arch::Arch::Aarch64;
+        c.efi = Some(EfiBoot {
+            firmware: "/fw/AAVMF_CODE.fd".into(),
+            medium: EfiMedium::Cdrom("/img/a.iso".into()),
+        });
+        let a = line(
+            &c,
+            MachinePlan::plain(UsedMachine::Virt),
+            UsedAccel::Tcg,
+            UsedTransport::VhostUser,
+        );
+        assert!(a.contains("-bios /fw/AAVMF_CODE.fd"), "{a}");
+        assert!(
+            a.contains(
+                "-device virtio-scsi-pci,id=scsi -device scsi-cd,drive=boot,bus=scsi.0,bootindex=0"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("ide"), "{a}");
     }
 
     #[test]

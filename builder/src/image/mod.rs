@@ -184,7 +184,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         .transpose()
         .map_err(|e| BuildError::Other(format!("--cache-to {e}")))?;
     let a = assemble(opts, progress)?;
-    check_formats(&opts.formats, &a.spec.raw.name, a.spec.arch())?;
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
     for arch in &a.spec.raw.binfmt {
@@ -200,7 +199,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let sha1 = sha1_of_files(&a.tree)?;
     let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
     let mut image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
-    image.format_outputs = write_formats(&image, &opts.formats, opts.epoch, progress)?;
+    image.format_outputs = write_formats(&image, &opts.formats, opts.epoch, &opts.cache, progress)?;
     if let Some(remote) = cache_to {
         let registry = crate::sources::oci::registry::Registry::new(
             opts.cache.clone(),
@@ -218,29 +217,13 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     Ok(image)
 }
 
-/// Whether an image of `arch` can be written in `formats`: the UEFI formats carry an x86_64
-/// EFI stub (`BOOTX64.EFI`). Checked before anything is written.
-fn check_formats(
-    formats: &[Format],
-    name: &str,
-    arch: minke_protocol::arch::Arch,
-) -> Result<(), BuildError> {
-    let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
-    if arch != minke_protocol::arch::Arch::X86_64 && formats.iter().any(|f| efi.contains(f)) {
-        return Err(BuildError::Other(format!(
-            "the uki, disk, qcow2 and iso formats are made for x86_64 images (an x86_64 EFI \
-             stub, BOOTX64.EFI); image {name} is for {arch}: build it without them"
-        )));
-    }
-    Ok(())
-}
-
 /// Writes the formats beyond the image directory, each once, in the order given; returns
 /// their paths.
 pub fn write_formats(
     image: &Image,
     formats: &[Format],
     epoch: u64,
+    cache: &Cache,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<PathBuf>, BuildError> {
     let mut wanted: Vec<Format> = Vec::new();
@@ -250,12 +233,9 @@ pub fn write_formats(
         }
     }
     let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
-    let arch = minke_protocol::arch::Arch::parse(&image.manifest.arch)
-        .unwrap_or(minke_protocol::arch::Arch::X86_64);
-    check_formats(&wanted, &image.name, arch)?;
     let uki = if wanted.iter().any(|f| efi.contains(f)) {
         progress("writing the UKI");
-        Some(efi::uki_bytes(image)?)
+        Some(efi::uki_bytes(image, cache)?)
     } else {
         None
     };
@@ -269,7 +249,7 @@ pub fn write_formats(
         let path = match f {
             Format::Initrd => continue,
             Format::Tar => outputs::write_tar(image, epoch)?,
-            Format::Uki => efi::write_uki(image)?,
+            Format::Uki => efi::write_uki(image, cache)?,
             Format::Disk | Format::Qcow2 => {
                 if raw.is_none() && raw_path.is_none() {
                     progress("writing the disk");

@@ -72,16 +72,13 @@ const KVM_READY_BUDGET: Duration = Duration::from_secs(8);
 /// give (the medium's command line and initrd are sealed into it).
 fn check_efi(efi: &crate::config::EfiBoot, cfg: &VmConfig) -> Result<(), VmError> {
     use crate::config::EfiMedium;
-    if cfg.arch != minke_protocol::arch::Arch::X86_64 {
-        return Err(VmError::Config(format!(
-            "booting {} images through UEFI firmware is not supported yet: boot the image \
-             directory",
-            cfg.arch
-        )));
-    }
     if !efi.firmware.is_file() {
+        let package = match cfg.arch {
+            minke_protocol::arch::Arch::X86_64 => "ovmf",
+            minke_protocol::arch::Arch::Aarch64 => "qemu-efi-aarch64",
+        };
         return Err(VmError::Config(format!(
-            "no UEFI firmware at {}: install Debian's ovmf, or name the firmware image",
+            "no UEFI firmware at {}: install Debian's {package}, or name the firmware image",
             efi.firmware.display()
         )));
     }

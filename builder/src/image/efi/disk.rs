@@ -84,7 +84,7 @@ pub(crate) fn write_raw(image: &Image, uki: &[u8], epoch: u64) -> Result<Staged,
     let id = derived_id(image, "esp");
     let esp = fat::make(
         &fat::Volume {
-            files: vec![("EFI/BOOT/BOOTX64.EFI", uki)],
+            files: vec![(super::efi_arch(super::image_arch(image)?).boot_file, uki)],
             id: u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
             label: "ESP",
             min_size: MIN_ESP,

@@ -2,31 +2,129 @@
 //! and each the same bytes for the same image:
 //! - `uki` — `NAME.efi`, a Unified Kernel Image: systemd's EFI stub with the kernel, initrd,
 //!   command line, os-release and kernel release as PE sections ([`pe`]);
-//! - `disk` — `NAME.img`, a GPT disk with an EFI system partition holding that UKI as
-//!   `EFI/BOOT/BOOTX64.EFI` and an ext4 partition for each data disk the spec declares
+//! - `disk` — `NAME.img`, a GPT disk with an EFI system partition holding that UKI as the
+//!   removable-media boot file (`EFI/BOOT/BOOTX64.EFI`, `BOOTAA64.EFI` for aarch64) and an ext4
+//!   partition for each data disk the spec declares
 //!   ([`disk`]), and `qcow2` — `NAME.qcow2`, the same disk converted by `qemu-img`;
 //! - `iso` — `NAME.iso`, a hybrid EFI ISO (El Torito and GPT) with the ESP as its boot image,
 //!   made by xorriso ([`iso`]).
+//!
+//! The stub is systemd's `linuxx64.efi.stub` or `linuxaa64.efi.stub`: from the installed
+//! `systemd-boot-efi` for the host's architecture, and for the other one from Debian's package
+//! of that architecture, downloaded through the private apt root (never installed).
 
 use std::path::{Path, PathBuf};
+
+use minke_protocol::arch::Arch;
 
 use super::outputs::Image;
 use super::BuildError;
 use crate::error::io_err;
+use crate::layer::Cache;
 
 pub mod disk;
 pub mod fat;
 pub mod iso;
 pub mod pe;
 
-/// Where Debian's systemd-boot-efi puts the x86_64 EFI stub.
-pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// Where Debian's systemd-boot-efi puts its EFI stubs.
+const STUB_DIR: &str = "usr/lib/systemd/boot/efi";
 
-/// The EFI stub to build UKIs from: `$MINKE_EFI_STUB`, else Debian's.
-pub fn stub_path() -> PathBuf {
-    std::env::var_os("MINKE_EFI_STUB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STUB))
+/// What the UEFI formats need to know of an architecture.
+#[derive(Debug, Clone, Copy)]
+pub struct EfiArch {
+    /// systemd's stub for it.
+    pub stub: &'static str,
+    /// The file UEFI firmware boots from removable media.
+    pub boot_file: &'static str,
+    /// The PE/COFF machine of its EFI applications.
+    pub pe_machine: u16,
+}
+
+/// [`EfiArch`] of `arch`.
+pub fn efi_arch(arch: Arch) -> EfiArch {
+    match arch {
+        Arch::X86_64 => EfiArch {
+            stub: "linuxx64.efi.stub",
+            boot_file: "EFI/BOOT/BOOTX64.EFI",
+            pe_machine: 0x8664,
+        },
+        Arch::Aarch64 => EfiArch {
+            stub: "linuxaa64.efi.stub",
+            boot_file: "EFI/BOOT/BOOTAA64.EFI",
+            pe_machine: 0xaa64,
+        },
+    }
+}
+
+/// The architecture of a built image (its manifest says it).
+pub fn image_arch(image: &Image) -> Result<Arch, BuildError> {
+    Arch::parse(&image.manifest.arch).ok_or_else(|| {
+        BuildError::Other(format!(
+            "image {} is for {:?}, an architecture minke has no UEFI formats for",
+            image.name, image.manifest.arch
+        ))
+    })
+}
+
+/// The EFI stub to build `arch`'s UKIs from, and where it came from: for the host's
+/// architecture `$MINKE_EFI_STUB`, else the installed systemd-boot-efi's; for another one,
+/// Debian's systemd-boot-efi of that architecture, fetched into the cache.
+pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError> {
+    let name = efi_arch(arch).stub;
+    if Arch::host() == Some(arch) {
+        let at = std::env::var_os("MINKE_EFI_STUB")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("/").join(STUB_DIR).join(name));
+        let bytes = std::fs::read(&at).map_err(|e| {
+            BuildError::Other(format!(
+                "the UKI format needs systemd's EFI stub at {}: {e} (install Debian's \
+                 systemd-boot-efi, or set MINKE_EFI_STUB to a {name})",
+                at.display()
+            ))
+        })?;
+        return Ok((bytes, at));
+    }
+    let deb = crate::sources::deb::pins::fetch(cache, "systemd-boot-efi", arch.debian()).map_err(
+        |e| {
+            BuildError::Other(format!(
+                "the UKI format for {arch} needs systemd's {name}, from Debian's \
+                 systemd-boot-efi:{}: {e}",
+                arch.debian()
+            ))
+        },
+    )?;
+    let debs = cache.dir("debs");
+    let tmp = tempfile::Builder::new()
+        .prefix(".minke-stub-")
+        .tempdir_in(&debs)
+        .map_err(io_err(&debs))?;
+    crate::sources::deb::unpack_to_dir(&deb.path, tmp.path())
+        .map_err(|e| BuildError::Other(format!("{}: {e}", deb.path.display())))?;
+    let inside = tmp.path().join(STUB_DIR).join(name);
+    let bytes = std::fs::read(&inside).map_err(|e| {
+        BuildError::Other(format!(
+            "{} has no {STUB_DIR}/{name}: {e}",
+            deb.path.display()
+        ))
+    })?;
+    Ok((bytes, deb.path))
+}
+
+/// The kernel as a UKI carries it: an EFI application the stub can start. Debian's arm64
+/// `vmlinuz` is a gzip-compressed `Image` (its boot loaders inflate it; systemd's stub does
+/// not), so a gzip stream is inflated; anything else goes in as it is.
+fn uki_kernel(kernel: Vec<u8>, path: &Path) -> Result<Vec<u8>, BuildError> {
+    use std::io::Read;
+    if !kernel.starts_with(&[0x1f, 0x8b]) {
+        return Ok(kernel);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&kernel[..])
+        .take(512 << 20)
+        .read_to_end(&mut out)
+        .map_err(|e| BuildError::Other(format!("{}: cannot inflate it: {e}", path.display())))?;
+    Ok(out)
 }
 
 /// The path of `NAME.EXT` beside the image.
@@ -46,16 +144,13 @@ pub fn os_release(image: &Image) -> String {
 }
 
 /// The bytes of the image's UKI.
-pub fn uki_bytes(image: &Image) -> Result<Vec<u8>, BuildError> {
-    let stub_at = stub_path();
-    let stub = std::fs::read(&stub_at).map_err(|e| {
-        BuildError::Other(format!(
-            "the UKI format needs systemd's EFI stub at {}: {e} (install Debian's \
-             systemd-boot-efi, or set MINKE_EFI_STUB to a linuxx64.efi.stub)",
-            stub_at.display()
-        ))
-    })?;
-    let kernel = std::fs::read(&image.kernel).map_err(io_err(&image.kernel))?;
+pub fn uki_bytes(image: &Image, cache: &Cache) -> Result<Vec<u8>, BuildError> {
+    let arch = image_arch(image)?;
+    let (stub, stub_at) = stub(arch, cache)?;
+    let kernel = uki_kernel(
+        std::fs::read(&image.kernel).map_err(io_err(&image.kernel))?,
+        &image.kernel,
+    )?;
     let initrd = std::fs::read(&image.initrd).map_err(io_err(&image.initrd))?;
     let osrel = os_release(image);
     let cmdline = image.cmdline.clone();
@@ -70,13 +165,13 @@ pub fn uki_bytes(image: &Image) -> Result<Vec<u8>, BuildError> {
     // The kernel last: it may need more memory than its section holds once it runs.
     sections.push((".initrd", &initrd));
     sections.push((".linux", &kernel));
-    pe::add_sections(&stub, &sections)
+    pe::add_sections(&stub, &sections, efi_arch(arch).pe_machine)
         .map_err(|e| BuildError::Other(format!("{}: {e}", stub_at.display())))
 }
 
 /// Writes `NAME.efi` beside the image.
-pub fn write_uki(image: &Image) -> Result<PathBuf, BuildError> {
-    let bytes = uki_bytes(image)?;
+pub fn write_uki(image: &Image, cache: &Cache) -> Result<PathBuf, BuildError> {
+    let bytes = uki_bytes(image, cache)?;
     let path = output_path(image, "efi");
     super::outputs::write_if_changed(&path, &bytes, &crate::layer::sha256_hex(&bytes))?;
     Ok(path)
@@ -152,5 +247,36 @@ impl Staged {
             source: e.error,
         })?;
         Ok(self.path.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gzip_kernel_goes_into_the_uki_inflated_and_others_as_they_are() {
+        use std::io::Write;
+        let image = b"MZ\0\0an arm64 Image with its EFI stub".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&image).unwrap();
+        let gz = gz.finish().unwrap();
+        let p = Path::new("vmlinuz");
+        assert_eq!(uki_kernel(gz.clone(), p).unwrap(), image);
+        assert_eq!(uki_kernel(image.clone(), p).unwrap(), image);
+        let e = uki_kernel(gz[..gz.len() / 2].to_vec(), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vmlinuz: cannot inflate"), "{e}");
+    }
+
+    #[test]
+    fn each_architecture_boots_from_its_own_file() {
+        assert_eq!(efi_arch(Arch::X86_64).boot_file, "EFI/BOOT/BOOTX64.EFI");
+        let a = efi_arch(Arch::Aarch64);
+        assert_eq!(
+            (a.boot_file, a.stub, a.pe_machine),
+            ("EFI/BOOT/BOOTAA64.EFI", "linuxaa64.efi.stub", 0xaa64)
+        );
     }
 }

@@ -37,16 +37,20 @@ mod opt {
 }
 
 /// `stub` with `sections` (name, data) added in order.
-pub fn add_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>, PeError> {
+pub fn add_sections(
+    stub: &[u8],
+    sections: &[(&str, &[u8])],
+    machine: u16,
+) -> Result<Vec<u8>, PeError> {
     let pe = PE::parse(stub).map_err(|e| PeError::Parse(e.to_string()))?;
     if !pe.is_64 {
         return Err(PeError::Unsuitable(
             "the EFI stub is not PE32+ (a 64-bit EFI application)".into(),
         ));
     }
-    if pe.header.coff_header.machine != 0x8664 {
+    if pe.header.coff_header.machine != machine {
         return Err(PeError::Unsuitable(format!(
-            "the EFI stub is for COFF machine {:#x}, not x86_64 (0x8664)",
+            "the EFI stub is for COFF machine {:#x}, not the image's ({machine:#x})",
             pe.header.coff_header.machine
         )));
     }
@@ -226,6 +230,8 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
 mod tests {
     use super::*;
 
+    const X64: u16 = 0x8664;
+
     /// A minimal PE32+ image: DOS header, COFF, optional header with 16 data directories, one
     /// `.text` section of 0x200 bytes, room for more section headers.
     pub(crate) fn tiny_pe() -> Vec<u8> {
@@ -265,6 +271,7 @@ mod tests {
         let out = add_sections(
             &stub,
             &[(".osrel", b"ID=minke\n"), (".linux", &[7u8; 0x1234])],
+            X64,
         )
         .unwrap();
         let s = sections(&out).unwrap();
@@ -286,7 +293,8 @@ mod tests {
         assert_eq!(
             add_sections(
                 &stub,
-                &[(".osrel", b"ID=minke\n"), (".linux", &[7u8; 0x1234])]
+                &[(".osrel", b"ID=minke\n"), (".linux", &[7u8; 0x1234])],
+                X64
             )
             .unwrap(),
             out
@@ -296,17 +304,20 @@ mod tests {
     #[test]
     fn unsuitable_stubs_are_refused_with_the_reason() {
         assert!(matches!(
-            add_sections(b"not a pe", &[]),
+            add_sections(b"not a pe", &[], X64),
             Err(PeError::Parse(_))
         ));
         let stub = tiny_pe();
         let many: Vec<(&str, &[u8])> = (0..40).map(|_| (".x", &b"x"[..])).collect();
-        let e = add_sections(&stub, &many).unwrap_err().to_string();
+        let e = add_sections(&stub, &many, X64).unwrap_err().to_string();
         assert!(e.contains("room for"), "{e}");
-        let e = add_sections(&stub, &[(".toolongname", b"")])
+        let e = add_sections(&stub, &[(".toolongname", b"")], X64)
             .unwrap_err()
             .to_string();
         assert!(e.contains("1 to 8 bytes"), "{e}");
+        // An x86_64 stub for an aarch64 image.
+        let e = add_sections(&stub, &[], 0xaa64).unwrap_err().to_string();
+        assert!(e.contains("0x8664") && e.contains("0xaa64"), "{e}");
         // A certificate table entry after the sections: WIN_CERTIFICATE of 16 bytes.
         let mut signed = stub.clone();
         let cert_at = signed.len() as u32;
@@ -316,7 +327,7 @@ mod tests {
         signed.extend_from_slice(&[0u8; 8]);
         put_u32(&mut signed, 0x84 + 20 + opt::CERTIFICATE_TABLE, cert_at);
         put_u32(&mut signed, 0x84 + 20 + opt::CERTIFICATE_TABLE + 4, 16);
-        let e = add_sections(&signed, &[]).unwrap_err().to_string();
+        let e = add_sections(&signed, &[], X64).unwrap_err().to_string();
         assert!(e.contains("signed"), "{e}");
     }
 }
