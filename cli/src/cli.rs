@@ -306,9 +306,9 @@ enum KernelCmd {
     /// kernel's path (the bzImage, or arm64's Image).
     Build {
         /// The kernel's architecture: x86_64 or aarch64 (cross-compiled with Debian's
-        /// gcc-aarch64-linux-gnu on an x86_64 host).
-        #[arg(long, default_value = std::env::consts::ARCH, value_parser = ["x86_64", "aarch64"])]
-        arch: String,
+        /// gcc-aarch64-linux-gnu on an x86_64 host). Default: the host's, else x86_64.
+        #[arg(long, value_parser = ["x86_64", "aarch64"])]
+        arch: Option<String>,
         /// Linux source: an unconfigured source directory, or `debian` for Debian's
         /// linux-source package.
         #[arg(long, default_value = "debian")]
@@ -611,7 +611,11 @@ pub fn run() -> Result<u8> {
             let opts = minke::kernel::kbuild_options(
                 src,
                 &fragments,
-                &arch,
+                arch.as_deref().unwrap_or(
+                    minke_protocol::arch::Arch::host()
+                        .unwrap_or(minke_protocol::arch::Arch::X86_64)
+                        .name(),
+                ),
                 &cwd,
                 minke::epoch_from_env(),
             )?;

@@ -9,7 +9,7 @@ pub use minke_protocol::DEFAULT_CMDLINE;
 /// Everything [`crate::Vm::boot`] needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmConfig {
-    /// Kernel image (bzImage).
+    /// Kernel image (a bzImage or vmlinux, an arm64 Image).
     pub kernel: PathBuf,
     /// Initramfs.
     pub initrd: PathBuf,

@@ -1,6 +1,8 @@
-//! The power button: find the evdev devices that have a power key (the ACPI button on x86_64
-//! and on UEFI boots, the GPIO key of arm64's `virt` machine on a device-tree boot) and
-//! recognise a KEY_POWER press in the `struct input_event` records they deliver.
+//! The power button: find the evdev devices that have a power key and are not keyboards (the
+//! ACPI button on x86_64 and on UEFI boots, the GPIO key of arm64's `virt` machine on a
+//! device-tree boot) and recognise a KEY_POWER press in the `struct input_event` records they
+//! deliver. A keyboard's Power key is not a power button: q35 keeps its PS/2 keyboard whatever
+//! QEMU is told, and nothing presses it.
 
 use std::os::fd::OwnedFd;
 
@@ -10,6 +12,8 @@ use rustix::fs::{Mode, OFlags};
 pub const EVENT_SIZE: usize = 24;
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
+/// A key every keyboard has and no button does.
+const KEY_A: u16 = 30;
 
 /// Whether `buf` (whole input_event records) holds a KEY_POWER press.
 pub fn has_power_press(buf: &[u8]) -> bool {
@@ -40,8 +44,13 @@ fn has_key(bitmap: &str, code: u16) -> bool {
         .is_some_and(|w| w >> (usize::from(code) % bits) & 1 == 1)
 }
 
-/// Opens (non-blocking) every `/dev/input/eventN` with a power key not in `known`; returns
-/// the new ones with their N.
+/// Whether a device with this key capability bitmap is a power button.
+fn is_power_button(keys: &str) -> bool {
+    has_key(keys, KEY_POWER) && !has_key(keys, KEY_A)
+}
+
+/// Opens (non-blocking) every `/dev/input/eventN` that is a power button and not in `known`;
+/// returns the new ones with their N.
 pub fn open_buttons(known: &[u32]) -> Vec<(u32, OwnedFd)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
@@ -61,7 +70,7 @@ pub fn open_buttons(known: &[u32]) -> Vec<(u32, OwnedFd)> {
         let keys =
             std::fs::read_to_string(format!("/sys/class/input/{name}/device/capabilities/key"))
                 .unwrap_or_default();
-        if !has_key(&keys, KEY_POWER) {
+        if !is_power_button(&keys) {
             continue;
         }
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -101,11 +110,11 @@ mod tests {
     fn the_power_key_is_found_in_sysfs_bitmaps() {
         // The ACPI button (x86_64) and virt's GPIO key: bit 116 of the second 64-bit word.
         assert!(has_key("10000000000000 0\n", KEY_POWER));
-        // An AT keyboard's long map has it among others.
-        assert!(has_key(
-            "402000000 3903078f800d001 feffffdfffefffff fffffffffffffffe",
-            KEY_POWER
-        ));
+        assert!(is_power_button("10000000000000 0\n"));
+        // An AT keyboard's long map has it among the letters: a keyboard, not a button.
+        let keyboard = "402000000 3903078f800d001 feffffdfffefffff fffffffffffffffe";
+        assert!(has_key(keyboard, KEY_POWER) && has_key(keyboard, KEY_A));
+        assert!(!is_power_button(keyboard));
         // A device with keys but not that one, an empty map, garbage.
         assert!(!has_key("4000000000000 0", KEY_POWER));
         assert!(!has_key("0", KEY_POWER));

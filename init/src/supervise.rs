@@ -21,7 +21,8 @@ use crate::timeline::{now_ms, Timeline};
 use minke_protocol::config::{Readiness, Task};
 use minke_protocol::console::restart_line;
 
-/// How often to look for power button devices while none is found, and for how long.
+/// How often to look for power button devices, and for how long after the modules are loaded
+/// (buttons probe asynchronously, and a machine may have more than one).
 const BUTTON_SCAN_EVERY_MS: u64 = 500;
 const BUTTON_SCAN_FOR_MS: u64 = 10_000;
 /// Bytes read from one pipe per loop turn, so a chatty child can't starve the others.
@@ -306,7 +307,7 @@ impl Supervisor {
                 }
             }
         }
-        if self.buttons.is_empty() && now < self.button_scan_until {
+        if now < self.button_scan_until {
             earliest(self.next_button_scan);
         }
         if self.sigfd.is_none() {
@@ -578,7 +579,7 @@ impl Supervisor {
     /// Starts what is due: restarts whose delay passed, waiting units whose dependencies are
     /// ready; announces `ready` once every agent is.
     fn tick(&mut self, now: u64) {
-        if self.buttons.is_empty() && now < self.button_scan_until && now >= self.next_button_scan {
+        if now < self.button_scan_until && now >= self.next_button_scan {
             self.scan_buttons(now);
         }
         if !self.agents_started || self.stopping {

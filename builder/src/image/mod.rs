@@ -81,6 +81,14 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether UEFI firmware boots it (it carries the UKI).
+    pub fn is_efi(self) -> bool {
+        matches!(
+            self,
+            Format::Uki | Format::Disk | Format::Qcow2 | Format::Iso
+        )
+    }
+
     /// The file a format writes beside the image, `None` for the image directory itself.
     pub fn extension(self) -> Option<&'static str> {
         match self {
@@ -184,6 +192,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         .transpose()
         .map_err(|e| BuildError::Other(format!("--cache-to {e}")))?;
     let a = assemble(opts, progress)?;
+    // The EFI stub is found (or fetched) before anything is written: a build that cannot
+    // make its UEFI formats fails without leaving an image behind.
+    if opts.formats.iter().any(|f| f.is_efi()) {
+        efi::stub(a.spec.arch(), &opts.cache)?;
+    }
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
     for arch in &a.spec.raw.binfmt {
@@ -232,8 +245,7 @@ pub fn write_formats(
             wanted.push(*f);
         }
     }
-    let efi = [Format::Uki, Format::Disk, Format::Qcow2, Format::Iso];
-    let uki = if wanted.iter().any(|f| efi.contains(f)) {
+    let uki = if wanted.iter().any(|f| f.is_efi()) {
         progress("writing the UKI");
         Some(efi::uki_bytes(image, cache)?)
     } else {
@@ -249,7 +261,7 @@ pub fn write_formats(
         let path = match f {
             Format::Initrd => continue,
             Format::Tar => outputs::write_tar(image, epoch)?,
-            Format::Uki => efi::write_uki(image, cache)?,
+            Format::Uki => efi::write_uki(image, uki)?,
             Format::Disk | Format::Qcow2 => {
                 if raw.is_none() && raw_path.is_none() {
                     progress("writing the disk");

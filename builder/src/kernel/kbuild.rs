@@ -139,8 +139,10 @@ struct Target {
     built_at: &'static str,
     /// The name in the cache.
     file: &'static str,
-    /// The cross toolchain's prefix, used when the host is of another architecture.
+    /// The cross toolchain's prefix, used when the host is of another architecture, and
+    /// Debian's package of its compiler.
     cross: &'static str,
+    cross_package: &'static str,
 }
 
 impl Target {
@@ -152,6 +154,7 @@ impl Target {
                 built_at: "arch/x86/boot/bzImage",
                 file: "bzImage",
                 cross: "x86_64-linux-gnu-",
+                cross_package: "gcc-x86-64-linux-gnu",
             }),
             "aarch64" => Ok(Target {
                 kernel_arch: "arm64",
@@ -159,6 +162,7 @@ impl Target {
                 built_at: "arch/arm64/boot/Image",
                 file: "Image",
                 cross: "aarch64-linux-gnu-",
+                cross_package: "gcc-aarch64-linux-gnu",
             }),
             other => Err(KbuildError::Source(format!(
                 "building a kernel for {other} is not supported: minke builds x86_64 and aarch64 \
@@ -189,9 +193,8 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     {
         return Err(KbuildError::Source(format!(
             "building an {} kernel on this host needs the cross compiler {cross}gcc: install \
-             Debian's gcc-{} (`cargo xtask setup` does)",
-            opts.arch,
-            cross.trim_end_matches('-')
+             Debian's {}",
+            opts.arch, target.cross_package
         )));
     }
     // Each fragment is read once: the same bytes are hashed, checked and merged, so an edit
@@ -256,6 +259,10 @@ pub fn build(opts: &Options, cache: &Cache, progress: &dyn Fn(&str)) -> Result<B
     }
     for tool in [format!("{cross}gcc"), format!("{cross}ld"), "make".into()] {
         h.update(format!("\n{}", tool_version(&tool)));
+    }
+    if !cross.is_empty() {
+        // The host compiler builds the kernel's own tools (kconfig, fixdep, …).
+        h.update(format!("\nhost {}", tool_version("gcc")));
     }
     let key = hex::encode(h.finalize());
     let out = cache.dir("kernels").join("built").join(&key);

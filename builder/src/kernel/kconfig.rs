@@ -611,13 +611,25 @@ fn looks_like_config(bytes: &[u8]) -> bool {
 /// Largest decompressed kernel accepted when looking for IKCONFIG.
 const MAX_KERNEL: u64 = 256 << 20;
 
-/// Extracts IKCONFIG (`IKCFG_ST` + gzip + `IKCFG_ED`) from a vmlinux or a bzImage.
+/// What a kernel file without IKCONFIG is told.
+const NO_IKCONFIG: &str = "it is neither a bzImage nor an uncompressed kernel (vmlinux, arm64 \
+                           Image, or one gzip-compressed) with IKCONFIG";
+
+/// Extracts IKCONFIG (`IKCFG_ST` + gzip + `IKCFG_ED`) from a vmlinux, an arm64 Image (as is or
+/// gzip-compressed, as Debian and most boot loaders take it) or a bzImage.
 pub fn ikconfig(image: &[u8]) -> Result<String, String> {
+    if image.starts_with(&[0x1f, 0x8b]) {
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(image)
+            .take(MAX_KERNEL)
+            .read_to_end(&mut inflated)
+            .map_err(|e| format!("it looks gzip-compressed but does not inflate: {e}"))?;
+        return find_ikconfig(&inflated)?.ok_or_else(|| NO_IKCONFIG.into());
+    }
     // A bzImage's compressed payload may hold the marker as a literal: only a vmlinux (or an
     // already decompressed blob) is searched as is.
     if image.get(0x202..0x206) != Some(b"HdrS") {
-        return find_ikconfig(image)?
-            .ok_or_else(|| "it is neither a bzImage nor a vmlinux with IKCONFIG".into());
+        return find_ikconfig(image)?.ok_or_else(|| NO_IKCONFIG.into());
     }
     let payload = bzimage_payload(image)?;
     let vmlinux = decompress_payload(payload)?;
@@ -663,7 +675,7 @@ fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     if image.get(0x202..0x206) != Some(b"HdrS") {
-        return Err("it is neither a bzImage nor a vmlinux with IKCONFIG".into());
+        return Err(NO_IKCONFIG.into());
     }
     let version = image
         .get(0x206..0x208)

@@ -131,7 +131,7 @@ pub enum RawKernel {
     },
     /// A kernel image on disk and its modules directory.
     Path {
-        /// Path of the bzImage/vmlinuz.
+        /// Path of the kernel (bzImage, vmlinuz, arm64 Image).
         path: PathBuf,
         /// `lib/modules/VERSION` directory (optional for kernels without modules).
         #[serde(default)]

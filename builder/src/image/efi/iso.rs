@@ -3,8 +3,8 @@
 //! FAT volume holding the image's UKI as `EFI/BOOT/BOOTX64.EFI` (`BOOTAA64.EFI`); the ISO 9660
 //! tree carries the manifest and SBOM for whoever mounts it. The boot image lies inside the
 //! ISO 9660 volume (a hidden file): El Torito records its size in 512-byte sectors in 16 bits,
-//! so one over 32 MiB (arm64's uncompressed kernel alone is 27 MiB) is recorded as size 0, and
-//! firmware then takes it to run to the end of the volume — which must hold it. Reproducible: xorriso takes
+//! so one over 32 MiB (Debian's arm64 kernel alone is 27 MiB) is recorded as size 0, and EDK2
+//! firmware (OVMF, AAVMF) then takes it to run to the end of the volume — which must hold it. Reproducible: xorriso takes
 //! SOURCE_DATE_EPOCH for every date and the volume UUID, Rock Ridge is rationalized (owner
 //! 0, modes normalized), and the FAT volume is made as reproducibly as the disk's ESP.
 

@@ -102,6 +102,13 @@ pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError>
     crate::sources::deb::unpack_to_dir(&deb.path, tmp.path())
         .map_err(|e| BuildError::Other(format!("{}: {e}", deb.path.display())))?;
     let inside = tmp.path().join(STUB_DIR).join(name);
+    // The package's own file, never what a link in it points at.
+    if !std::fs::symlink_metadata(&inside).is_ok_and(|m| m.file_type().is_file()) {
+        return Err(BuildError::Other(format!(
+            "{} has no regular file {STUB_DIR}/{name}",
+            deb.path.display()
+        )));
+    }
     let bytes = std::fs::read(&inside).map_err(|e| {
         BuildError::Other(format!(
             "{} has no {STUB_DIR}/{name}: {e}",
@@ -119,11 +126,19 @@ fn uki_kernel(kernel: Vec<u8>, path: &Path) -> Result<Vec<u8>, BuildError> {
     if !kernel.starts_with(&[0x1f, 0x8b]) {
         return Ok(kernel);
     }
+    const LIMIT: u64 = 512 << 20;
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&kernel[..])
-        .take(512 << 20)
+        .take(LIMIT + 1)
         .read_to_end(&mut out)
         .map_err(|e| BuildError::Other(format!("{}: cannot inflate it: {e}", path.display())))?;
+    if out.len() as u64 > LIMIT {
+        return Err(BuildError::Other(format!(
+            "{}: inflates to over {} MiB, more than any kernel",
+            path.display(),
+            LIMIT >> 20
+        )));
+    }
     Ok(out)
 }
 
@@ -169,11 +184,10 @@ pub fn uki_bytes(image: &Image, cache: &Cache) -> Result<Vec<u8>, BuildError> {
         .map_err(|e| BuildError::Other(format!("{}: {e}", stub_at.display())))
 }
 
-/// Writes `NAME.efi` beside the image.
-pub fn write_uki(image: &Image, cache: &Cache) -> Result<PathBuf, BuildError> {
-    let bytes = uki_bytes(image, cache)?;
+/// Writes `NAME.efi` beside the image from its UKI's bytes ([`uki_bytes`]).
+pub fn write_uki(image: &Image, bytes: &[u8]) -> Result<PathBuf, BuildError> {
     let path = output_path(image, "efi");
-    super::outputs::write_if_changed(&path, &bytes, &crate::layer::sha256_hex(&bytes))?;
+    super::outputs::write_if_changed(&path, bytes, &crate::layer::sha256_hex(bytes))?;
     Ok(path)
 }
 

@@ -81,7 +81,8 @@ pub fn add_sections(
     {
         return Err(PeError::Unsuitable(
             "the EFI stub is signed; a signature would not cover the added sections: use the \
-             unsigned stub (systemd-boot-efi's linuxx64.efi.stub) and sign the result"
+             unsigned stub (systemd-boot-efi's linuxx64.efi.stub or linuxaa64.efi.stub) and \
+             sign the result"
                 .into(),
         ));
     }
