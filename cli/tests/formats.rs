@@ -199,3 +199,25 @@ fn release_formats_hold_the_image() {
         String::from_utf8_lossy(&report.stderr)
     );
 }
+
+/// A build whose UEFI formats cannot be made (no EFI stub where it is told to look) fails
+/// before anything is written, naming the stub and how to give one.
+#[test]
+fn a_missing_efi_stub_fails_the_build_before_it_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_minke"))
+        .args(["build", "-o"])
+        .arg(&out)
+        .args(["--format", "uki"])
+        .env("MINKE_EFI_STUB_X86_64", tmp.path().join("no-stub"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no-stub") && stderr.contains("MINKE_EFI_STUB_X86_64"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "the failed build wrote {}", out.display());
+}

@@ -67,19 +67,24 @@ pub fn image_arch(image: &Image) -> Result<Arch, BuildError> {
     })
 }
 
-/// The EFI stub to build `arch`'s UKIs from, and where it came from: for the host's
-/// architecture `$MINKE_EFI_STUB`, else the installed systemd-boot-efi's; for another one,
-/// Debian's systemd-boot-efi of that architecture, fetched into the cache.
+/// The EFI stub to build `arch`'s UKIs from, and where it came from: `$MINKE_EFI_STUB_ARCH`
+/// (`MINKE_EFI_STUB_X86_64`, `MINKE_EFI_STUB_AARCH64`) when set; for the host's architecture
+/// `$MINKE_EFI_STUB`, else the installed systemd-boot-efi's; for another one, Debian's
+/// systemd-boot-efi of that architecture, fetched into the cache.
 pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError> {
     let name = efi_arch(arch).stub;
-    if Arch::host() == Some(arch) {
-        let at = std::env::var_os("MINKE_EFI_STUB")
+    let own = format!("MINKE_EFI_STUB_{}", arch.name().to_ascii_uppercase());
+    let host = Arch::host() == Some(arch);
+    let given = std::env::var_os(&own)
+        .or_else(|| host.then(|| std::env::var_os("MINKE_EFI_STUB")).flatten());
+    if given.is_some() || host {
+        let at = given
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new("/").join(STUB_DIR).join(name));
         let bytes = std::fs::read(&at).map_err(|e| {
             BuildError::Other(format!(
                 "the UKI format needs systemd's EFI stub at {}: {e} (install Debian's \
-                 systemd-boot-efi, or set MINKE_EFI_STUB to a {name})",
+                 systemd-boot-efi, or set {own} to a {name})",
                 at.display()
             ))
         })?;
