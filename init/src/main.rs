@@ -8,8 +8,9 @@
 //!
 //! # Contracts with the agents and the host
 //! - **Power**: PID1 powers the guest off on SIGUSR2, SIGTERM, SIGINT (also Ctrl-Alt-Del) or
-//!   SIGPWR, on a KEY_POWER press of an evdev device with a power key (ACPI button, arm64 GPIO key, QMP
-//!   `system_powerdown`), and when a service marked `exit_on_stop` ends for good; it reboots on
+//!   SIGPWR, on a KEY_POWER press of a power button (an evdev device with that key that is not
+//!   a keyboard: the ACPI button, arm64 `virt`'s GPIO key; QMP `system_powerdown` presses
+//!   them), and when a service marked `exit_on_stop` ends for good; it reboots on
 //!   SIGUSR1. A second request during shutdown skips ahead. The last console line before
 //!   reboot(2) is `minke: powering off` or `minke: rebooting`.
 //! - **Readiness**: an agent (and a service with `readiness: notify`) finds the number of an

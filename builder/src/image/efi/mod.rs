@@ -123,9 +123,10 @@ pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError>
     Ok((bytes, deb.path))
 }
 
-/// The kernel as a UKI carries it: an EFI application the stub can start. Debian's arm64
-/// `vmlinuz` is a gzip-compressed `Image` (its boot loaders inflate it; systemd's stub does
-/// not), so a gzip stream is inflated; anything else goes in as it is.
+/// The kernel as a UKI carries it: an EFI application the stub can start. A gzip-compressed
+/// kernel (an arm64 `Image.gz`, which boot loaders such as GRUB inflate; systemd's stub does
+/// not) is inflated; anything else goes in as it is (Debian's arm64 `vmlinuz` is already an
+/// uncompressed `Image` with its EFI stub).
 fn uki_kernel(kernel: Vec<u8>, path: &Path) -> Result<Vec<u8>, BuildError> {
     use std::io::Read;
     if !kernel.starts_with(&[0x1f, 0x8b]) {
