@@ -57,18 +57,14 @@ fn run(
     )
 }
 
-#[test]
-fn an_aarch64_image_boots_and_answers() {
-    if !support::require_tools(TOOLS) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
+/// Builds `examples/aarch64.yml` into `out` with `extra` arguments.
+fn build_example(out: &Path, extra: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_minke"))
         .args(["build"])
         .arg(workspace().join("examples/aarch64.yml"))
         .arg("-o")
-        .arg(&out)
+        .arg(out)
+        .args(extra)
         .env(
             "MINKE_CARGO_TARGET_DIR",
             workspace().join("target/reproducible-cargo-target"),
@@ -76,6 +72,16 @@ fn an_aarch64_image_boots_and_answers() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn an_aarch64_image_boots_and_answers() {
+    if !support::require_tools(TOOLS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    build_example(&out, &[]);
     let manifest = std::fs::read_to_string(out.join("aarch64.manifest.json")).unwrap();
     assert!(manifest.contains("\"arch\": \"aarch64\""), "{manifest}");
     let init = std::fs::read(out.join("aarch64-initrd.img")).unwrap();
@@ -170,19 +176,10 @@ fn aarch64_release_formats_boot_from_uefi_firmware() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_minke"))
-        .args(["build"])
-        .arg(workspace().join("examples/aarch64.yml"))
-        .arg("-o")
-        .arg(&out)
-        .args(["--format", "uki", "--format", "disk", "--format", "iso"])
-        .env(
-            "MINKE_CARGO_TARGET_DIR",
-            workspace().join("target/reproducible-cargo-target"),
-        )
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build_example(
+        &out,
+        &["--format", "uki", "--format", "disk", "--format", "iso"],
+    );
     let files: Vec<PathBuf> = ["efi", "img", "iso"]
         .iter()
         .map(|e| out.join(format!("aarch64.{e}")))
