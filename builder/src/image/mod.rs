@@ -192,11 +192,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
         .transpose()
         .map_err(|e| BuildError::Other(format!("--cache-to {e}")))?;
     let a = assemble(opts, progress)?;
-    // The EFI stub is found (or fetched) before anything is written: a build that cannot
-    // make its UEFI formats fails without leaving an image behind.
-    if opts.formats.iter().any(|f| f.is_efi()) {
-        efi::stub(a.spec.arch(), &opts.cache)?;
-    }
+    // The EFI stub is found (or fetched) once, before anything is written: a build that
+    // cannot make its UEFI formats fails without leaving an image behind.
+    let stub = opts
+        .formats
+        .iter()
+        .any(|f| f.is_efi())
+        .then(|| efi::stub(a.spec.arch(), &opts.cache))
+        .transpose()?;
     let compression = opts.compression.unwrap_or(a.spec.raw.compression);
     // Validate binfmt names now that the spec is known to be otherwise sound.
     for arch in &a.spec.raw.binfmt {
@@ -212,7 +215,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Image, Buil
     let sha1 = sha1_of_files(&a.tree)?;
     let sbom = sbom::spdx_json(&manifest, &a.owners, &sha1, opts.epoch);
     let mut image = outputs::write_initrd_image(&opts.out_dir, manifest, &kernel, &initrd, &sbom)?;
-    image.format_outputs = write_formats(&image, &opts.formats, opts.epoch, &opts.cache, progress)?;
+    image.format_outputs =
+        write_formats(&image, &opts.formats, opts.epoch, stub.as_ref(), progress)?;
     if let Some(remote) = cache_to {
         let registry = crate::sources::oci::registry::Registry::new(
             opts.cache.clone(),
@@ -236,7 +240,7 @@ pub fn write_formats(
     image: &Image,
     formats: &[Format],
     epoch: u64,
-    cache: &Cache,
+    stub: Option<&efi::Stub>,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<PathBuf>, BuildError> {
     let mut wanted: Vec<Format> = Vec::new();
@@ -246,8 +250,11 @@ pub fn write_formats(
         }
     }
     let uki = if wanted.iter().any(|f| f.is_efi()) {
+        let stub = stub.ok_or_else(|| {
+            BuildError::Other("the UEFI formats were asked for without an EFI stub".into())
+        })?;
         progress("writing the UKI");
-        Some(efi::uki_bytes(image, cache)?)
+        Some(efi::uki_bytes(image, stub)?)
     } else {
         None
     };

@@ -67,11 +67,20 @@ pub fn image_arch(image: &Image) -> Result<Arch, BuildError> {
     })
 }
 
+/// An EFI stub's bytes, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Stub {
+    /// The stub.
+    pub bytes: Vec<u8>,
+    /// The file or package it was read from.
+    pub from: PathBuf,
+}
+
 /// The EFI stub to build `arch`'s UKIs from, and where it came from: `$MINKE_EFI_STUB_ARCH`
 /// (`MINKE_EFI_STUB_X86_64`, `MINKE_EFI_STUB_AARCH64`) when set; for the host's architecture
 /// `$MINKE_EFI_STUB`, else the installed systemd-boot-efi's; for another one, Debian's
 /// systemd-boot-efi of that architecture, fetched into the cache.
-pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError> {
+pub fn stub(arch: Arch, cache: &Cache) -> Result<Stub, BuildError> {
     let name = efi_arch(arch).stub;
     let own = format!("MINKE_EFI_STUB_{}", arch.name().to_ascii_uppercase());
     let host = Arch::host() == Some(arch);
@@ -88,7 +97,7 @@ pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError>
                 at.display()
             ))
         })?;
-        return Ok((bytes, at));
+        return Ok(Stub { bytes, from: at });
     }
     let deb = crate::sources::deb::pins::fetch(cache, "systemd-boot-efi", arch.debian()).map_err(
         |e| {
@@ -120,7 +129,10 @@ pub fn stub(arch: Arch, cache: &Cache) -> Result<(Vec<u8>, PathBuf), BuildError>
             deb.path.display()
         ))
     })?;
-    Ok((bytes, deb.path))
+    Ok(Stub {
+        bytes,
+        from: deb.path,
+    })
 }
 
 /// The kernel as a UKI carries it: an EFI application the stub can start. A gzip-compressed
@@ -164,10 +176,9 @@ pub fn os_release(image: &Image) -> String {
     )
 }
 
-/// The bytes of the image's UKI.
-pub fn uki_bytes(image: &Image, cache: &Cache) -> Result<Vec<u8>, BuildError> {
+/// The bytes of the image's UKI, made on `stub` (from [`stub`] for the image's architecture).
+pub fn uki_bytes(image: &Image, stub: &Stub) -> Result<Vec<u8>, BuildError> {
     let arch = image_arch(image)?;
-    let (stub, stub_at) = stub(arch, cache)?;
     let kernel = uki_kernel(
         std::fs::read(&image.kernel).map_err(io_err(&image.kernel))?,
         &image.kernel,
@@ -186,8 +197,8 @@ pub fn uki_bytes(image: &Image, cache: &Cache) -> Result<Vec<u8>, BuildError> {
     // The kernel last: it may need more memory than its section holds once it runs.
     sections.push((".initrd", &initrd));
     sections.push((".linux", &kernel));
-    pe::add_sections(&stub, &sections, efi_arch(arch).pe_machine)
-        .map_err(|e| BuildError::Other(format!("{}: {e}", stub_at.display())))
+    pe::add_sections(&stub.bytes, &sections, efi_arch(arch).pe_machine)
+        .map_err(|e| BuildError::Other(format!("{}: {e}", stub.from.display())))
 }
 
 /// Writes `NAME.efi` beside the image from its UKI's bytes ([`uki_bytes`]).
