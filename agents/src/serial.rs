@@ -12,8 +12,9 @@
 //!   [`crate::conn::HOST_SOCKET`] (the time sync agent, [`minke_protocol::TIMESYNC_PORT`]).
 //!
 //! It reports ready once the host has welcomed its session, so `minke: ready` on the console
-//! still means the host can connect. Under vsock it has nothing to do: it reports ready and
-//! exits 0, and PID1 does not restart an agent that exits 0.
+//! still means the host can connect. Under vsock it has nothing to do, and PID1 does not start
+//! it (it counts as ready); started anyway, it reports ready and exits 0, and PID1 does not
+//! restart an agent that exits 0.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;

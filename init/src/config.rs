@@ -152,8 +152,9 @@ pub fn child_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 }
 
 /// The unit of an agent: an agent of this same binary (`exe`), restarted when it fails (an
-/// agent that exits 0 has finished its job: binfmt once it registered, serial when the host
-/// chose vsock), ready when it says so, protected from the OOM killer.
+/// agent that exits 0 has finished its job: binfmt once it registered), ready when it says so,
+/// protected from the OOM killer. (The serial agent is not started at all when the host chose
+/// vsock: see `supervise`.)
 pub fn agent_unit(agent: &Agent, exe: &str) -> UnitSpec {
     let mut args = Vec::new();
     if let Some(port) = agent.port {

@@ -636,6 +636,16 @@ impl Supervisor {
         let Some(spec) = self.units.get(i).map(|u| u.spec.clone()) else {
             return;
         };
+        if idle_serial_agent(&spec) {
+            // Under vsock the serial agent would report ready and exit at once: one process
+            // fewer competes for the booting guest's CPU. It counts as ready (its dependents
+            // start) and as ended for good.
+            if let Some(u) = self.units.get_mut(i) {
+                u.state = State::Stopped;
+            }
+            self.mark_ready(i);
+            return;
+        }
         let now = now_ms();
         match self.spawn(&spec, spec.readiness == Readiness::Notify) {
             Ok(pid) => {
@@ -764,6 +774,19 @@ fn ready_moment(line: &[u8], now: u64) -> u64 {
         .and_then(|t| t.trim().parse::<u64>().ok())
         .filter(|&t| t <= now)
         .unwrap_or(now)
+}
+
+/// Whether `spec` is the serial agent on a boot whose host chose vsock (the agent's only job is
+/// the virtio-serial transport). Asked when agents start, after the modules that let the
+/// transport be read from the firmware config are loaded.
+fn idle_serial_agent(spec: &UnitSpec) -> bool {
+    matches!(
+        spec.launch,
+        config::Launch::Agent {
+            kind: minke_protocol::config::AgentKind::Serial,
+            ..
+        }
+    ) && !minke_agents::conn::serial_transport()
 }
 
 #[cfg(test)]
@@ -964,6 +987,48 @@ mod tests {
                 }
             }
         }
+        let until = now_ms() + 5_000;
+        while sup.has_children() && now_ms() < until {
+            sup.pump(Some(now_ms() + 20));
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_serial_agent_is_not_started_under_vsock_but_releases_its_dependents() {
+        let _guard = crate::sys::CHILDREN_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !minke_agents::conn::serial_transport(),
+            "this test expects a host booted without minke.transport=serial"
+        );
+        let dir = std::env::temp_dir().join(format!("minke-init-serial-{}", std::process::id()));
+        let paths = Paths {
+            log_dir: dir.to_string_lossy().into_owned(),
+            cgroup_root: None,
+            console: false,
+        };
+        let serial = config::agent_unit(
+            &minke_protocol::config::Agent {
+                kind: minke_protocol::config::AgentKind::Serial,
+                port: None,
+                after: Vec::new(),
+            },
+            "/nonexistent/minke-init",
+        );
+        let mut timesync = sh("timesync", "exit 0", Restart::No, &["serial"]);
+        timesync.agent = true;
+        let mut sup = Supervisor::new(vec![serial, timesync], None, Timeline::new(None), paths);
+        sup.start_agents();
+        assert_eq!(
+            sup.units[0].state,
+            State::Stopped,
+            "not started, not restarted"
+        );
+        assert!(sup.units[0].ready, "it counts as ready");
+        assert_eq!(sup.units[0].starts, 0);
+        assert_eq!(sup.units[1].starts, 1, "its dependent starts");
         let until = now_ms() + 5_000;
         while sup.has_children() && now_ms() < until {
             sup.pump(Some(now_ms() + 20));
