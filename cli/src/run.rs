@@ -333,6 +333,22 @@ pub fn run(a: RunArgs) -> Result<u8> {
     cfg.transport = a.transport;
     cfg.machine = a.machine;
     cfg.microvm_kernel = img.manifest.microvm;
+    // On microvm a bzImage's kernel is entered directly (PVH): no real-mode start, no
+    // decompressor. Unpacked once per kernel into the cache; the image keeps its bzImage.
+    if cfg.microvm_kernel
+        && cfg.efi.is_none()
+        && cfg.machine != minke_shim::Machine::Standard
+        && cfg.arch == minke_protocol::arch::Arch::X86_64
+    {
+        let cache = minke::layer::Cache::default_location();
+        match minke::kernel::pvh::cached(&img.kernel, &cache) {
+            Ok(elf) => cfg.pvh_kernel = elf,
+            Err(e) => eprintln!(
+                "warning: cannot unpack {} for a direct (PVH) boot: {e}; booting it as it is",
+                img.kernel.display()
+            ),
+        }
+    }
     cfg.console_to_terminal = a.console;
     for p in &a.publish {
         cfg.publish.push(parse_publish(p)?);

@@ -65,6 +65,10 @@ pub struct VmConfig {
     /// The kernel boots on QEMU's `microvm` machine (an image's manifest says): ACPI built in,
     /// virtio over MMIO built in or carried as a module. [`Machine::Auto`] then prefers it.
     pub microvm_kernel: bool,
+    /// The same kernel as an ELF with a PVH entry point (x86_64), booted in its place on
+    /// `microvm`: QEMU loads it and jumps in, skipping the firmware's real-mode start and the
+    /// bzImage's decompressor (see `minke::kernel::pvh`).
+    pub pvh_kernel: Option<PathBuf>,
 }
 
 /// Which QEMU machine boots the guest.
@@ -155,6 +159,7 @@ impl VmConfig {
             arch: minke_protocol::arch::Arch::X86_64,
             machine: Machine::Auto,
             microvm_kernel: false,
+            pvh_kernel: None,
         }
     }
 }

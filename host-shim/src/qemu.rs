@@ -123,9 +123,13 @@ pub(crate) fn qemu_args(
     }
     match &cfg.efi {
         None => {
+            let kernel = match &cfg.pvh_kernel {
+                Some(elf) if machine == UsedMachine::Microvm => elf,
+                _ => &cfg.kernel,
+            };
             push(&[
                 "-kernel",
-                &path_arg(&cfg.kernel),
+                &path_arg(kernel),
                 "-initrd",
                 &path_arg(&cfg.initrd),
             ]);
@@ -494,6 +498,25 @@ mod tests {
             kernel_cmdline(&c, UsedTransport::Serial, UsedMachine::Q35, None),
             "quiet minke.transport=serial --"
         );
+    }
+
+    #[test]
+    fn the_pvh_kernel_is_booted_on_microvm_only() {
+        let mut c = cfg();
+        c.pvh_kernel = Some("/cache/pvh/abc".into());
+        let microvm = MachinePlan {
+            used: UsedMachine::Microvm,
+            tsc_khz: None,
+        };
+        let a = line(&c, microvm, UsedAccel::Kvm, UsedTransport::VhostUser);
+        assert!(a.contains("-kernel /cache/pvh/abc -initrd /img/i"), "{a}");
+        let q = line(
+            &c,
+            MachinePlan::plain(UsedMachine::Q35),
+            UsedAccel::Kvm,
+            UsedTransport::VhostUser,
+        );
+        assert!(q.contains("-kernel /img/k -initrd /img/i"), "{q}");
     }
 
     #[test]

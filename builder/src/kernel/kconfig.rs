@@ -668,7 +668,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The compressed kernel inside a bzImage, from the setup header's payload fields.
-fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
+pub(crate) fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
     let u32_at = |o: usize| {
         image
             .get(o..o + 4)
@@ -698,7 +698,7 @@ fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
         .ok_or_else(|| "the bzImage payload lies outside the file".into())
 }
 
-fn decompress_payload(p: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn decompress_payload(p: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let r = if p.starts_with(&[0x1f, 0x8b]) {
         flate2::read::GzDecoder::new(p)

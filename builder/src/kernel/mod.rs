@@ -1,7 +1,7 @@
 //! The kernel an image boots: which one ([`resolve`]: a Debian package, a path, or a kernel
 //! built by [`kbuild`] from the fragments), whether it can run the image ([`check`], with its
 //! config read and judged by [`kconfig`]), and the closure of the modules the image needs, in
-//! load order ([`kmod`]).
+//! load order ([`kmod`]); a bzImage's kernel unpacked for QEMU's direct PVH entry ([`pvh`]).
 
 use std::path::PathBuf;
 
@@ -11,6 +11,7 @@ pub mod check;
 pub mod kbuild;
 pub mod kconfig;
 pub mod kmod;
+pub mod pvh;
 pub mod resolve;
 
 pub use check::{
