@@ -340,12 +340,13 @@ pub fn run(a: RunArgs) -> Result<u8> {
         && cfg.machine != minke_shim::Machine::Standard
         && cfg.arch == minke_protocol::arch::Arch::X86_64
     {
+        progress.step("preparing the kernel");
         let cache = minke::layer::Cache::default_location();
         match minke::kernel::pvh::cached(&img.kernel, &cache) {
             Ok(elf) => cfg.pvh_kernel = elf,
             Err(e) => eprintln!(
-                "warning: cannot unpack {} for a direct (PVH) boot: {e}; booting it as it is",
-                img.kernel.display()
+                "warning: no direct (PVH) boot of this kernel ({e}); booting the bzImage as it \
+                 is (`--machine standard` skips this step)"
             ),
         }
     }

@@ -383,28 +383,28 @@ fn minke_run_with(name: &str, opts: &[&str], cmd: &[&str]) -> (Option<i32>, Stri
     )
 }
 
-/// The cache `minke` uses here (`$MINKE_CACHE`, `$XDG_CACHE_HOME/minke`, `~/.cache/minke`).
-fn cache_root() -> std::path::PathBuf {
-    std::env::var_os("MINKE_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(|x| std::path::PathBuf::from(x).join("minke"))
-                .unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/minke")
-                })
-        })
-}
-
 /// On microvm the default image's bzImage (Debian's kernel) is entered through its PVH note:
-/// its ELF is unpacked once into the cache, and the guest's kernel text lies where that ELF
-/// puts it (text randomization is the decompressor's work, which a PVH entry skips; a bzImage
-/// boot would put it elsewhere 511 times in 512).
+/// this run unpacks its ELF into the cache (the entry is removed first), and the guest's kernel
+/// text lies where that ELF puts it (text randomization is the decompressor's work, which a
+/// PVH entry skips; a bzImage boot would put it elsewhere 511 times in 512).
 #[test]
 fn a_bzimage_boots_on_microvm_through_its_pvh_entry() {
     if !can_boot() {
         return;
     }
+    // A first run builds the default image if needed; the second one must unpack its kernel.
+    let (code, _, err) = minke_run_with("cli-pvh", &[], &["true"]);
+    assert_eq!(code, Some(0), "{err}");
+    let cache = minke::layer::Cache::default_location();
+    let kernel = cache.dir("images/default/default-kernel");
+    let bzimage = std::fs::read(&kernel).unwrap();
+    assert!(
+        minke::kernel::pvh::is_bzimage(&bzimage),
+        "{}",
+        kernel.display()
+    );
+    let elf = minke::kernel::pvh::cache_path(&bzimage, &cache);
+    std::fs::remove_file(&elf).unwrap();
     let script = "grep -w _stext /proc/kallsyms; cat /proc/cmdline";
     let (code, out, err) = minke_run_with("cli-pvh", &[], &["sh", "-c", script]);
     assert_eq!(code, Some(0), "{err}");
@@ -413,15 +413,12 @@ fn a_bzimage_boots_on_microvm_through_its_pvh_entry() {
         out.starts_with("ffffffff81000000 T _stext"),
         "the kernel was not entered through its PVH entry:\n{out}"
     );
-    let dir = cache_root().join("pvh");
-    let elfs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path()).is_ok_and(|b| b.starts_with(b"\x7fELF") && b.len() > 1 << 20)
-        })
-        .collect();
-    assert!(!elfs.is_empty(), "no unpacked kernel in {}", dir.display());
+    let unpacked = std::fs::read(&elf).unwrap();
+    assert!(
+        minke::kernel::pvh::has_pvh_entry(&unpacked),
+        "{} is not a PVH kernel",
+        elf.display()
+    );
 }
 
 /// A host program the image lacks, at a path only this test uses.

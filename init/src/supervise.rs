@@ -160,6 +160,8 @@ pub struct Supervisor {
     when_booted: Option<WhenBooted>,
     /// Set: agents of this binary run as forked copies of PID1 (no exec), handed this config.
     agent_config: Option<minke_protocol::ImageConfig>,
+    /// Whether the host chose the virtio-serial transport (asked when the serial agent is due).
+    serial_transport: fn() -> bool,
 }
 
 impl Supervisor {
@@ -219,6 +221,7 @@ impl Supervisor {
             ready_announced: false,
             when_booted: None,
             agent_config: None,
+            serial_transport: minke_agents::conn::serial_transport,
         }
     }
 
@@ -636,7 +639,7 @@ impl Supervisor {
         let Some(spec) = self.units.get(i).map(|u| u.spec.clone()) else {
             return;
         };
-        if idle_serial_agent(&spec) {
+        if is_serial_agent(&spec) && !(self.serial_transport)() {
             // Under vsock the serial agent would report ready and exit at once: one process
             // fewer competes for the booting guest's CPU. It counts as ready (its dependents
             // start) and as ended for good.
@@ -776,17 +779,17 @@ fn ready_moment(line: &[u8], now: u64) -> u64 {
         .unwrap_or(now)
 }
 
-/// Whether `spec` is the serial agent on a boot whose host chose vsock (the agent's only job is
-/// the virtio-serial transport). Asked when agents start, after the modules that let the
-/// transport be read from the firmware config are loaded.
-fn idle_serial_agent(spec: &UnitSpec) -> bool {
+/// Whether `spec` is the serial agent, whose only job is the virtio-serial transport. Whether
+/// that transport is in use is asked when agents start, after the modules that let it be read
+/// from the firmware config are loaded.
+fn is_serial_agent(spec: &UnitSpec) -> bool {
     matches!(
         spec.launch,
         config::Launch::Agent {
             kind: minke_protocol::config::AgentKind::Serial,
             ..
         }
-    ) && !minke_agents::conn::serial_transport()
+    )
 }
 
 #[cfg(test)]
@@ -887,8 +890,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    /// Regression: an agent that reports ready and exits 0 at once (the serial agent under
-    /// vsock) was never marked ready when its exit was reaped before its readiness pipe was
+    /// Regression: an agent that reports ready and exits 0 at once (binfmt, or the serial agent
+    /// when it is started anyway) was never marked ready when its exit was reaped before its readiness pipe was
     /// read, so the `ready` marker never came and units after it never started.
     #[test]
     fn ready_then_exit_counts_as_ready_whatever_is_seen_first() {
@@ -999,10 +1002,6 @@ mod tests {
         let _guard = crate::sys::CHILDREN_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        assert!(
-            !minke_agents::conn::serial_transport(),
-            "this test expects a host booted without minke.transport=serial"
-        );
         let dir = std::env::temp_dir().join(format!("minke-init-serial-{}", std::process::id()));
         let paths = Paths {
             log_dir: dir.to_string_lossy().into_owned(),
@@ -1020,6 +1019,7 @@ mod tests {
         let mut timesync = sh("timesync", "exit 0", Restart::No, &["serial"]);
         timesync.agent = true;
         let mut sup = Supervisor::new(vec![serial, timesync], None, Timeline::new(None), paths);
+        sup.serial_transport = || false;
         sup.start_agents();
         assert_eq!(
             sup.units[0].state,

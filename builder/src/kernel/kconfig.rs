@@ -698,6 +698,14 @@ pub(crate) fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
         .ok_or_else(|| "the bzImage payload lies outside the file".into())
 }
 
+/// Whether [`decompress_payload`] reads this payload's compression (gzip, xz, zstd, lz4).
+pub(crate) fn known_payload_compression(p: &[u8]) -> bool {
+    p.starts_with(&[0x1f, 0x8b])
+        || p.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || p.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+}
+
 pub(crate) fn decompress_payload(p: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let r = if p.starts_with(&[0x1f, 0x8b]) {

@@ -56,6 +56,12 @@ impl TestImage {
             c.cmdline = cl.clone();
         }
         c.microvm_kernel = self.microvm;
+        // On microvm `minke run` enters a bzImage through its PVH note; so do the tests.
+        if self.microvm && test_arch() == minke_protocol::arch::Arch::X86_64 {
+            let cache = minke::layer::Cache::default_location();
+            c.pvh_kernel = minke::kernel::pvh::cached(&self.kernel, &cache)
+                .unwrap_or_else(|e| panic!("the PVH kernel of {}: {e}", self.kernel.display()));
+        }
         c
     }
 }
