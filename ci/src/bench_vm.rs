@@ -216,7 +216,7 @@ pub fn boot(sh: &Shell) -> Result<()> {
             if !m {
                 return Ok(None);
             }
-            minke::kernel::pvh::cached(kernel, &cache).map_err(|e| anyhow::anyhow!(e))
+            minke::kernel::pvh::cached(kernel, None, &cache).map_err(|e| anyhow::anyhow!(e))
         })
         .collect::<Result<_>>()?;
     for i in 0..RUNS {

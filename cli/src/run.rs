@@ -342,7 +342,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     {
         progress.step("preparing the kernel");
         let cache = minke::layer::Cache::default_location();
-        match minke::kernel::pvh::cached(&img.kernel, &cache) {
+        match minke::kernel::pvh::cached(&img.kernel, Some(&img.manifest.kernel.sha256), &cache) {
             Ok(elf) => cfg.pvh_kernel = elf,
             Err(e) => eprintln!(
                 "warning: no direct (PVH) boot of this kernel ({e}); booting the bzImage as it \

@@ -87,41 +87,67 @@ fn segments_within(elf: &[u8]) -> bool {
 
 /// The PVH ELF of the bzImage at `kernel`, unpacked once into `cache` (`pvh/KEY`, KEY derived
 /// from the bzImage's digest) and reused; `Ok(None)` when the kernel has none (see
-/// [`elf_of_bzimage`]), which is remembered too (`pvh/KEY.none`). The kernel is read once: the
+/// [`elf_of_bzimage`]), which is remembered too (`pvh/KEY.none`). With `sha256`, the digest an
+/// image's manifest records for the file, a boot that finds its entry reads no more than the
+/// file's first bytes; an unpack checks the file against it. The kernel is read once: the
 /// digest and the unpacked ELF are of the same bytes.
-pub fn cached(kernel: &Path, cache: &Cache) -> Result<Option<PathBuf>, String> {
+pub fn cached(
+    kernel: &Path,
+    sha256: Option<&str>,
+    cache: &Cache,
+) -> Result<Option<PathBuf>, String> {
     let at = |e: std::io::Error| format!("{}: {e}", kernel.display());
     let mut head = [0u8; 0x206];
     let mut f = std::fs::File::open(kernel).map_err(at)?;
     if f.read_exact(&mut head).is_err() || !is_bzimage(&head) {
         return Ok(None);
     }
+    let found = |sha: &str| {
+        let out = entry(sha, cache);
+        if out.is_file() {
+            Some(Some(out))
+        } else if out.with_extension("none").is_file() {
+            Some(None)
+        } else {
+            None
+        }
+    };
+    if let Some(known) = sha256.and_then(found) {
+        return Ok(known);
+    }
     let image = std::fs::read(kernel).map_err(at)?;
-    let key = sha256_hex(format!("{CACHE_KEY_VERSION} {}", sha256_hex(&image)).as_bytes());
-    let dir = cache.dir("pvh");
-    let out = dir.join(&key);
-    let none = dir.join(format!("{key}.none"));
-    if out.is_file() {
-        return Ok(Some(out));
+    let sha = sha256_hex(&image);
+    if let Some(want) = sha256.filter(|w| *w != sha) {
+        return Err(format!(
+            "{} is not the kernel its image names (sha256 {sha}, the manifest says {want}): \
+             rebuild the image",
+            kernel.display()
+        ));
     }
-    if none.is_file() {
-        return Ok(None);
+    if let Some(known) = found(&sha) {
+        return Ok(known);
     }
+    let out = entry(&sha, cache);
     let (path, bytes) = match elf_of_bzimage(&image) {
         Ok(Some(elf)) => (out.clone(), elf),
         // Remembered, so that the next boot does not decompress the kernel again to find out.
-        Ok(None) => (none, Vec::new()),
+        Ok(None) => (out.with_extension("none"), Vec::new()),
         Err(why) => return Err(format!("{}: {why}", kernel.display())),
     };
     write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((path == out).then_some(out))
 }
 
+/// The cache entry of the bzImage whose sha256 is `sha`.
+fn entry(sha: &str, cache: &Cache) -> PathBuf {
+    cache
+        .dir("pvh")
+        .join(sha256_hex(format!("{CACHE_KEY_VERSION} {sha}").as_bytes()))
+}
+
 /// Where [`cached`] keeps the ELF of the bzImage whose bytes are `image` (for tests).
 pub fn cache_path(image: &[u8], cache: &Cache) -> PathBuf {
-    cache.dir("pvh").join(sha256_hex(
-        format!("{CACHE_KEY_VERSION} {}", sha256_hex(image)).as_bytes(),
-    ))
+    entry(&sha256_hex(image), cache)
 }
 
 #[cfg(test)]
@@ -199,18 +225,28 @@ mod tests {
         broken[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         std::fs::write(&k, &broken).unwrap();
         assert!(
-            cached(&k, &cache).is_err(),
+            cached(&k, None, &cache).is_err(),
             "a broken bzImage is not booted"
         );
         // A verdict already in the cache is what the next boot goes by.
         let none = cache_path(&broken, &cache).with_extension("none");
         write_atomic(&none, b"").unwrap();
-        assert_eq!(cached(&k, &cache), Ok(None));
+        assert_eq!(cached(&k, None, &cache), Ok(None));
         // Not a bzImage at all: nothing to unpack, nothing written.
         let v = dir.path().join("vmlinux");
         std::fs::write(&v, elf_with_note(b"Xen\0", PVH_ENTRY_NOTE)).unwrap();
-        assert_eq!(cached(&v, &cache), Ok(None));
+        assert_eq!(cached(&v, None, &cache), Ok(None));
         assert_eq!(std::fs::read_dir(cache.dir("pvh")).unwrap().count(), 1);
+        // A file that is not the one the manifest names is not unpacked under its name.
+        let other = "0".repeat(64);
+        let e = cached(&k, Some(&other), &cache).unwrap_err();
+        assert!(e.contains("rebuild the image"), "{e}");
+        let sha = sha256_hex(&broken);
+        assert_eq!(
+            cached(&k, Some(&sha), &cache),
+            Ok(None),
+            "found by the manifest's digest"
+        );
     }
 
     #[test]

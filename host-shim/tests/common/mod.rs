@@ -59,7 +59,7 @@ impl TestImage {
         // On microvm `minke run` enters a bzImage through its PVH note; so do the tests.
         if self.microvm && test_arch() == minke_protocol::arch::Arch::X86_64 {
             let cache = minke::layer::Cache::default_location();
-            c.pvh_kernel = minke::kernel::pvh::cached(&self.kernel, &cache)
+            c.pvh_kernel = minke::kernel::pvh::cached(&self.kernel, None, &cache)
                 .unwrap_or_else(|e| panic!("the PVH kernel of {}: {e}", self.kernel.display()));
         }
         c
